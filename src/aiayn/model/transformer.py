@@ -1,0 +1,248 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017): the encoder-decoder of §3.
+
+    src tokens ─► embed·√d_model + PE ─► N × EncoderLayer ─────────────┐ (keys, values)
+    tgt tokens ─► embed·√d_model + PE ─► N × DecoderLayer(causal, cross) ─► Linear (tied) ─► logits
+
+Read top to bottom: the config (Table 3), then the model: embeddings (§3.4, §3.5), the
+stacks (§3.1), the output projection (§3.4), and incremental decoding with a KV cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from aiayn.model.layers import DecoderLayer, EncoderLayer, PositionalEncoding
+
+
+@dataclass
+class TransformerConfig:
+    """Hyper-parameters; the names are the paper's (Table 3: N, d_model, d_ff, h, P_drop)."""
+
+    src_vocab_size: int = 37000
+    tgt_vocab_size: int = 37000
+    d_model: int = 512
+    n_heads: int = 8  # h
+    d_ff: int = 2048
+    n_encoder_layers: int = 6  # N
+    n_decoder_layers: int = 6  # N
+    dropout: float = 0.1  # P_drop (§5.4): sub-layer outputs, and embeddings + positions
+    attn_dropout: float = 0.0  # on attention probabilities (tensor2tensor; not in the paper)
+    activation_dropout: float = 0.0  # inside the FFN (tensor2tensor's relu_dropout; not in the paper)
+    activation: str = "relu"  # relu (paper) | gelu | swish
+    pre_norm: bool = False  # False: LayerNorm(x + Sublayer(x)) as in the paper
+    positional: str = "sinusoidal"  # sinusoidal (paper) | learned
+    positional_layout: str = "interleaved"  # interleaved sin/cos (paper) | concat (tensor2tensor, Marian)
+    max_positions: int = 1024  # for learned positions; sinusoids extrapolate
+    scale_embedding: bool = True  # §3.4: multiply embeddings by √d_model
+    share_embeddings: bool = True  # one embedding matrix for source and target (joint vocabulary)
+    tie_output: bool = True  # §3.4: the pre-softmax projection shares the target embedding
+    output_bias: bool = False  # a bias on the logits (Marian's final_logits_bias)
+    bias: bool = True  # biases in the attention and FFN projections
+    layer_norm_eps: float = 1e-5
+    pad_id: int = 0
+    unk_id: int = 1
+    bos_id: int = 2
+    eos_id: int = 3
+    decoder_start_id: int = -1  # first decoder input; -1 means bos_id (Marian starts with pad)
+
+    PRESETS = {
+        # Table 3 of the paper.
+        "base": dict(d_model=512, n_heads=8, d_ff=2048, n_encoder_layers=6, n_decoder_layers=6, dropout=0.1),
+        "big": dict(d_model=1024, n_heads=16, d_ff=4096, n_encoder_layers=6, n_decoder_layers=6, dropout=0.3),
+        # Sized for CPUs: `small` trains a usable model in half an hour, `tiny` in minutes.
+        "small": dict(d_model=256, n_heads=4, d_ff=1024, n_encoder_layers=4, n_decoder_layers=4, dropout=0.1),
+        "tiny": dict(d_model=128, n_heads=4, d_ff=512, n_encoder_layers=2, n_decoder_layers=2, dropout=0.1),
+    }
+
+    def __post_init__(self):
+        if self.decoder_start_id < 0:
+            self.decoder_start_id = self.bos_id
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ValueError(
+                f"share_embeddings needs one vocabulary, but src_vocab_size={self.src_vocab_size} "
+                f"and tgt_vocab_size={self.tgt_vocab_size}; set share_embeddings=False"
+            )
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "TransformerConfig":
+        """A named configuration (base, big, small, tiny) with overrides; `vocab_size=` sets both vocabularies."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
+        values = dict(cls.PRESETS[name])
+        if "vocab_size" in overrides:
+            vocab = overrides.pop("vocab_size")
+            values.update(src_vocab_size=vocab, tgt_vocab_size=vocab)
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TransformerConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+@dataclass
+class EncoderOut:
+    states: Tensor  # [B, S, d_model]
+    mask: Tensor  # [B, 1, 1, S], True at real (non-padding) source tokens
+    self_attn: list = field(default_factory=list)  # with need_weights: per layer [B, h, S, S]
+
+
+@dataclass
+class DecoderCache:
+    """State of incremental decoding for N = B·G hypotheses (G per source sentence, sentence-major).
+
+    self_attn[l]: {"k", "v"}: [N, h, T, d_k], the decoder's own keys/values of the T steps so far.
+    memory_kv[l]: 2 × [B, h, S, d_k], encoder-decoder keys/values, computed once per source.
+    """
+
+    self_attn: list
+    memory_kv: list
+    memory_mask: Tensor
+    length: int = 0
+
+    def reorder(self, order: Tensor) -> None:
+        """Beam search: hypothesis n now continues hypothesis order[n] (of the same sentence)."""
+        for c in self.self_attn:
+            c["k"], c["v"] = c["k"].index_select(0, order), c["v"].index_select(0, order)
+
+    def select(self, sentences: Tensor) -> None:
+        """Keep only the given source sentences (with all their hypotheses), e.g. the unfinished ones."""
+        B = self.memory_mask.size(0)
+        group = self.self_attn[0]["k"].size(0) // B if self.self_attn and "k" in self.self_attn[0] else 0
+        if group:
+            rows = (sentences[:, None] * group + torch.arange(group, device=sentences.device)).reshape(-1)
+            self.reorder(rows)
+        self.memory_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.memory_kv]
+        self.memory_mask = self.memory_mask.index_select(0, sentences)
+
+
+class Transformer(nn.Module):
+    """§3 Model Architecture: an encoder and a decoder, each a stack of N identical layers."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = cfg = config
+        # §3.4 Embeddings and Softmax
+        self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.tgt_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
+        # §3.5 Positional Encoding
+        self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.positional, cfg.positional_layout)
+        self.dropout = nn.Dropout(cfg.dropout)
+        # §3.1 Encoder and Decoder Stacks
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        # pre-norm stacks end with a LayerNorm (post-norm layers already end with one)
+        self.encoder_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
+        # §3.4: "the same weight matrix between the two embedding layers and the pre-softmax linear transformation"
+        self.output_proj = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        self.final_logits_bias = nn.Parameter(torch.zeros(cfg.tgt_vocab_size)) if cfg.output_bias else None
+        self.reset_parameters()
+        if cfg.tie_output:
+            self.output_proj.weight = self.tgt_embed.weight
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform projections (as tensor2tensor and fairseq), N(0, d_model^-0.5) embeddings."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for layer in [*self.encoder_layers, *self.decoder_layers]:  # fused Q/K/V: init each d×d block alone
+            for proj in (getattr(layer.self_attn, "qkv_proj", None), getattr(getattr(layer, "cross_attn", None), "kv_proj", None)):
+                if proj is not None:
+                    for block in proj.weight.data.chunk(proj.weight.size(0) // proj.weight.size(1)):
+                        nn.init.xavier_uniform_(block)
+        for embedding in {self.src_embed, self.tgt_embed}:
+            nn.init.normal_(embedding.weight, mean=0.0, std=self.config.d_model**-0.5)
+            nn.init.zeros_(embedding.weight[self.config.pad_id])
+
+    # ----- §3.4 + §3.5: token embedding · √d_model + positional encoding, then dropout (§5.4)
+    def embed(self, tokens: Tensor, table: nn.Embedding, offset: int = 0) -> Tensor:
+        x = table(tokens) * self.embed_scale + self.positions(tokens.size(1), offset)  # [B, L, d_model]
+        return self.dropout(x)
+
+    # ----- §3.1 Encoder
+    def encode(self, src_tokens: Tensor, src_mask: Tensor | None = None, need_weights: bool = False) -> EncoderOut:
+        """src_tokens: [B, S] (padded with pad_id). src_mask: optional [B, S] bool, True at real tokens."""
+        if src_mask is None:
+            src_mask = src_tokens.ne(self.config.pad_id)
+        mask = src_mask[:, None, None, :]  # [B, 1, 1, S]: broadcast over heads and queries
+        x = self.embed(src_tokens, self.src_embed)
+        weights = []
+        for layer in self.encoder_layers:
+            x, w = layer(x, mask, need_weights)
+            weights.append(w)
+        return EncoderOut(self.encoder_norm(x), mask, weights if need_weights else [])
+
+    # ----- §3.1 Decoder (training / forced decoding: all target positions at once)
+    def decode(self, tgt_in: Tensor, enc: EncoderOut, need_weights: bool = False) -> tuple[Tensor, list]:
+        """tgt_in: [B, T], right-padded decoder inputs (start symbol + target[:-1]).
+
+        Returns the final hidden states [B, T, d_model] and, with need_weights, the encoder-decoder
+        attention per layer [B, h, T, S]. Padding sits at the end, so the causal mask alone
+        keeps every real position from seeing it.
+        """
+        x = self.embed(tgt_in, self.tgt_embed)
+        weights = []
+        for layer in self.decoder_layers:
+            x, w = layer(x, layer.cross_attn.memory_kv(enc.states), enc.mask, need_weights=need_weights)
+            weights.append(w)
+        return self.decoder_norm(x), weights
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """§3.4 pre-softmax linear transformation: [..., d_model] -> logits [..., tgt_vocab]."""
+        logits = self.output_proj(hidden)
+        return logits if self.final_logits_bias is None else logits + self.final_logits_bias
+
+    def forward(self, src_tokens: Tensor, tgt_in: Tensor) -> Tensor:
+        """src_tokens: [B, S], tgt_in: [B, T] -> logits [B, T, tgt_vocab]."""
+        hidden, _ = self.decode(tgt_in, self.encode(src_tokens))
+        return self.project(hidden)
+
+    # ----- Incremental decoding (one target position per call, with a KV cache)
+    def init_cache(self, enc: EncoderOut) -> DecoderCache:
+        memory_kv = [layer.cross_attn.memory_kv(enc.states) for layer in self.decoder_layers]
+        return DecoderCache([{} for _ in self.decoder_layers], memory_kv, enc.mask)
+
+    def decode_step(self, tokens: Tensor, cache: DecoderCache, need_weights: bool = False):
+        """tokens: [N] the newest target token of each hypothesis, N = B·G. Returns logits [N, tgt_vocab]
+        (and with need_weights the encoder-decoder attention per layer, [N, h, 1, S])."""
+        x = self.embed(tokens[:, None], self.tgt_embed, offset=cache.length)  # [N, 1, d_model]
+        weights = []
+        for layer, layer_cache, memory_kv in zip(self.decoder_layers, cache.self_attn, cache.memory_kv):
+            x, w = layer(x, memory_kv, cache.memory_mask, cache=layer_cache, need_weights=need_weights)
+            weights.append(w)
+        cache.length += 1
+        logits = self.project(self.decoder_norm(x[:, 0]))
+        return (logits, weights) if need_weights else logits
+
+    # ----- Bookkeeping
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # shared tensors count once
+
+    def forward_flops(self, src_tokens: float, tgt_tokens: float, src_len: float, tgt_len: float) -> float:
+        """Matmul FLOPs (2 per multiply-add) of one forward pass over src_tokens source and tgt_tokens
+        target tokens (real tokens, no padding) in sequences of mean length src_len and tgt_len.
+        Causal self-attention counts half its square. A training step costs about 3× this."""
+        c = self.config
+        d, f = c.d_model, c.d_ff
+        attn_proj, ffn = 2 * 4 * d * d, 2 * 2 * d * f
+        enc_token = c.n_encoder_layers * (attn_proj + ffn + 2 * 2 * src_len * d)
+        enc_dec_kv = c.n_decoder_layers * 2 * 2 * d * d  # per source token, once
+        dec_token = c.n_decoder_layers * (attn_proj + 2 * 2 * d * d + ffn + 2 * 2 * (tgt_len / 2) * d + 2 * 2 * src_len * d)
+        dec_token += 2 * d * c.tgt_vocab_size  # output projection
+        return src_tokens * (enc_token + enc_dec_kv) + tgt_tokens * dec_token

@@ -1,0 +1,270 @@
+"""The model core: the paper's dimensions, masks, incremental decoding, and an independent reference."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from aiayn.model import Transformer, TransformerConfig, scaled_dot_product_attention, sinusoid_table
+
+PAD = 0
+
+
+def tiny(vocab=50, **overrides):
+    torch.manual_seed(0)
+    cfg = TransformerConfig.preset("tiny", vocab_size=vocab, dropout=0.0, **overrides)
+    return Transformer(cfg).eval()
+
+
+def padded_batch(vocab=50, lengths=(7, 4, 6), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    out = torch.full((len(lengths), max(lengths)), PAD)
+    for i, n in enumerate(lengths):
+        out[i, :n] = torch.randint(4, vocab, (n,), generator=g)
+    return out
+
+
+def test_parameter_counts_match_the_paper():
+    """Table 3 dimensions with a 37,000-token shared vocabulary: the paper quotes 65M and 213M."""
+    base = Transformer(TransformerConfig.preset("base", vocab_size=37000)).num_parameters()
+    big = Transformer(TransformerConfig.preset("big", vocab_size=37000)).num_parameters()
+    print(f"\nparameters: base {base / 1e6:.2f}M, big {big / 1e6:.2f}M (paper: 65M, 213M)")
+    assert 62.5e6 < base < 63.5e6
+    assert 213.5e6 < big < 214.5e6
+    # the count by hand: shared embedding/softmax + encoder layers + decoder layers
+    d, f, V, N = 512, 2048, 37000, 6
+    attn, ffn, ln = 4 * (d * d + d), 2 * d * f + f + d, 2 * d
+    assert base == V * d + N * (attn + ffn + 2 * ln) + N * (2 * attn + ffn + 3 * ln)
+
+
+def test_table3_presets():
+    base, big = TransformerConfig.preset("base"), TransformerConfig.preset("big")
+    assert (base.n_encoder_layers, base.d_model, base.d_ff, base.n_heads, base.dropout) == (6, 512, 2048, 8, 0.1)
+    assert (big.n_encoder_layers, big.d_model, big.d_ff, big.n_heads, big.dropout) == (6, 1024, 4096, 16, 0.3)
+    assert base.activation == "relu" and not base.pre_norm and base.attn_dropout == 0 and base.activation_dropout == 0
+    with pytest.raises(ValueError, match="unknown preset"):
+        TransformerConfig.preset("huge")
+    with pytest.raises(ValueError, match="share_embeddings"):
+        TransformerConfig(src_vocab_size=10, tgt_vocab_size=12)
+
+
+def test_sinusoids_follow_the_formula():
+    d = 16
+    table = sinusoid_table(30, d)
+    for pos in (0, 3, 29):
+        for i in range(d // 2):
+            angle = pos / 10000 ** (2 * i / d)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    concat = sinusoid_table(30, d, "concat")
+    assert torch.equal(concat[:, : d // 2], table[:, 0::2]) and torch.equal(concat[:, d // 2 :], table[:, 1::2])
+
+
+def test_embeddings_are_scaled_and_tied():
+    model = tiny()
+    assert model.output_proj.weight is model.tgt_embed.weight is model.src_embed.weight
+    tokens = torch.tensor([[5, 6]])
+    x = model.embed(tokens, model.src_embed)
+    expected = model.src_embed.weight[tokens] * math.sqrt(128) + sinusoid_table(2, 128)
+    torch.testing.assert_close(x, expected)
+    untied = Transformer(TransformerConfig.preset("tiny", src_vocab_size=40, tgt_vocab_size=30, share_embeddings=False, tie_output=False))
+    assert untied.src_embed is not untied.tgt_embed and untied.output_proj.weight is not untied.tgt_embed.weight
+    assert untied(torch.tensor([[39, 5]]), torch.tensor([[29]])).shape == (1, 1, 30)
+
+
+def test_plain_attention_path_equals_fused_kernel():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])[:, None, None, :]
+    for causal in (False, True):
+        fast, none = scaled_dot_product_attention(q, k, v, mask, causal)
+        plain, weights = scaled_dot_product_attention(q, k, v, mask, causal, need_weights=True)
+        assert none is None
+        torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 5))
+        assert (weights[1, :, :, 3:] == 0).all()  # no weight on padding
+        if causal:
+            assert (weights.triu(1) == 0).all()
+
+
+@pytest.mark.parametrize("variant", [{}, {"pre_norm": True}, {"positional": "learned"}, {"activation": "swish", "output_bias": True}])
+def test_incremental_decoding_equals_full_forward(variant):
+    """The KV cache gives the same logits as the full forward pass, on a batch with padding."""
+    model = tiny(**variant)
+    if model.final_logits_bias is not None:
+        nn.init.normal_(model.final_logits_bias)
+    src = padded_batch(lengths=(7, 3, 5))
+    tgt = padded_batch(lengths=(6, 6, 6), seed=2)
+    full = model(src, tgt)  # [B, T, V]
+    cache = model.init_cache(model.encode(src))
+    steps = torch.stack([model.decode_step(tgt[:, t], cache) for t in range(tgt.size(1))], dim=1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
+    assert cache.length == tgt.size(1)
+
+
+def test_cache_reorder_and_select_follow_the_hypotheses():
+    model = tiny()
+    src = padded_batch(lengths=(5, 3))
+    enc = model.encode(src)
+    G = 3  # hypotheses per sentence
+    cache = model.init_cache(enc)
+    tgt = padded_batch(lengths=(4,) * 6, seed=3)  # 6 = 2 sentences × 3 hypotheses
+    for t in range(2):
+        model.decode_step(tgt[:, t], cache)
+    order = torch.tensor([2, 2, 0, 4, 3, 3])  # each hypothesis continues one of its own sentence
+    cache.reorder(order)
+    got = model.decode_step(tgt[:, 2], cache)
+    # reference: run the reordered prefixes from scratch
+    prefix = torch.cat([tgt[order, :2], tgt[:, 2:3]], dim=1)
+    ref = model(src.repeat_interleave(G, 0), prefix)[:, -1]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    cache.select(torch.tensor([1]))  # drop sentence 0
+    got = model.decode_step(tgt[3:, 3], cache)
+    prefix = torch.cat([prefix[3:], tgt[3:, 3:4]], dim=1)
+    ref = model(src[1:2].repeat_interleave(G, 0), prefix)[:, -1]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
+def test_padding_changes_nothing():
+    model = tiny()
+    src = padded_batch(lengths=(7, 4, 6))
+    tgt = padded_batch(lengths=(5, 5, 5), seed=2)
+    base = model(src, tgt)
+    # 1) with an explicit mask, the tokens under padding can be anything
+    mask = src.ne(PAD)
+    changed = src.clone()
+    changed[~mask] = torch.randint(4, 50, (int((~mask).sum()),))
+    enc_a, enc_b = model.encode(src, mask), model.encode(changed, mask)
+    torch.testing.assert_close(enc_a.states[mask], enc_b.states[mask], atol=0, rtol=0)
+    torch.testing.assert_close(model.project(model.decode(tgt, enc_b)[0]), base, atol=1e-6, rtol=0)
+    # 2) a sentence alone gives what it gives inside a padded batch
+    alone = model(src[1:2, :4], tgt[1:2])
+    torch.testing.assert_close(alone, base[1:2], atol=1e-5, rtol=0)
+
+
+def test_future_target_tokens_change_no_earlier_output():
+    model = tiny()
+    src, tgt = padded_batch(lengths=(6, 4)), padded_batch(lengths=(7, 7), seed=2)
+    base = model(src, tgt)
+    for t in (1, 4, 6):
+        changed = tgt.clone()
+        changed[:, t:] = torch.randint(4, 50, changed[:, t:].shape)
+        out = model(src, changed)
+        torch.testing.assert_close(out[:, :t], base[:, :t], atol=1e-6, rtol=0)
+        assert not torch.allclose(out[:, t], base[:, t])
+
+
+def test_matches_torch_nn_transformer():
+    """With our weights copied in, torch.nn.Transformer (post-norm, relu, same masks) gives the same outputs."""
+    torch.manual_seed(0)
+    cfg = TransformerConfig.preset("tiny", vocab_size=50, n_encoder_layers=3, n_decoder_layers=2)
+    model = Transformer(cfg).eval()
+    d, h = cfg.d_model, cfg.n_heads
+    with torch.no_grad():  # random LayerNorm affine parameters and biases, so that they are compared too
+        for m in model.modules():
+            if isinstance(m, (nn.LayerNorm, nn.Linear)) and m.bias is not None:
+                nn.init.normal_(m.bias, 0.0, 0.1)
+            if isinstance(m, nn.LayerNorm):
+                nn.init.normal_(m.weight, 1.0, 0.1)
+    enc_layer = nn.TransformerEncoderLayer(d, h, cfg.d_ff, dropout=0.0, batch_first=True)
+    dec_layer = nn.TransformerDecoderLayer(d, h, cfg.d_ff, dropout=0.0, batch_first=True)
+    ref = nn.Transformer(
+        d, h, batch_first=True,
+        custom_encoder=nn.TransformerEncoder(enc_layer, cfg.n_encoder_layers, norm=None, enable_nested_tensor=False),
+        custom_decoder=nn.TransformerDecoder(dec_layer, cfg.n_decoder_layers, norm=None),
+    ).eval()
+    with torch.no_grad():
+        for ours, theirs in zip(model.encoder_layers, ref.encoder.layers):
+            theirs.self_attn.in_proj_weight.copy_(ours.self_attn.qkv_proj.weight)
+            theirs.self_attn.in_proj_bias.copy_(ours.self_attn.qkv_proj.bias)
+            theirs.self_attn.out_proj.load_state_dict(ours.self_attn.out_proj.state_dict())
+            theirs.linear1.load_state_dict(ours.ffn.w1.state_dict())
+            theirs.linear2.load_state_dict(ours.ffn.w2.state_dict())
+            theirs.norm1.load_state_dict(ours.self_attn_norm.state_dict())
+            theirs.norm2.load_state_dict(ours.ffn_norm.state_dict())
+        for ours, theirs in zip(model.decoder_layers, ref.decoder.layers):
+            theirs.self_attn.in_proj_weight.copy_(ours.self_attn.qkv_proj.weight)
+            theirs.self_attn.in_proj_bias.copy_(ours.self_attn.qkv_proj.bias)
+            theirs.self_attn.out_proj.load_state_dict(ours.self_attn.out_proj.state_dict())
+            theirs.multihead_attn.in_proj_weight.copy_(torch.cat([ours.cross_attn.q_proj.weight, ours.cross_attn.kv_proj.weight]))
+            theirs.multihead_attn.in_proj_bias.copy_(torch.cat([ours.cross_attn.q_proj.bias, ours.cross_attn.kv_proj.bias]))
+            theirs.multihead_attn.out_proj.load_state_dict(ours.cross_attn.out_proj.state_dict())
+            theirs.linear1.load_state_dict(ours.ffn.w1.state_dict())
+            theirs.linear2.load_state_dict(ours.ffn.w2.state_dict())
+            theirs.norm1.load_state_dict(ours.self_attn_norm.state_dict())
+            theirs.norm2.load_state_dict(ours.cross_attn_norm.state_dict())
+            theirs.norm3.load_state_dict(ours.ffn_norm.state_dict())
+    src, tgt = padded_batch(lengths=(7, 4, 6)), padded_batch(lengths=(6, 3, 5), seed=2)
+    src_pad, tgt_pad = src.eq(PAD), tgt.eq(PAD)
+    with torch.no_grad():
+        enc = model.encode(src)
+        hidden, _ = model.decode(tgt, enc)
+        x_src, x_tgt = model.embed(src, model.src_embed), model.embed(tgt, model.tgt_embed)
+        expected = ref(
+            x_src, x_tgt,
+            tgt_mask=nn.Transformer.generate_square_subsequent_mask(tgt.size(1)),
+            src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=src_pad,
+        )
+        memory = ref.encoder(x_src, src_key_padding_mask=src_pad)
+    real_src, real_tgt = ~src_pad, ~tgt_pad
+    torch.testing.assert_close(enc.states[real_src], memory[real_src], atol=1e-5, rtol=0)
+    torch.testing.assert_close(hidden[real_tgt], expected[real_tgt], atol=1e-5, rtol=0)
+
+
+def test_flops_helper_agrees_with_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = TransformerConfig.preset("tiny", vocab_size=300)
+    model = Transformer(cfg).eval()
+    B, S, T = 4, 12, 10
+    src, tgt = torch.randint(4, 300, (B, S)), torch.randint(4, 300, (B, T))
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # attention as plain matmuls, which the counter sees
+        hidden, _ = model.decode(tgt, model.encode(src))
+        model.project(hidden)
+    counted = counter.get_total_flops()
+    # the counter counts the full causal square; the helper counts half of it
+    causal_half = model.config.n_decoder_layers * 2 * 2 * (T / 2) * cfg.d_model * B * T
+    assert model.forward_flops(B * S, B * T, S, T) == pytest.approx(counted - causal_half, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_to_reverse():
+    """A `tiny` Transformer learns to reverse short sequences to 100% token accuracy."""
+    torch.manual_seed(0)
+    vocab, bos, eos = 16, 2, 3
+    cfg = TransformerConfig.preset("tiny", vocab_size=vocab, dropout=0.0, n_encoder_layers=2, n_decoder_layers=2)
+    model = Transformer(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.9, 0.98), eps=1e-9)
+
+    def batch(n, g):
+        seq = torch.randint(4, vocab, (n, 6), generator=g)
+        tgt = seq.flip(1)
+        src = torch.cat([seq, torch.full((n, 1), eos)], 1)
+        return src, torch.cat([torch.full((n, 1), bos), tgt], 1), torch.cat([tgt, torch.full((n, 1), eos)], 1)
+
+    g = torch.Generator().manual_seed(0)
+    for step in range(600):
+        for group in opt.param_groups:  # warm up, then decay (as §5.3, compressed)
+            group["lr"] = 3e-3 * min((step + 1) / 100, ((step + 1) / 100) ** -0.5)
+        src, tgt_in, tgt_out = batch(64, g)
+        loss = nn.functional.cross_entropy(model(src, tgt_in).flatten(0, 1), tgt_out.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    src, tgt_in, tgt_out = batch(200, torch.Generator().manual_seed(123))
+    # greedy decoding with the cache: no teacher forcing
+    with torch.no_grad():
+        cache = model.init_cache(model.encode(src))
+        token = torch.full((200,), bos)
+        out = []
+        for _ in range(tgt_out.size(1)):
+            token = model.decode_step(token, cache).argmax(-1)
+            out.append(token)
+    accuracy = (torch.stack(out, 1) == tgt_out).float().mean().item()
+    print(f"\nreverse task: token accuracy {accuracy:.3f}, last loss {loss.item():.4f}")
+    assert accuracy == 1.0
