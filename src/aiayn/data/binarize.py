@@ -1,0 +1,295 @@
+"""`aiayn prepare`: validate and clean parallel text, learn a sentencepiece vocabulary, and write a
+binarized dataset that training streams from.
+
+A dataset directory holds:
+    meta.json                 vocabulary, special ids, counts, sha256 of the inputs, what was dropped
+    spm.model                 the joint sentencepiece model (or spm.src.model + spm.tgt.model)
+    {split}.{src,tgt}.bin     token ids of every sentence back to back (no BOS/EOS), uint16 or int32
+    {split}.{src,tgt}.len     int32 length of each sentence
+    {split}.{src,tgt}.txt     the cleaned text of valid/test (references for BLEU)
+It is built in a temporary sibling directory and renamed into place when complete, so an
+interrupted run never leaves something that looks like a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aiayn import __version__
+from aiayn.data.corpus import BAD_KINDS, CorpusError, ReadStats, check_line_counts, read_parallel
+from aiayn.data.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+SIDES = ("src", "tgt")
+
+
+@dataclass
+class PrepareOptions:
+    vocab_size: int = 8000  # suits tens of thousands of pairs; use ~37000 for WMT-scale data (§5.1)
+    model_type: str = "bpe"  # bpe | unigram
+    joint_vocab: bool = True  # one vocabulary for both languages (§5.1), needed for shared embeddings
+    max_len: int = 256  # training pairs with more subwords on either side are dropped (0: no limit)
+    max_ratio: float = 3.0  # training pairs whose longer side exceeds ratio × the shorter are dropped (0: off)
+    skip_bad: bool = False  # drop bad lines (counted by kind) instead of stopping with an error
+    normalize: str | None = None  # optional Unicode normalisation before anything else: NFC | NFKC
+    spm_normalization: str = "nmt_nfkc"  # sentencepiece's own rule (identity keeps text byte-exact)
+    max_spm_sentences: int = 2_000_000  # sample size for learning the vocabulary (bounds memory)
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    chunk_size: int = 2000  # lines per encoding task
+    progress: bool = True
+
+
+# ---------------------------------------------------------------- encoding workers
+_TOKENIZERS: tuple[Tokenizer, Tokenizer] | None = None
+
+
+def _init_worker(src_proto: bytes, tgt_proto: bytes) -> None:
+    global _TOKENIZERS
+    src = Tokenizer(src_proto)
+    _TOKENIZERS = (src, src if tgt_proto == src_proto else Tokenizer(tgt_proto))
+
+
+def _encode_chunk(src_lines: list[str], tgt_lines: list[str], max_len: int, max_ratio: float):
+    """Encode a chunk; returns token arrays, lengths and the count of pairs each filter removed."""
+    src_tok, tgt_tok = _TOKENIZERS
+    src_ids, tgt_ids = src_tok.encode(src_lines), tgt_tok.encode(tgt_lines)
+    keep, dropped = [], Counter()
+    for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
+        if max_len and max(len(s), len(t)) > max_len:
+            dropped["max_len"] += 1
+        elif max_ratio and max(len(s), len(t)) > max_ratio * max(1, min(len(s), len(t))):
+            dropped["max_ratio"] += 1
+        else:
+            keep.append(i)
+    out = []
+    for ids in (src_ids, tgt_ids):
+        kept = [ids[i] for i in keep]
+        lengths = np.fromiter((len(x) for x in kept), dtype=np.int32, count=len(kept))
+        flat = np.fromiter((t for x in kept for t in x), dtype=np.int64, count=int(lengths.sum()))
+        out += [flat, lengths]
+    return (*out, dropped)
+
+
+def _chunks(src_path: Path, tgt_path: Path, size: int):
+    with open(src_path, encoding="utf-8") as fs, open(tgt_path, encoding="utf-8") as ft:
+        src, tgt = [], []
+        for s, t in zip(fs, ft):
+            src.append(s.rstrip("\n"))
+            tgt.append(t.rstrip("\n"))
+            if len(src) == size:
+                yield src, tgt
+                src, tgt = [], []
+        if src:
+            yield src, tgt
+
+
+def _encode_split(work: Path, split: str, n_pairs: int, tokenizers, opts: PrepareOptions, filtering: bool, dtype) -> dict:
+    """Encode {split}.{src,tgt}.txt in `work` into .bin/.len files, in order, with a bounded number of
+    chunks in flight (memory stays flat however large the corpus)."""
+    from tqdm import tqdm
+
+    max_len, max_ratio = (opts.max_len, opts.max_ratio) if filtering else (0, 0.0)
+    files = {(side, kind): open(work / f"{split}.{side}.{kind}", "wb") for side in SIDES for kind in ("bin", "len")}
+    counts, dropped = Counter(), Counter()
+    bar = tqdm(total=n_pairs, unit=" sent", desc=f"encode {split}", disable=not opts.progress, dynamic_ncols=True)
+
+    def write(result):
+        src_flat, src_len, tgt_flat, tgt_len, chunk_dropped = result
+        for side, flat, lengths in (("src", src_flat, src_len), ("tgt", tgt_flat, tgt_len)):
+            files[side, "bin"].write(flat.astype(dtype).tobytes())
+            files[side, "len"].write(lengths.tobytes())
+            counts[f"{side}_tokens"] += int(lengths.sum())
+        counts["pairs"] += len(src_len)
+        dropped.update(chunk_dropped)
+        bar.update(len(src_len) + sum(chunk_dropped.values()))
+
+    chunks = _chunks(work / f"{split}.src.txt", work / f"{split}.tgt.txt", opts.chunk_size)
+    try:
+        if opts.workers <= 1:
+            _init_worker(tokenizers[0].proto, tokenizers[1].proto)
+            for src, tgt in chunks:
+                write(_encode_chunk(src, tgt, max_len, max_ratio))
+        else:
+            with ProcessPoolExecutor(opts.workers, initializer=_init_worker, initargs=(tokenizers[0].proto, tokenizers[1].proto)) as pool:
+                pending = deque()
+                for src, tgt in chunks:
+                    pending.append(pool.submit(_encode_chunk, src, tgt, max_len, max_ratio))
+                    if len(pending) >= 2 * opts.workers:
+                        write(pending.popleft().result())
+                while pending:
+                    write(pending.popleft().result())
+    finally:
+        bar.close()
+        for f in files.values():
+            f.close()
+    return {**counts, "dropped": dict(dropped)}
+
+
+# ---------------------------------------------------------------- prepare
+def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions | None = None, force: bool = False, log=print) -> dict:
+    """Build a dataset in out_dir from splits {"train": (src, tgt) or (tsv,), "valid": …, "test": …}.
+
+    Raises CorpusError for bad input (naming file and line) unless opts.skip_bad.
+    """
+    from tqdm import tqdm
+
+    opts = opts or PrepareOptions()
+    out_dir = Path(out_dir)
+    if "train" not in splits:
+        raise ValueError("a train split is needed to learn the vocabulary")
+    if out_dir.exists() and not force:
+        raise FileExistsError(f"{out_dir} exists; choose another --out or pass --force to replace it")
+    for name, files in splits.items():  # fail fast, before any work
+        for f in files:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"{name}: no such file {f}")
+        if len(files) == 2:
+            check_line_counts(*files)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    started = time.time()
+    try:
+        # 1. validate and clean, streaming into text files
+        inputs, read = {}, {}
+        for name, files in splits.items():
+            stats = ReadStats()
+            with open(work / f"{name}.src.txt", "w", encoding="utf-8") as fs, open(work / f"{name}.tgt.txt", "w", encoding="utf-8") as ft:
+                pairs = read_parallel(*files, skip_bad=opts.skip_bad, normalize=opts.normalize, stats=stats)
+                for _, s, t in tqdm(pairs, unit=" sent", desc=f"read {name}", disable=not opts.progress, dynamic_ncols=True):
+                    fs.write(s + "\n")
+                    ft.write(t + "\n")
+            if stats.pairs_kept == 0:
+                raise CorpusError(f"{name}: no usable pairs in {', '.join(map(str, files))}")
+            read[name] = stats
+            for f in files:
+                inputs[str(f)] = {"split": name, "lines": stats.pairs_read, "sha256": stats.sha256[str(f)]}
+
+        # 2. learn the vocabulary (sentencepiece's trainer) on the cleaned training text
+        log(f"learning a {'joint ' if opts.joint_vocab else ''}{opts.model_type} vocabulary of {opts.vocab_size} pieces")
+        train_text = [work / "train.src.txt", work / "train.tgt.txt"]
+        kw = dict(max_sentences=opts.max_spm_sentences, normalization=opts.spm_normalization, threads=opts.workers)
+        try:
+            if opts.joint_vocab:
+                src_tok = tgt_tok = Tokenizer.train(train_text, opts.vocab_size, opts.model_type, **kw)
+            else:
+                src_tok = Tokenizer.train(train_text[:1], opts.vocab_size, opts.model_type, **kw)
+                tgt_tok = Tokenizer.train(train_text[1:], opts.vocab_size, opts.model_type, **kw)
+        except RuntimeError as e:
+            raise CorpusError(f"sentencepiece could not learn a vocabulary of {opts.vocab_size}: {e}") from None
+        vocab_files = {"src": "spm.model", "tgt": "spm.model"} if opts.joint_vocab else {"src": "spm.src.model", "tgt": "spm.tgt.model"}
+        src_tok.save(work / vocab_files["src"])
+        tgt_tok.save(work / vocab_files["tgt"])
+        dtype = np.uint16 if max(src_tok.vocab_size, tgt_tok.vocab_size) <= 65535 else np.int32
+
+        # 3. encode with all cores; filter the training pairs
+        split_meta = {}
+        for name in splits:
+            encoded = _encode_split(work, name, read[name].pairs_kept, (src_tok, tgt_tok), opts, name == "train", dtype)
+            skipped = dict(read[name].skipped)
+            split_meta[name] = {
+                "pairs": encoded["pairs"], "src_tokens": encoded["src_tokens"], "tgt_tokens": encoded["tgt_tokens"],
+                "lines_read": read[name].pairs_read, "skipped": skipped, "filtered": encoded["dropped"],
+            }
+            report = [f"{name}: {encoded['pairs']} pairs kept of {read[name].pairs_read}"]
+            report += [f"{n} dropped: {BAD_KINDS[k]}" for k, n in skipped.items()]
+            report += [f"{n} dropped by the {k} filter" for k, n in encoded["dropped"].items()]
+            log("; ".join(report))
+            if name == "train":  # the training text is not needed again; valid/test text are BLEU references
+                for side in SIDES:
+                    (work / f"{name}.{side}.txt").unlink()
+
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "aiayn_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.time() - started, 1),
+            "dtype": np.dtype(dtype).name,
+            "joint_vocab": opts.joint_vocab,
+            "vocab": {
+                side: {"file": vocab_files[side], "size": tok.vocab_size, "sha256": tok.sha256}
+                for side, tok in (("src", src_tok), ("tgt", tgt_tok))
+            },
+            "special_ids": {"pad": src_tok.pad_id, "unk": src_tok.unk_id, "bos": src_tok.bos_id, "eos": src_tok.eos_id},
+            "splits": split_meta,
+            "inputs": inputs,
+            "options": {k: v for k, v in asdict(opts).items() if k not in ("workers", "progress")},
+        }
+        (work / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        if out_dir.exists():  # --force: replace only now that the new one is complete
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+        return meta
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- reading a dataset
+def load_meta(directory: str | Path) -> dict:
+    path = Path(directory) / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not an aiayn dataset (no meta.json); create one with 'aiayn prepare'")
+    meta = json.loads(path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory}: dataset format {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+    return meta
+
+
+def load_tokenizers(directory: str | Path) -> tuple[Tokenizer, Tokenizer]:
+    meta = load_meta(directory)
+    src = Tokenizer.from_file(Path(directory) / meta["vocab"]["src"]["file"])
+    tgt = src if meta["joint_vocab"] else Tokenizer.from_file(Path(directory) / meta["vocab"]["tgt"]["file"])
+    return src, tgt
+
+
+class ParallelDataset:
+    """One split of a binarized dataset: token arrays memory-mapped, never loaded whole."""
+
+    def __init__(self, directory: str | Path, split: str = "train"):
+        self.directory, self.split = Path(directory), split
+        self.meta = load_meta(directory)
+        if split not in self.meta["splits"]:
+            raise KeyError(f"{directory} has no {split!r} split (it has {', '.join(self.meta['splits'])})")
+        dtype = np.dtype(self.meta["dtype"])
+        self.tokens, self.lengths, self.offsets = {}, {}, {}
+        for side in SIDES:
+            lengths = np.fromfile(self.directory / f"{split}.{side}.len", dtype=np.int32)
+            bin_path = self.directory / f"{split}.{side}.bin"
+            expected = int(lengths.sum()) * dtype.itemsize
+            if bin_path.stat().st_size != expected:
+                raise ValueError(f"{bin_path} is {bin_path.stat().st_size} bytes, expected {expected}: the dataset is damaged; prepare it again")
+            self.tokens[side] = np.memmap(bin_path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
+            self.lengths[side] = lengths
+            self.offsets[side] = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        if len(self.lengths["src"]) != len(self.lengths["tgt"]):
+            raise ValueError(f"{directory}/{split}: source and target sentence counts differ; prepare it again")
+
+    def __len__(self) -> int:
+        return len(self.lengths["src"])
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(self.tokens[s][self.offsets[s][i] : self.offsets[s][i + 1]] for s in SIDES)
+
+    @property
+    def src_lengths(self) -> np.ndarray:
+        return self.lengths["src"]
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        return self.lengths["tgt"]
+
+    def text(self, side: str) -> list[str] | None:
+        """The cleaned text of a valid/test split (the reference for BLEU), if stored."""
+        path = self.directory / f"{self.split}.{side}.txt"
+        return path.read_text(encoding="utf-8").splitlines() if path.is_file() else None

@@ -1,0 +1,36 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AIAYN_SHARED", REPO.parent / "shared"))
+BIBLE = SHARED / "data" / "bible-en-es"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shipped(tmp_path_factory):
+    """A 2,000-pair slice of the shipped Bible corpus as files: {split: (en, es)}."""
+    from aiayn.data.shipped import write_shipped_corpus
+
+    return write_shipped_corpus(tmp_path_factory.mktemp("shipped"), limit={"train": 2000, "valid": 200, "test": 200})
+
+
+@pytest.fixture(scope="session")
+def small_dataset(shipped, tmp_path_factory):
+    """A prepared dataset (joint BPE of 1,000 pieces) from the 2,000-pair slice."""
+    from aiayn.data import PrepareOptions, prepare
+
+    out = tmp_path_factory.mktemp("data") / "bible-small"
+    prepare(dict(shipped), out, PrepareOptions(vocab_size=1000, workers=1, progress=False), log=lambda *a: None)
+    return out
+
+
+@pytest.fixture
+def bible_dir():
+    if not (BIBLE / "train.en").is_file():
+        pytest.skip(f"the shared Bible corpus is not at {BIBLE} (set AIAYN_SHARED to its parent's parent)")
+    return BIBLE
