@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 DESCRIPTION = """\
 aiayn: the Transformer of "Attention Is All You Need", exact and fast.
@@ -77,26 +78,298 @@ def _run_prepare(args):
     print(f"wrote {args.out}: {counts} pairs; vocabulary {meta['vocab']['src']['size']} in {meta['seconds']}s")
 
 
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a model on a prepared dataset (the paper's recipe; resumable; torchrun for several GPUs)",
+        description="Train a Transformer on a dataset made by 'aiayn prepare'. Any config key can be set with "
+        "--key value (e.g. --max-tokens 2048 --warmup-steps 1000 --model.dropout 0.2); 'aiayn train --help-config' "
+        "lists them. Several GPUs or nodes: torchrun --nproc_per_node=N -m aiayn train ...",
+    )
+    p.add_argument("--data", metavar="DIR", help="dataset directory from 'aiayn prepare'")
+    p.add_argument("--config", default=None, metavar="NAME|FILE", help="base, big, small, tiny, or a YAML file (default base)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (checkpoints, logs, curves)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--init-from", metavar="CKPT", help="start from these weights with a fresh optimizer (fine-tuning)")
+    p.add_argument("--max-updates", type=int, help="stop after this many updates")
+    p.add_argument("--max-epochs", type=int, help="stop after this many epochs")
+    p.add_argument("--max-time", type=float, metavar="MINUTES", help="stop after this much wall-clock time")
+    p.add_argument("--save-every", type=int, metavar="N", help="save a checkpoint every N updates")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default, then exit")
+    p.set_defaults(run=_run_train, takes_overrides=True)
+
+
+def _run_train(args, extra):
+    import dataclasses
+
+    import yaml
+
+    from aiayn.train.config import TrainConfig, load_config, merge, parse_overrides
+    from aiayn.train.trainer import Trainer
+
+    if args.help_config:
+        import inspect
+
+        print(inspect.getsource(TrainConfig))
+        return
+    if not args.data or not args.out:
+        raise UserError("--data and --out are required")
+    overrides = parse_overrides(extra)
+    for key in ("max_updates", "max_epochs", "max_time", "save_every"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.resume:
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise UserError(f"--resume: {saved} not found; is {args.out} a run directory?")
+        values = yaml.safe_load(saved.read_text())["train"]
+        cfg = TrainConfig.from_dict(merge(values, overrides))
+    else:
+        cfg = load_config(args.config or "base", overrides)
+    summary = Trainer(cfg, args.data, args.out, resume=args.resume, init_from=args.init_from).train()
+    if summary["reason"] == "signal":
+        print(f"stopped by a signal at update {summary['updates']}; the checkpoint is saved: continue with --resume")
+    else:
+        print(f"done ({summary['reason']}): {summary['updates']} updates; checkpoints in {args.out}/checkpoints")
+
+
+def _add_average(sub):
+    p = sub.add_parser("average", help="average the last K checkpoints of a run (§6.1)",
+                       description="Average checkpoints element-wise (the paper averages the last 5 for base models, 20 for big).")
+    p.add_argument("run_dir", nargs="?", help="run directory")
+    p.add_argument("--last", type=int, default=5, help="how many of the latest checkpoints (default 5)")
+    p.add_argument("--checkpoints", nargs="+", metavar="CKPT", help="average these files instead")
+    p.add_argument("--out", required=True, help="averaged weights file (.safetensors)")
+    p.set_defaults(run=_run_average)
+
+
+def _run_average(args):
+    from aiayn.train.checkpoint import average_checkpoints, list_checkpoints
+
+    if args.checkpoints:
+        paths = args.checkpoints
+    elif args.run_dir:
+        steps = list_checkpoints(args.run_dir)
+        if not steps:
+            raise UserError(f"{args.run_dir} holds no step checkpoints")
+        paths = [p for _, p in steps[-args.last :]]
+        if len(paths) < args.last:
+            print(f"note: only {len(paths)} checkpoints in {args.run_dir}; averaging those")
+    else:
+        raise UserError("give a run directory or --checkpoints")
+    average_checkpoints(paths, args.out)
+    print(f"averaged {len(paths)} checkpoints into {args.out}: {', '.join(Path(p).name for p in paths)}")
+
+
+def _add_search_options(p):
+    g = p.add_argument_group("search")
+    g.add_argument("--beam", type=int, default=4, help="beam size (default 4, as in §6.1); 1 is greedy")
+    g.add_argument("--alpha", type=float, default=0.6, help="length penalty α (default 0.6, as in §6.1)")
+    g.add_argument("--lp-style", choices=["gnmt", "power"], default="gnmt", help="gnmt: ((5+|Y|)/6)^α, the paper's; power: |Y|^α (fairseq/HF)")
+    g.add_argument("--max-len-a", type=float, default=1.0, help="output length cap a·source length + b (default a=1)")
+    g.add_argument("--max-len-b", type=int, default=50, help="(default b=50, as in §6.1)")
+    g.add_argument("--nbest", type=int, default=1, help="print the N best hypotheses with scores")
+    g.add_argument("--early-stop", action="store_true", help="stop a sentence once it has nbest finished hypotheses (fairseq), not when none can be beaten")
+    g.add_argument("--sampling", action="store_true", help="sample instead of searching")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0, help="seed for sampling")
+    g.add_argument("--max-tokens", type=int, default=4096, help="source tokens × beam per batch")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision for decoding")
+
+
+def _translator(args, models: list[str]):
+    import torch
+
+    from aiayn.decode.translate import SearchOptions, Translator
+    from aiayn.train.checkpoint import load_model
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    loaded = [load_model(m, device) for m in models]
+    first = loaded[0][1]
+    for _, ckpt in loaded[1:]:
+        if ckpt.src_tokenizer.sha256 != first.src_tokenizer.sha256 or ckpt.tgt_tokenizer.sha256 != first.tgt_tokenizer.sha256:
+            raise UserError(f"{ckpt.path} has another vocabulary than {first.path}: an ensemble needs one vocabulary")
+    options = SearchOptions(
+        beam=args.beam, alpha=args.alpha, lp_style=args.lp_style, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+        nbest=args.nbest, early_stop=args.early_stop, sampling=args.sampling, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    )
+    return Translator([m for m, _ in loaded], *first.tokenizers, options=options, max_tokens=args.max_tokens,
+                      device=device, precision=args.precision, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
+
+
+def _add_translate(sub):
+    p = sub.add_parser("translate", help="translate text with a trained model (beam search, KV cache)",
+                       description="Translate raw text, one sentence a line, keeping the input order. "
+                       "--model may be a weights file or a run directory (averaged, else best, else latest checkpoint); "
+                       "give --model several times for an ensemble.")
+    p.add_argument("--model", action="append", required=True, metavar="CKPT", help="weights file or run directory")
+    p.add_argument("--input", default="-", help="input file (default: standard input)")
+    p.add_argument("--output", default="-", help="output file (default: standard output)")
+    p.add_argument("--ref", help="also score the translations against this reference file")
+    p.add_argument("--print-alignment", nargs="?", const=-1, type=int, metavar="LAYER",
+                   help="append, per output subword, the source subword it attends to most (cross-attention of LAYER, default the last, averaged over heads) as src-tgt pairs")
+    p.add_argument("--scores", action="store_true", help="append each translation's score")
+    p.add_argument("--chunk", type=int, default=10000, help="lines read and sorted together (bounds memory)")
+    p.add_argument("--engine", choices=["native", "ctranslate2"], default="native", help="decoding engine")
+    _add_search_options(p)
+    p.set_defaults(run=_run_translate)
+
+
+def _read_input(path: str):
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        for number, raw in enumerate(stream, start=1):
+            raw = raw.rstrip(b"\n").rstrip(b"\r")
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                print(f"warning: {path}, line {number}: invalid UTF-8, bad bytes replaced", file=sys.stderr)
+                yield raw.decode("utf-8", errors="replace")
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _run_translate(args):
+    import itertools
+    import time
+
+    if args.engine == "ctranslate2":
+        raise UserError("--engine ctranslate2 needs a model exported with 'aiayn export --format ctranslate2' (see the interop guide)")
+    translator = _translator(args, args.model)
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    chunk = 1 if args.input == "-" and sys.stdin.isatty() else args.chunk
+    hyps, started, n_tokens = [], time.time(), 0
+    lines = _read_input(args.input)
+    try:
+        while batch := list(itertools.islice(lines, chunk)):
+            results = translator.translate(batch, alignment_layer=args.print_alignment)
+            for tr in results:
+                n_tokens += len(tr.tokens)
+                if args.nbest > 1:
+                    for text, score in tr.nbest or [(tr.text, tr.score)]:
+                        out.write(f"{text}\t{score:.4f}\n")
+                    continue
+                fields = [tr.text]
+                if args.scores:
+                    fields.append(f"{tr.score:.4f}")
+                if args.print_alignment is not None:
+                    fields.append(" ".join(f"{s}-{t}" for t, s in enumerate(tr.alignment or [])))
+                out.write("\t".join(fields) + "\n")
+                hyps.append(tr.text)
+            out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    seconds = time.time() - started
+    print(f"translated {len(hyps)} lines, {n_tokens} subwords in {seconds:.1f}s ({n_tokens / max(seconds, 1e-9):.0f} subwords/s)", file=sys.stderr)
+    if args.ref:
+        from aiayn.evaluate import evaluate, read_lines
+
+        refs = read_lines(args.ref)
+        if len(refs) != len(hyps):
+            raise UserError(f"{args.ref} has {len(refs)} lines but {len(hyps)} lines were translated")
+        result = evaluate(hyps, refs)
+        print(f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}\n  {result['bleu_detail']}\n  BLEU signature: {result['bleu_signature']}\n  chrF signature: {result['chrf_signature']}", file=sys.stderr)
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="score translations with sacreBLEU (BLEU, chrF)")
+    p.add_argument("--hyp", required=True, help="translations, one a line")
+    p.add_argument("--ref", required=True, help="references, one a line")
+    p.add_argument("--tokenize", default="13a", help="sacreBLEU tokenizer (default 13a; e.g. intl, zh, ja-mecab, char)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args):
+    import json
+
+    from aiayn.evaluate import evaluate_files
+
+    result = evaluate_files(args.hyp, args.ref, args.tokenize)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  ({result['sentences']} sentences)")
+        print(f"  {result['bleu_detail']}")
+        print(f"  BLEU signature: {result['bleu_signature']}")
+        print(f"  chrF signature: {result['chrf_signature']}")
+
+
+def _add_attention(sub):
+    p = sub.add_parser("attention", help="draw attention heat maps for a sentence and its translation")
+    p.add_argument("--model", required=True, help="weights file or run directory")
+    p.add_argument("--text", required=True, help="the source sentence")
+    p.add_argument("--out", default="attention.png", help="PNG file to write")
+    p.add_argument("--kind", choices=["cross", "encoder", "both"], default="both", help="encoder-decoder, encoder self-attention, or both")
+    p.add_argument("--layers", type=int, nargs="+", help="layers to draw (1-based; negative counts from the end; default all)")
+    p.add_argument("--average-heads", action="store_true", help="one panel per layer, the mean of its heads")
+    p.add_argument("--json", metavar="FILE", help="also write the weights as JSON")
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=_run_attention)
+
+
+def _run_attention(args):
+    import json
+
+    from aiayn.attention import attention_maps, render
+    from aiayn.decode.translate import Translator
+    from aiayn.train.checkpoint import load_model
+
+    model, ckpt = load_model(args.model, args.device)
+    translator = Translator(model, *ckpt.tokenizers, beam=args.beam, device=args.device)
+    maps = attention_maps(translator, args.text)
+    kinds = ("cross", "encoder") if args.kind == "both" else (args.kind,)
+    layers = [l - 1 if l > 0 else l for l in args.layers] if args.layers else None
+    path, panels = render(maps, args.out, kinds, layers, args.average_heads)
+    if args.json:
+        Path(args.json).write_text(json.dumps(maps.to_dict()))
+    print(f"translation: {maps.translation}\nwrote {path} ({panels} panels)")
+
+
+def _add_plot(sub):
+    p = sub.add_parser("plot", help="draw the loss and BLEU curves of a training run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="PNG file (default RUN_DIR/curves.png)")
+    p.set_defaults(run=_run_plot)
+
+
+def _run_plot(args):
+    from aiayn.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiayn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(title="commands", metavar="<command>")
-    _add_prepare(sub)
+    for add in (_add_prepare, _add_train, _add_average, _add_translate, _add_evaluate, _add_attention, _add_plot):
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
         sys.exit(1)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.run(args)
+        args.run(args, extra) if getattr(args, "takes_overrides", False) else args.run(args)
     except KeyboardInterrupt:
         print("aiayn: interrupted", file=sys.stderr)
         sys.exit(130)
-    except (UserError, ValueError, FileNotFoundError, FileExistsError, KeyError, OSError) as e:
+    except (UserError, ValueError, FileNotFoundError, FileExistsError, KeyError, OSError, RuntimeError) as e:
         if args.debug or os.environ.get("AIAYN_DEBUG"):
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -84,7 +84,7 @@ class TokenBucketSampler:
     the shuffle breaks ties), cut into batches of ≤ max_tokens per side, shuffle the batch order,
     and give rank r the batches r, r + world_size, … . Every rank gets the same number of
     batches (DDP steps in lockstep): when the count does not divide, the largest batches are
-    halved, so every pair still appears exactly once per epoch across all ranks.
+    halved in place, so every pair still appears exactly once per epoch across all ranks.
     """
 
     def __init__(
@@ -116,14 +116,14 @@ class TokenBucketSampler:
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         order = order[np.lexsort((self.src_lengths[order], self.tgt_lengths[order]))]  # stable: ties keep the shuffle
         batches = make_batches(self.src_lengths, self.tgt_lengths, self.max_tokens, order, self.max_sentences)
-        while len(batches) % self.world_size:
+        if self.shuffle:
+            batches = [batches[k] for k in rng.permutation(len(batches))]
+        while len(batches) % self.world_size:  # split in place: the order of all other batches stays
             largest = max(range(len(batches)), key=lambda k: len(batches[k]))
             if len(batches[largest]) < 2:
                 raise ValueError(f"{n} sentence pairs cannot be shared out evenly over {self.world_size} ranks")
             half = len(batches[largest]) // 2
             batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
-        if self.shuffle:
-            batches = [batches[k] for k in rng.permutation(len(batches))]
         self._cache = (epoch, batches)
         return batches
 

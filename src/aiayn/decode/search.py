@@ -1,0 +1,207 @@
+"""Search over the decoder's next-token distributions: greedy, beam search (§6.1), and sampling.
+
+Every search works on a whole batch of sentences at once, and beam search on all their beams
+in one tensor: the only Python loop runs over output positions. Sentences that are finished
+leave the batch (their cache rows are dropped), so a long sentence never makes short ones pay.
+The decoder runs incrementally with its KV cache (`Transformer.decode_step`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from aiayn.model import Transformer
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # output tokens, without the start symbol and without EOS
+    score: float  # logprob / length penalty (what beam search ranks by)
+    logprob: float  # sum of token log-probabilities, EOS included
+
+
+def length_penalty(length: Tensor | float, alpha: float, style: str = "gnmt"):
+    """§6.1 "length penalty α = 0.6" — Wu et al. (2016), GNMT: lp(Y) = ((5 + |Y|) / 6)^α.
+    style="power" is |Y|^α (fairseq and Hugging Face). |Y| counts EOS."""
+    if style == "gnmt":
+        return ((5.0 + length) / 6.0) ** alpha
+    if style == "power":
+        return length**alpha
+    raise ValueError(f"unknown length penalty style {style!r} (gnmt or power)")
+
+
+def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
+    """Per sentence: at most a·(source length) + b output tokens, EOS included ([B], long)."""
+    src_len = src.ne(model.config.pad_id).sum(1) - 1  # without the source EOS
+    limit = (max_len_a * src_len.double()).floor().long() + max_len_b
+    if model.config.positional == "learned":
+        limit = limit.clamp(max=model.config.max_positions)
+    return limit.clamp(min=1)
+
+
+def _start(model: Transformer, n: int, device) -> Tensor:
+    return torch.full((n,), model.config.decoder_start_id, dtype=torch.long, device=device)
+
+
+@torch.no_grad()
+def greedy_search(model: Transformer, src: Tensor, *, max_len_a: float = 1.0, max_len_b: int = 50,
+                  alpha: float = 0.0, lp_style: str = "gnmt") -> list[Hypothesis]:
+    """Take the most probable token at each step until EOS (or the length cap)."""
+    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, pick=lambda lprobs: lprobs.argmax(-1))
+
+
+@torch.no_grad()
+def sample(model: Transformer, src: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           generator: torch.Generator | None = None, max_len_a: float = 1.0, max_len_b: int = 50,
+           alpha: float = 0.0, lp_style: str = "gnmt") -> list[Hypothesis]:
+    """Draw each token from the model's distribution (softened by temperature, cut to the top_k
+    tokens and/or the smallest set with probability ≥ top_p). The log-probabilities reported are
+    the model's own (before temperature and cuts)."""
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (use greedy search for temperature 0)")
+
+    def pick(lprobs: Tensor) -> Tensor:
+        logits = lprobs / temperature
+        if top_k:
+            kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, NEG_INF)
+        if top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
+            logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, NEG_INF))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, pick)
+
+
+def _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, pick) -> list[Hypothesis]:
+    """One hypothesis per sentence, extended by `pick` (argmax or a draw) until EOS."""
+    cfg = model.config
+    B, device = src.size(0), src.device
+    cache = model.init_cache(model.encode(src))
+    limit = max_lengths(model, src, max_len_a, max_len_b)
+    active = torch.arange(B, device=device)
+    token = _start(model, B, device)
+    out = torch.full((B, int(limit.max())), cfg.pad_id, dtype=torch.long, device=device)
+    logprob = torch.zeros(B, dtype=torch.float64, device=device)
+    length = torch.zeros(B, dtype=torch.long, device=device)
+    for t in range(int(limit.max())):
+        lprobs = model.decode_step(token, cache).float().log_softmax(-1)  # [n, V]
+        lprobs[:, cfg.pad_id] = NEG_INF
+        at_cap = t + 1 >= limit[active]
+        lprobs[at_cap] = torch.where(torch.arange(lprobs.size(1), device=device) == cfg.eos_id, lprobs[at_cap], NEG_INF)
+        token = pick(lprobs)
+        out[active, t] = token
+        logprob[active] += lprobs.gather(1, token[:, None]).squeeze(1).double()
+        done = token.eq(cfg.eos_id)
+        length[active[done]] = t + 1
+        if done.any():
+            keep = (~done).nonzero().squeeze(1)
+            active, token = active[keep], token[keep]
+            if not len(active):
+                break
+            cache.select(keep)
+    lp = length_penalty(length.double(), alpha, lp_style)
+    return [Hypothesis(out[i, : length[i] - 1].tolist(), (logprob[i] / lp[i]).item(), logprob[i].item()) for i in range(B)]
+
+
+@torch.no_grad()
+def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float = 0.6, lp_style: str = "gnmt",
+                max_len_a: float = 1.0, max_len_b: int = 50, nbest: int = 1, early_stop: bool = False) -> list[list[Hypothesis]]:
+    """Beam search with length penalty (§6.1: beam size 4, α = 0.6), batched over sentences and beams.
+
+    Each step extends the `beam` live hypotheses of every sentence, keeps the 2·beam best
+    candidates, moves those that end in EOS (among the best `beam`) to the sentence's pool of
+    finished hypotheses (scored logprob / lp), and continues with the best `beam` others.
+    A sentence is done when its pool holds `nbest` hypotheses and no live one can still beat
+    them: a live hypothesis's log-probability only falls, so its best reachable score is
+    logprob / max(lp) over the lengths still allowed. early_stop=True stops as soon as the pool
+    is full instead (fairseq's behaviour). Returns, per sentence, `nbest` hypotheses, best first.
+    """
+    if not 1 <= nbest <= beam:
+        raise ValueError(f"nbest must be between 1 and the beam size ({beam}), got {nbest}")
+    cfg = model.config
+    B, K, device = src.size(0), beam, src.device
+    cache = model.init_cache(model.encode(src))  # encoder keys/values once per sentence, never per beam
+    limit = max_lengths(model, src, max_len_a, max_len_b)  # [B]
+    T = int(limit.max())
+    active = torch.arange(B, device=device)  # original index of each sentence still being decoded
+    scores = torch.full((B, K), NEG_INF, device=device)
+    scores[:, 0] = 0.0  # all beams start identical: only the first one may expand at step 0
+    hyps = torch.empty((B * K, 0), dtype=torch.long, device=device)  # tokens so far
+    token = _start(model, B * K, device)
+    pool_score = torch.full((B, nbest), NEG_INF, device=device)  # finished hypotheses, best first
+    pool_logp = torch.zeros((B, nbest), device=device)
+    pool_tokens = torch.full((B, nbest, T), cfg.pad_id, dtype=torch.long, device=device)
+    pool_len = torch.zeros((B, nbest), dtype=torch.long, device=device)
+    result = [None] * B
+    eos_column = torch.arange(model.config.tgt_vocab_size, device=device) == cfg.eos_id
+
+    def finish(rows: Tensor) -> None:
+        for r in rows.tolist():  # bookkeeping per finished sentence: no model work here
+            result[active[r].item()] = [
+                Hypothesis(pool_tokens[r, j, : pool_len[r, j] - 1].tolist(), pool_score[r, j].item(), pool_logp[r, j].item())
+                for j in range(nbest)
+                if pool_score[r, j] > NEG_INF
+            ]
+
+    for t in range(T):
+        n = active.numel()
+        lprobs = model.decode_step(token, cache).float().log_softmax(-1)  # [n·K, V]
+        V = lprobs.size(1)
+        lprobs[:, cfg.pad_id] = NEG_INF
+        at_cap = (t + 1 >= limit[active]).repeat_interleave(K)  # the last allowed position: EOS only
+        lprobs[at_cap] = lprobs[at_cap].masked_fill(~eos_column, NEG_INF)
+        candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
+        top, flat = candidates.topk(2 * K, dim=1)  # [n, 2K], best first
+        from_beam, new_token = flat // V, flat % V
+        is_eos = new_token.eq(cfg.eos_id)
+
+        # finished candidates (EOS among the best K) join the pool
+        ends = is_eos & (torch.arange(2 * K, device=device) < K) & top.gt(NEG_INF)
+        if ends.any():
+            length = t + 1
+            prefix = hyps.view(n, K, t).gather(1, from_beam[:, :, None].expand(n, 2 * K, t))  # [n, 2K, t]
+            new_tokens = torch.cat([prefix, new_token[:, :, None], torch.full((n, 2 * K, T - t - 1), cfg.pad_id, dtype=torch.long, device=device)], 2)
+            new_score = torch.where(ends, top / length_penalty(float(length), alpha, lp_style), NEG_INF)
+            all_score = torch.cat([pool_score, new_score], 1)  # [n, nbest + 2K]
+            pool_score, pick = all_score.topk(nbest, dim=1)
+            pool_logp = torch.cat([pool_logp, top], 1).gather(1, pick)
+            pool_len = torch.cat([pool_len, torch.full((n, 2 * K), length, device=device)], 1).gather(1, pick)
+            pool_tokens = torch.cat([pool_tokens, new_tokens], 1).gather(1, pick[:, :, None].expand(n, nbest, T))
+
+        # the best K candidates that do not end continue
+        live_score, pick = top.masked_fill(is_eos, NEG_INF).topk(K, dim=1)  # [n, K]
+        order = (from_beam.gather(1, pick) + K * torch.arange(n, device=device)[:, None]).view(-1)  # rows they extend
+        token = new_token.gather(1, pick).view(-1)
+        hyps = torch.cat([hyps[order], token[:, None]], 1)
+        cache.reorder(order)
+        scores = live_score
+
+        # which sentences are done?
+        full = pool_score[:, -1].gt(NEG_INF)
+        if early_stop:
+            done = full
+        else:
+            remaining = limit[active]  # the best reachable score of a live hypothesis
+            best_lp = torch.maximum(length_penalty(torch.full_like(remaining, t + 2).double(), alpha, lp_style),
+                                    length_penalty(remaining.double(), alpha, lp_style)).float()
+            bound = scores.max(1).values / best_lp
+            done = full & (pool_score[:, -1] >= bound)
+        done |= scores.max(1).values.eq(NEG_INF) | (t + 1 >= limit[active])
+        if done.any():
+            finish(done.nonzero().squeeze(1))
+            keep = (~done).nonzero().squeeze(1)
+            if not keep.numel():
+                break
+            rows = (keep[:, None] * K + torch.arange(K, device=device)).view(-1)
+            active, scores, hyps, token = active[keep], scores[keep], hyps[rows], token[rows]
+            pool_score, pool_logp, pool_len, pool_tokens = pool_score[keep], pool_logp[keep], pool_len[keep], pool_tokens[keep]
+            cache.select(keep)
+    return result

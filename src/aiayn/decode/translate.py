@@ -1,0 +1,201 @@
+"""`aiayn translate`: raw text in, translations out, in input order.
+
+Lines are encoded with the model's own sentencepiece model, sorted by length and cut into
+batches of at most `max_tokens` source tokens (× beam), decoded, detokenized, and put back in
+input order. Empty lines give empty lines; over-long lines are truncated with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from aiayn.data.tokenizer import Tokenizer
+from aiayn.decode.search import Hypothesis, beam_search, greedy_search, sample
+from aiayn.model import DecoderCache, EncoderOut, Transformer
+
+
+@dataclass
+class Translation:
+    text: str
+    score: float
+    tokens: list[int] = field(default_factory=list)  # output subword ids (no EOS)
+    src_tokens: list[int] = field(default_factory=list)  # source subword ids as fed (no EOS)
+    nbest: list[tuple[str, float]] = field(default_factory=list)  # with nbest > 1: (text, score), best first
+    alignment: list[int] | None = None  # per output subword: the source subword it attends to most
+
+
+@dataclass
+class SearchOptions:
+    beam: int = 4  # 1: greedy
+    alpha: float = 0.6  # length penalty α (§6.1)
+    lp_style: str = "gnmt"  # gnmt: ((5+|Y|)/6)^α (the paper) | power: |Y|^α (fairseq, Hugging Face)
+    max_len_a: float = 1.0  # output ≤ a·source length + b (§6.1: input length + 50)
+    max_len_b: int = 50
+    nbest: int = 1
+    early_stop: bool = False
+    sampling: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+class Ensemble(torch.nn.Module):
+    """Several models of one vocabulary decoding together: the average of their log-probabilities."""
+
+    def __init__(self, models: list[Transformer]):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+        self.config = models[0].config
+        for m in models[1:]:
+            c = m.config
+            if (c.tgt_vocab_size, c.pad_id, c.eos_id, c.decoder_start_id) != (self.config.tgt_vocab_size, self.config.pad_id, self.config.eos_id, self.config.decoder_start_id):
+                raise ValueError("ensemble members need the same target vocabulary and special ids")
+
+    def encode(self, src: Tensor) -> list[EncoderOut]:
+        return [m.encode(src) for m in self.models]
+
+    def init_cache(self, encs: list[EncoderOut]) -> "EnsembleCache":
+        return EnsembleCache([m.init_cache(e) for m, e in zip(self.models, encs)])
+
+    def decode_step(self, tokens: Tensor, cache: "EnsembleCache") -> Tensor:
+        lprobs = [m.decode_step(tokens, c).float().log_softmax(-1) for m, c in zip(self.models, cache.caches)]
+        return torch.stack(lprobs).mean(0)
+
+
+@dataclass
+class EnsembleCache:
+    caches: list[DecoderCache]
+
+    def reorder(self, order: Tensor) -> None:
+        for c in self.caches:
+            c.reorder(order)
+
+    def select(self, sentences: Tensor) -> None:
+        for c in self.caches:
+            c.select(sentences)
+
+
+class Translator:
+    def __init__(self, model: Transformer | list[Transformer], src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, *,
+                 options: SearchOptions | None = None, max_tokens: int = 4096, max_input_len: int = 0,
+                 device: str | torch.device | None = None, precision: str = "fp32", warn=None, **option_overrides):
+        models = model if isinstance(model, list) else [model]
+        self.model = models[0] if len(models) == 1 else Ensemble(models)
+        self.model.eval()
+        self.models = models
+        self.src_tok, self.tgt_tok = src_tokenizer, tgt_tokenizer
+        self.options = options or SearchOptions()
+        for k, v in option_overrides.items():
+            if not hasattr(self.options, k):
+                raise TypeError(f"unknown search option {k!r}")
+            setattr(self.options, k, v)
+        self.max_tokens = max_tokens
+        cfg = models[0].config
+        self.max_input_len = max_input_len or (cfg.max_positions - 1 if cfg.positional == "learned" else 1024)
+        self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
+        self.precision = precision
+        self.warn = warn or (lambda message: None)
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision == "fp16":
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        ids = self.src_tok.encode(texts)
+        for i, seq in enumerate(ids):
+            if len(seq) > self.max_input_len:
+                self.warn(f"line {i + 1}: {len(seq)} subwords, truncated to {self.max_input_len}")
+                ids[i] = seq[: self.max_input_len]
+        return ids
+
+    def batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices sorted by length, cut so that sentences × (longest + 1) × beam ≤ max_tokens."""
+        order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: lengths[i])
+        width = 1 if self.options.sampling else self.options.beam
+        batches, current, longest = [], [], 0
+        for i in order:
+            longest_if_added = max(longest, lengths[i] + 1)
+            if current and (len(current) + 1) * longest_if_added * width > self.max_tokens:
+                batches.append(current)
+                current, longest_if_added = [], lengths[i] + 1
+            current.append(i)
+            longest = longest_if_added
+        if current:
+            batches.append(current)
+        return batches
+
+    def _tensor(self, seqs: list[list[int]]) -> Tensor:
+        cfg = self.models[0].config
+        out = torch.full((len(seqs), max(len(s) for s in seqs) + 1), cfg.pad_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            out[i, len(s)] = cfg.eos_id
+        return out.to(self.device)
+
+    def search(self, src: Tensor) -> list[list[Hypothesis]]:
+        o = self.options
+        common = dict(max_len_a=o.max_len_a, max_len_b=o.max_len_b, alpha=o.alpha, lp_style=o.lp_style)
+        with self._autocast():
+            if o.sampling:
+                generator = torch.Generator(device=self.device).manual_seed(o.seed)
+                return [[h] for h in sample(self.model, src, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, generator=generator, **common)]
+            if o.beam == 1 and o.nbest == 1:
+                return [[h] for h in greedy_search(self.model, src, **common)]
+            return beam_search(self.model, src, beam=o.beam, nbest=o.nbest, early_stop=o.early_stop, **common)
+
+    def translate(self, texts: list[str], alignment_layer: int | None = None) -> list[Translation]:
+        """Translate raw sentences; alignment_layer (e.g. -1) also gives each output subword the
+        source subword that layer's encoder-decoder attention (averaged over heads) weighs most."""
+        ids = self.encode(texts)
+        out: list[Translation | None] = [None] * len(texts)
+        for i, seq in enumerate(ids):
+            if not seq:
+                out[i] = Translation("", 0.0)
+        for batch in self.batches([len(s) for s in ids]):
+            src = self._tensor([ids[i] for i in batch])
+            results = self.search(src)
+            aligns = self.align(src, [r[0].tokens for r in results], alignment_layer) if alignment_layer is not None else [None] * len(batch)
+            for i, hyps, align in zip(batch, results, aligns):
+                best = hyps[0]
+                out[i] = Translation(
+                    self.tgt_tok.decode(best.tokens), best.score, best.tokens, ids[i],
+                    [(self.tgt_tok.decode(h.tokens), h.score) for h in hyps] if self.options.nbest > 1 else [],
+                    align,
+                )
+        return out
+
+    @torch.no_grad()
+    def cross_attention(self, src: Tensor, outputs: list[list[int]]) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Re-run the decoder over the chosen outputs (teacher forcing, the same computation as
+        during search) and return the encoder-decoder attention per layer [B, h, T, S], the encoder
+        self-attention per layer [B, h, S, S], and the decoder input [B, T]."""
+        model = self.models[0]
+        cfg = model.config
+        T = max(len(o) for o in outputs) + 1
+        tgt_in = torch.full((len(outputs), T), cfg.pad_id, dtype=torch.long, device=self.device)
+        tgt_in[:, 0] = cfg.decoder_start_id
+        for i, o in enumerate(outputs):
+            tgt_in[i, 1 : len(o) + 1] = torch.tensor(o, dtype=torch.long)
+        with self._autocast():
+            enc = model.encode(src, need_weights=True)
+            _, cross = model.decode(tgt_in, enc, need_weights=True)
+        return [w.float() for w in cross], [w.float() for w in enc.self_attn], tgt_in
+
+    def align(self, src: Tensor, outputs: list[list[int]], layer: int = -1) -> list[list[int]]:
+        """Per output subword (EOS excluded), the source subword (EOS excluded) attended to most."""
+        cross, _, _ = self.cross_attention(src, outputs)
+        weights = cross[layer].mean(1)  # [B, T, S]: average over heads
+        src_len = src.ne(self.models[0].config.pad_id).sum(1) - 1
+        result = []
+        for i, o in enumerate(outputs):
+            w = weights[i, : len(o), : max(int(src_len[i]), 1)]  # row j: the step that produced output subword j
+            result.append(w.argmax(-1).tolist())
+        return result

@@ -1,0 +1,53 @@
+"""`aiayn evaluate`: corpus BLEU and chrF with sacreBLEU (the scores everyone reports, with signatures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def score(hypotheses: list[str], references: list[str], tokenize: str = "13a"):
+    """(BLEU, chrF) sacreBLEU score objects for detokenized hypotheses against one reference each."""
+    return _score(hypotheses, references, tokenize)[:2]
+
+
+def _score(hypotheses, references, tokenize):
+    import sacrebleu
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    bleu, chrf = sacrebleu.metrics.BLEU(tokenize=tokenize), sacrebleu.metrics.CHRF()
+    return bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references]), bleu, chrf
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Lines of a UTF-8 text file (an error names the line of invalid UTF-8)."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: invalid UTF-8") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def evaluate(hypotheses: list[str], references: list[str], tokenize: str = "13a") -> dict:
+    bleu, chrf, bleu_metric, chrf_metric = _score(hypotheses, references, tokenize)
+    return {
+        "bleu": round(bleu.score, 2),
+        "chrf": round(chrf.score, 2),
+        "sentences": len(hypotheses),
+        "bleu_detail": str(bleu),
+        "bleu_signature": str(bleu_metric.get_signature()),
+        "chrf_signature": str(chrf_metric.get_signature()),
+    }
+
+
+def evaluate_files(hyp: str | Path, ref: str | Path, tokenize: str = "13a") -> dict:
+    """Scores of a hypothesis file against a reference file (one sentence a line, same count)."""
+    hyps, refs = read_lines(hyp), read_lines(ref)
+    if len(hyps) != len(refs):
+        raise ValueError(f"{hyp} has {len(hyps)} lines but {ref} has {len(refs)}")
+    return evaluate(hyps, refs, tokenize)

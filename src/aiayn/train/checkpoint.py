@@ -1,0 +1,234 @@
+"""Checkpoints: weights in safetensors, everything needed to resume in a separate state file.
+
+A weights file (`*.safetensors`) is self-contained: its metadata holds the model config and
+the sentencepiece model(s), so `translate`, `serve` and `export` need nothing else and a
+model can never meet the wrong vocabulary. Training state (`*.state.pt`: optimizer, step,
+sampler position, RNG states) is loaded with `torch.load(weights_only=True)`.
+Every file is written to a temporary name in the same directory, then renamed: a crash or
+a full disk never leaves a half-written checkpoint under a real name.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from aiayn import __version__
+from aiayn.data.tokenizer import Tokenizer
+from aiayn.model import Transformer, TransformerConfig
+
+FORMAT = "aiayn-transformer/1"
+STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with what is wrong with it."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """write(tmp_path), fsync, then rename to path. On failure (e.g. disk full) the temporary file
+    is removed, any previous file at path is untouched, and CheckpointError says what happened."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError):
+            raise CheckpointError(f"could not write {path}: {e.strerror or e} (is the disk full?); the previous checkpoint is intact") from e
+        raise
+
+
+# ---------------------------------------------------------------- weights
+def unique_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The state dict without aliases (tied embeddings appear once, under their first name)."""
+    out, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.stride()) if tensor.numel() else (name,)
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().to("cpu").contiguous()
+    return out
+
+
+def load_weights(model: torch.nn.Module, tensors: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Load tensors into model; keys may be missing only where the model ties them to a present one."""
+    expected = unique_tensors(model)
+    missing = set(expected) - set(tensors)
+    unexpected = set(tensors) - set(model.state_dict())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} does not fit this model: missing {sorted(missing)[:5]}{'…' if len(missing) > 5 else ''}, "
+            f"unexpected {sorted(unexpected)[:5]}{'…' if len(unexpected) > 5 else ''}"
+        )
+    own = model.state_dict()
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise CheckpointError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)}")
+    model.load_state_dict(tensors, strict=False)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def save_model(path: str | Path, model: Transformer, tokenizers: tuple[Tokenizer, Tokenizer], extra: dict | None = None) -> None:
+    """Write weights + model config + vocabulary to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    src, tgt = tokenizers
+    metadata = {
+        "format": FORMAT,
+        "aiayn_version": __version__,
+        "model_config": json.dumps(model.config.to_dict()),
+        "spm_src": _b64(src.proto),
+        "spm_tgt": "" if tgt is src or tgt.proto == src.proto else _b64(tgt.proto),
+        "extra": json.dumps(extra or {}),
+    }
+    tensors = unique_tensors(model)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: TransformerConfig
+    tensors: dict[str, Tensor]
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    extra: dict = field(default_factory=dict)
+
+    def build(self, device: str | torch.device = "cpu") -> Transformer:
+        model = Transformer(self.config)
+        load_weights(model, self.tensors, str(self.path))
+        return model.to(device).eval()
+
+    @property
+    def tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
+        return self.src_tokenizer, self.tgt_tokenizer
+
+
+def read_metadata(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        size = path.stat().st_size
+        raise CheckpointError(f"{path} ({size} bytes) is not a readable safetensors file: it is truncated, damaged or of another format ({e})") from None
+    if metadata.get("format") != FORMAT:
+        hint = " (a Hugging Face model? convert it with 'aiayn import-hf')" if "format" in metadata and metadata["format"] == "pt" else ""
+        raise CheckpointError(f"{path} is not an aiayn checkpoint: its metadata has no '{FORMAT}' format tag{hint}")
+    return metadata
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a weights file with clear errors for a missing, truncated, damaged or foreign file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path} is damaged: {e}") from None
+    try:
+        config = TransformerConfig.from_dict(json.loads(metadata["model_config"]))
+        src = Tokenizer(base64.b64decode(metadata["spm_src"]))
+        tgt = Tokenizer(base64.b64decode(metadata["spm_tgt"])) if metadata.get("spm_tgt") else src
+        extra = json.loads(metadata.get("extra") or "{}")
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: damaged aiayn metadata ({e})") from None
+    return Checkpoint(path, config, tensors, src, tgt, extra)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Checkpoint]:
+    """A ready model (eval mode) from a weights file or a run directory."""
+    ckpt = read_checkpoint(resolve_model_path(path))
+    return ckpt.build(device), ckpt
+
+
+# ---------------------------------------------------------------- training state
+def save_training_state(path: str | Path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_training_state(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable training state (truncated or foreign?): {e}") from None
+
+
+# ---------------------------------------------------------------- run directories
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(update number, weights file) of the step checkpoints in a run directory, oldest first."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    found = []
+    for p in ckpt_dir.glob("step-*.safetensors") if ckpt_dir.is_dir() else []:
+        m = STEP_FILE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def step_paths(run_dir: str | Path, step: int) -> tuple[Path, Path]:
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    return ckpt_dir / f"step-{step:08d}.safetensors", ckpt_dir / f"step-{step:08d}.state.pt"
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A weights file as given, or for a run directory: averaged.safetensors, else best, else the latest step."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("averaged.safetensors", "checkpoints/best.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        steps = list_checkpoints(path)
+        if not steps:
+            raise FileNotFoundError(f"{path} holds no checkpoint (no averaged.safetensors, checkpoints/best.safetensors or checkpoints/step-*.safetensors)")
+        return steps[-1][1]
+    return path
+
+
+def average_checkpoints(paths: list[str | Path], out: str | Path) -> None:
+    """§6.1: "a single model obtained by averaging the last 5 checkpoints": the element-wise mean
+    of the weights (accumulated in float64), with the config and vocabulary of the last one."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    first = read_checkpoint(paths[-1])
+    total = {k: v.double() for k, v in first.tensors.items()}
+    for p in paths[:-1]:
+        ckpt = read_checkpoint(p)
+        if ckpt.src_tokenizer.sha256 != first.src_tokenizer.sha256 or ckpt.config != first.config:
+            raise CheckpointError(f"{p} has another model config or vocabulary than {paths[-1]}; only checkpoints of one run can be averaged")
+        if set(ckpt.tensors) != set(total):
+            raise CheckpointError(f"{p} holds other tensors than {paths[-1]}")
+        for k, v in ckpt.tensors.items():
+            total[k] += v.double()
+    model = Transformer(first.config)
+    load_weights(model, {k: (v / len(paths)).to(first.tensors[k].dtype) for k, v in total.items()}, str(paths[-1]))
+    extra = {**first.extra, "averaged": [str(p) for p in paths]}
+    save_model(out, model, first.tokenizers, extra)

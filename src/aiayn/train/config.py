@@ -1,0 +1,130 @@
+"""Training configuration: a dataclass, filled from a named config (configs/*.yaml), a YAML file of
+one's own, and `--key value` overrides (`--model.dropout 0.2` reaches into the model section)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    # the model: a preset of TransformerConfig (base, big, small, tiny) and overrides of its fields
+    model: dict = field(default_factory=lambda: {"preset": "base"})
+    # §5.1 batching: padded tokens per side per batch; update_freq batches make one update
+    max_tokens: int = 4096
+    update_freq: int = 1
+    max_sentences: int = 0  # cap on sentences per batch (0: none)
+    # §5.3 optimizer: Adam, β1 = 0.9, β2 = 0.98, ε = 1e-9, and the schedule of Eq. (3)
+    adam_betas: tuple = (0.9, 0.98)
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    lr_schedule: str = "paper"  # paper: d_model^-0.5·min(step^-0.5, step·warmup^-1.5)·lr_scale | inverse_sqrt: peak lr
+    lr_scale: float = 1.0
+    lr: float = 0.0  # peak learning rate, for lr_schedule=inverse_sqrt
+    warmup_steps: int = 4000
+    clip_norm: float = 0.0  # gradient clipping by global norm (0: off)
+    # §5.4 regularization (dropout lives in the model section)
+    label_smoothing: float = 0.1
+    # stopping
+    max_updates: int = 0  # 0: no limit
+    max_epochs: int = 0
+    max_time: float = 0.0  # minutes of wall-clock time
+    # checkpoints and validation
+    save_every: int = 1000  # updates
+    keep_last: int = 5
+    validate_every: int = 1000  # updates (0: only at the end)
+    valid_bleu: bool = True  # also decode the valid set and score it with sacreBLEU
+    valid_beam: int = 1  # 1: greedy
+    valid_max_sentences: int = 0  # decode at most this many valid sentences for BLEU (0: all)
+    patience: int = 0  # stop after this many validations without improvement (0: never)
+    # machinery
+    seed: int = 1
+    precision: str = "auto"  # auto (bf16 on CUDA/AMX, else fp32) | fp32 | bf16 | fp16 (CUDA, with a grad scaler)
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU threads for torch (0: torch's default)
+    num_workers: int = 0  # DataLoader worker processes
+    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
+    log_every: int = 50  # updates between log lines
+    deterministic: bool = False  # deterministic kernels (bit-exact resume on CPU is the default anyway)
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown training config keys: {', '.join(unknown)} (see 'aiayn train --help-config')")
+        values = dict(values)
+        if "adam_betas" in values:
+            values["adam_betas"] = tuple(values["adam_betas"])
+        return cls(**values)
+
+
+def named_configs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("aiayn").joinpath("configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"no config file {path}")
+        text = path.read_text()
+    else:
+        source = resources.files("aiayn").joinpath("configs", f"{name_or_path}.yaml")
+        if not source.is_file():
+            raise ValueError(f"unknown config {name_or_path!r}: use one of {', '.join(named_configs())} or a YAML file")
+        text = source.read_text()
+    values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{name_or_path}: a config is a YAML mapping of keys to values")
+    return values
+
+
+def _parse_value(text: str):
+    value = yaml.safe_load(text)
+    return text if value is None and text not in ("null", "~") else value
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """['--max-tokens', '2048', '--model.dropout', '0.2'] -> {'max_tokens': 2048, 'model': {'dropout': 0.2}}"""
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise ValueError(f"expected --key value, got {arg!r}")
+        key = arg[2:]
+        if "=" in key:
+            key, text = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ValueError(f"{arg} needs a value")
+            text = args[i + 1]
+            i += 2
+        path = key.replace("-", "_").split(".")
+        target = out
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = _parse_value(text)
+    return out
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge(out.get(k) or {}, v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(name_or_path: str, overrides: dict | None = None) -> TrainConfig:
+    return TrainConfig.from_dict(merge(_read_yaml(name_or_path), overrides or {}))

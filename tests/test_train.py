@@ -1,0 +1,328 @@
+"""Training: the paper's schedule and loss, checkpoints, bit-exact resume, DDP, faults."""
+
+import errno
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aiayn.train.checkpoint import CheckpointError, average_checkpoints, list_checkpoints, read_checkpoint
+from aiayn.train.config import TrainConfig, load_config, parse_overrides
+from aiayn.train.loss import label_smoothed_nll
+from aiayn.train.schedule import inverse_sqrt_lr, paper_lr
+from aiayn.train.trainer import Trainer, TrainingError
+
+# a small, fast recipe for tests
+FAST = {
+    "model": {"preset": "tiny", "d_model": 64, "d_ff": 128, "n_heads": 4, "n_encoder_layers": 1, "n_decoder_layers": 1, "dropout": 0.1},
+    "max_tokens": 400, "lr_schedule": "inverse_sqrt", "lr": 0.003, "warmup_steps": 20, "log_every": 1000,
+    "validate_every": 0, "valid_bleu": False, "save_every": 10, "threads": 1,
+}
+
+
+def fast_config(**overrides) -> TrainConfig:
+    values = {**FAST, **overrides}
+    if "model" in overrides:
+        values["model"] = {**FAST["model"], **overrides["model"]}
+    return TrainConfig.from_dict(values)
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "aiayn", *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def cli_overrides(**overrides) -> list[str]:
+    args = []
+    for key, value in {**FAST, **overrides}.items():
+        if key == "model":
+            for k, v in {**FAST["model"], **overrides.get("model", {})}.items():
+                if k != "preset":
+                    args += [f"--model.{k}", str(v)]
+        else:
+            args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+# ---------------------------------------------------------------- recipe
+def test_paper_schedule_matches_equation_3():
+    for step in (1, 10, 100, 3999, 4000, 4001, 10000, 100000):
+        expected = 512**-0.5 * min(step**-0.5, step * 4000**-1.5)
+        assert paper_lr(step, 512, 4000) == pytest.approx(expected, rel=1e-12)
+    assert paper_lr(4000, 512, 4000) == pytest.approx(512**-0.5 * 4000**-0.5)  # the peak, ≈ 7.0e-4
+    assert paper_lr(4000, 512, 4000, scale=2.0) == pytest.approx(2 * 512**-0.5 * 4000**-0.5)
+    assert inverse_sqrt_lr(50, 1e-3, 100) == pytest.approx(5e-4)
+    assert inverse_sqrt_lr(100, 1e-3, 100) == pytest.approx(1e-3)
+    assert inverse_sqrt_lr(400, 1e-3, 100) == pytest.approx(5e-4)
+    # the two forms agree when the peak is the paper's
+    peak = paper_lr(4000, 512, 4000)
+    for step in (1, 2000, 4000, 16000):
+        assert inverse_sqrt_lr(step, peak, 4000) == pytest.approx(paper_lr(step, 512, 4000))
+
+
+def test_label_smoothed_loss_by_hand():
+    logits = torch.tensor([[2.0, 1.0, 0.1, -1.0], [0.5, 0.5, 3.0, 0.0]])
+    target = torch.tensor([0, 2])
+    eps, V = 0.1, 4
+    loss, nll = label_smoothed_nll(logits, target, eps)
+    expected_loss = expected_nll = 0.0
+    for row, y in zip(logits.tolist(), target.tolist()):
+        z = sum(math.exp(v) for v in row)
+        logp = [v - math.log(z) for v in row]
+        expected_nll += -logp[y]
+        # target distribution: (1 - eps) on y plus eps / V everywhere
+        q = [eps / V + (1 - eps) * (k == y) for k in range(V)]
+        expected_loss += -sum(qk * lk for qk, lk in zip(q, logp))
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-6)
+    assert nll.item() == pytest.approx(expected_nll, rel=1e-6)
+
+
+def test_config_from_yaml_and_overrides(tmp_path):
+    overrides = parse_overrides(["--max-tokens", "2048", "--model.dropout", "0.3", "--adam-betas=[0.9, 0.997]", "--valid-bleu", "false"])
+    cfg = load_config("base", overrides)
+    assert cfg.max_tokens == 2048 and cfg.model == {"preset": "base", "dropout": 0.3}
+    assert cfg.adam_betas == (0.9, 0.997) and cfg.valid_bleu is False
+    assert cfg.warmup_steps == 4000 and cfg.adam_eps == 1e-9 and cfg.label_smoothing == 0.1
+    path = tmp_path / "mine.yaml"
+    path.write_text("model: {preset: tiny}\nmax_tokens: 100\n")
+    assert load_config(str(path)).max_tokens == 100
+    with pytest.raises(ValueError, match="unknown training config keys: max_tokenz"):
+        load_config("base", {"max_tokenz": 1})
+    with pytest.raises(ValueError, match="unknown config 'huge'"):
+        load_config("huge")
+
+
+# ---------------------------------------------------------------- runs
+def train(data, out, resume=False, **overrides):
+    return Trainer(fast_config(**overrides), data, out, resume=resume, log=lambda *a: None, progress=False).train()
+
+
+def test_a_run_is_self_contained(small_dataset, tmp_path):
+    summary = train(small_dataset, tmp_path / "run", max_updates=20, validate_every=10, valid_bleu=True, valid_max_sentences=20)
+    assert summary["updates"] == 20 and summary["reason"] == "max_updates"
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "log.jsonl", "checkpoints", "curves.png", "tensorboard"}
+    assert [s for s, _ in list_checkpoints(run)] == [10, 20]
+    assert (run / "checkpoints" / "best.safetensors").is_file()
+    # the checkpoint alone carries the model config and the vocabulary
+    moved = tmp_path / "elsewhere.safetensors"
+    shutil.copy(run / "checkpoints" / "step-00000020.safetensors", moved)
+    ckpt = read_checkpoint(moved)
+    assert ckpt.config.d_model == 64 and ckpt.src_tokenizer.vocab_size == 1000
+    import hashlib
+
+    assert ckpt.src_tokenizer.sha256 == hashlib.sha256((small_dataset / "spm.model").read_bytes()).hexdigest()
+    model = ckpt.build()
+    assert model.output_proj.weight is model.src_embed.weight  # tying survives the round trip
+
+
+def test_existing_run_needs_resume(small_dataset, tmp_path):
+    train(small_dataset, tmp_path / "run", max_updates=10)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(small_dataset, tmp_path / "run", max_updates=10)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(small_dataset, tmp_path / "empty", resume=True, max_updates=10)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bit_exact(small_dataset, tmp_path):
+    """A run killed with SIGKILL part way and resumed ends with exactly the weights of an uninterrupted run."""
+    args = ["train", "--data", small_dataset, "--config", "tiny", *cli_overrides(max_updates=40, save_every=10)]
+    whole = cli(*args, "--out", tmp_path / "whole", timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "aiayn", *map(str, args), "--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "cut" / "checkpoints" / "step-00000020.state.pt"
+    deadline = time.time() + 120
+    while not state.is_file() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.is_file() and not (tmp_path / "cut" / "checkpoints" / "step-00000040.safetensors").exists()
+    resumed = cli(*args, "--out", tmp_path / "cut", "--resume", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a = load_file(tmp_path / "whole" / "checkpoints" / "step-00000040.safetensors")
+    b = load_file(tmp_path / "cut" / "checkpoints" / "step-00000040.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(small_dataset, tmp_path):
+    """2 CPU processes (gloo), each with one batch per update, give the weights of 1 process with 2 batches per update."""
+    from aiayn.data import ParallelDataset, TokenBucketSampler
+
+    ds = ParallelDataset(small_dataset)
+    max_tokens = next(m for m in range(400, 600) if len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, m, seed=1).epoch_batches(0)) % 2 == 0)
+    common = ["--data", small_dataset, "--config", "tiny", *cli_overrides(max_updates=4, save_every=4, max_tokens=max_tokens, model={"dropout": 0.0})]
+    one = cli("train", *common, "--update-freq", 2, "--out", tmp_path / "one", timeout=300)
+    assert one.returncode == 0, one.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--nproc_per_node=2", "--standalone", "-m", "aiayn", "train", *map(str, common),
+                          "--update-freq", "1", "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "checkpoints" / "step-00000004.safetensors")
+    b = load_file(tmp_path / "two" / "checkpoints" / "step-00000004.safetensors")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"\nmax |one process - two processes| = {worst:.2e}")
+    assert worst <= 1e-5
+
+
+def test_nan_loss_is_skipped_and_counted(small_dataset, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = Trainer._inject
+
+    def inject(self, loss):
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] == 3 else original(self, loss)
+
+    monkeypatch.setattr(Trainer, "_inject", inject)
+    summary = train(small_dataset, tmp_path / "run", max_updates=6)
+    assert summary["nonfinite"] == 1 and summary["updates"] == 6
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step-00000006.state.pt", weights_only=True)
+    assert state["nonfinite_total"] == 1
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000006.safetensors")
+    assert all(torch.isfinite(t).all() for t in ckpt.tensors.values())
+
+
+def test_nan_losses_in_a_row_stop_with_a_clear_message(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "_inject", lambda self, loss: loss * float("nan"))
+    with pytest.raises(TrainingError, match="5 non-finite losses in a row at update 1: training has diverged"):
+        train(small_dataset, tmp_path / "run", max_updates=10)
+
+
+def test_full_disk_keeps_the_previous_checkpoint(small_dataset, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    train(small_dataset, tmp_path / "run", max_updates=10)
+    before = (tmp_path / "run" / "checkpoints" / "step-00000010.safetensors").read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(CheckpointError, match=r"could not write .*step-00000020\.safetensors: No space left on device \(is the disk full\?\); the previous checkpoint is intact"):
+        train(small_dataset, tmp_path / "run", resume=True, max_updates=20)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "step-00000010.safetensors").read_bytes() == before
+    assert not (ckpts / "step-00000020.safetensors").exists()
+    assert not [p for p in ckpts.iterdir() if ".tmp-" in p.name]  # no half-written file left
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(small_dataset, tmp_path):
+    args = ["train", "--data", small_dataset, "--config", "tiny", *cli_overrides(max_updates=100000, save_every=100000), "--out", tmp_path / "run"]
+    proc = subprocess.Popen([sys.executable, "-m", "aiayn", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.time() + 120
+    while not (log.is_file() and log.stat().st_size) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped by a signal" in out and "SIGTERM" in out + err
+    steps = list_checkpoints(tmp_path / "run")
+    assert len(steps) == 1 and steps[0][0] > 0
+    resumed = cli("train", "--data", small_dataset, "--out", tmp_path / "run", "--resume", "--max-updates", steps[0][0] + 2, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_average_is_the_elementwise_mean(small_dataset, tmp_path):
+    train(small_dataset, tmp_path / "run", max_updates=30)
+    paths = [p for _, p in list_checkpoints(tmp_path / "run")]
+    assert len(paths) == 3
+    average_checkpoints(paths, tmp_path / "avg.safetensors")
+    tensors = [load_file(p) for p in paths]
+    avg = load_file(tmp_path / "avg.safetensors")
+    for k in avg:
+        mean = ((tensors[0][k].double() + tensors[1][k].double() + tensors[2][k].double()) / 3).float()
+        assert torch.equal(avg[k], mean), k
+    result = cli("average", tmp_path / "run", "--last", 2, "--out", tmp_path / "avg2.safetensors")
+    assert result.returncode == 0, result.stderr
+    avg2 = load_file(tmp_path / "avg2.safetensors")
+    k = "encoder_layers.0.ffn.w1.weight"
+    assert torch.equal(avg2[k], ((tensors[1][k].double() + tensors[2][k].double()) / 2).float())
+
+
+def test_truncated_and_foreign_checkpoints_give_clear_errors(small_dataset, tmp_path):
+    from safetensors.torch import save_file
+
+    train(small_dataset, tmp_path / "run", max_updates=10)
+    good = tmp_path / "run" / "checkpoints" / "step-00000010.safetensors"
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated, damaged or of another format"):
+        read_checkpoint(truncated)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="not an aiayn checkpoint.*import-hf"):
+        read_checkpoint(foreign)
+    pickle = tmp_path / "model.pt"
+    torch.save({"weight": torch.zeros(3)}, pickle)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        read_checkpoint(pickle)
+    with pytest.raises(CheckpointError, match="foreign.safetensors is not an aiayn checkpoint"):
+        average_checkpoints([foreign, good], tmp_path / "x.safetensors")
+    # and through the command line: a message, not a traceback
+    result = cli("translate", "--model", truncated, "--input", os.devnull)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "truncated" in result.stderr
+    state = tmp_path / "run" / "checkpoints" / "step-00000010.state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a readable training state"):
+        train(small_dataset, tmp_path / "run", resume=True, max_updates=20)
+
+
+def test_init_from_refuses_another_vocabulary(small_dataset, tmp_path, shipped):
+    from aiayn.data import PrepareOptions, prepare
+
+    train(small_dataset, tmp_path / "run", max_updates=10)
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000010.safetensors"
+    other = tmp_path / "other-data"
+    prepare({"train": shipped["train"]}, other, PrepareOptions(vocab_size=900, workers=1, progress=False), log=lambda *a: None)
+    with pytest.raises(CheckpointError, match="vocabulary differs from the dataset's"):
+        Trainer(fast_config(max_updates=5), other, tmp_path / "ft", init_from=ckpt, log=lambda *a: None)
+    # the same vocabulary: fine-tuning starts from the weights with a fresh optimizer
+    trainer = Trainer(fast_config(max_updates=5, model={"dropout": 0.2}), small_dataset, tmp_path / "ft", init_from=ckpt, log=lambda *a: None, progress=False)
+    start = load_file(ckpt)
+    assert torch.equal(trainer.model.state_dict()["encoder_layers.0.ffn.w1.weight"], start["encoder_layers.0.ffn.w1.weight"])
+    assert trainer.model_config.dropout == 0.2 and trainer.step == 0
+    trainer.train()
+
+
+@pytest.mark.slow
+def test_memory_does_not_creep(small_dataset, tmp_path):
+    """Resident memory is flat (within 10%) between update 100 and update 1,000 of a tiny run."""
+    rss = {}
+
+    def rss_now():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    original = Trainer.update
+
+    def update(self, batches):
+        out = original(self, batches)
+        if self.step in (100, 1000):
+            rss[self.step] = rss_now()
+        return out
+
+    Trainer.update = update
+    try:
+        train(small_dataset, tmp_path / "run", max_updates=1000, save_every=250, log_every=50)
+    finally:
+        Trainer.update = original
+    growth = rss[1000] / rss[100]
+    print(f"\nRSS at update 100: {rss[100] / 2**20:.1f} MiB, at 1000: {rss[1000] / 2**20:.1f} MiB ({(growth - 1) * 100:+.1f}%)")
+    assert growth < 1.10
