@@ -34,3 +34,19 @@ def bible_dir():
     if not (BIBLE / "train.en").is_file():
         pytest.skip(f"the shared Bible corpus is not at {BIBLE} (set AIAYN_SHARED to its parent's parent)")
     return BIBLE
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_dataset, tmp_path_factory):
+    """A tiny model trained for a few hundred updates on the 2,000-pair slice (its run directory)."""
+    from aiayn.train.config import TrainConfig
+    from aiayn.train.trainer import Trainer
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = TrainConfig.from_dict({
+        "model": {"preset": "tiny", "d_model": 96, "d_ff": 256, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 2},
+        "max_tokens": 1500, "lr_schedule": "inverse_sqrt", "lr": 0.004, "warmup_steps": 40, "max_updates": 250,
+        "save_every": 125, "validate_every": 0, "valid_bleu": False, "log_every": 1000, "threads": 2,
+    })
+    Trainer(cfg, small_dataset, run, log=lambda *a: None, progress=False).train()
+    return run
