@@ -347,11 +347,25 @@ def _run_plot(args):
     print(f"wrote {plot_run(args.run_dir, args.out)}")
 
 
+def _add_quickstart(sub):
+    p = sub.add_parser("quickstart", help="train and try a tiny English→Spanish model on shipped data (a few minutes on a CPU)")
+    p.add_argument("--out", default="quickstart", help="directory for the corpus, dataset, run and pictures (default ./quickstart)")
+    p.add_argument("--minutes", type=float, default=3.0, help="training time in minutes (default 3; longer gives better translations)")
+    p.add_argument("--test-sentences", type=int, default=500, help="held-out verses to translate and score (default 500)")
+    p.set_defaults(run=_run_quickstart)
+
+
+def _run_quickstart(args):
+    from aiayn.quickstart import quickstart
+
+    quickstart(args.out, args.minutes, args.test_sentences)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiayn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(title="commands", metavar="<command>")
-    for add in (_add_prepare, _add_train, _add_average, _add_translate, _add_evaluate, _add_attention, _add_plot):
+    for add in (_add_prepare, _add_train, _add_average, _add_translate, _add_evaluate, _add_attention, _add_plot, _add_quickstart):
         add(sub)
     return parser
 

@@ -1,0 +1,66 @@
+"""`aiayn quickstart`: the whole pipeline in a few minutes on a CPU, on data shipped with aiayn.
+
+prepare (joint BPE) → train a `tiny` model for --minutes → average the last checkpoints →
+translate the held-out test verses with beam 4 → sacreBLEU → an attention heat map.
+Nothing is downloaded and nothing outside the package is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+EXAMPLE = "In the beginning God created the heavens and the earth."
+
+
+def quickstart(out: str | Path = "quickstart", minutes: float = 3.0, test_sentences: int = 500, log=print) -> dict:
+    from aiayn.attention import attention_maps, render
+    from aiayn.data.binarize import PrepareOptions, prepare
+    from aiayn.data.shipped import write_shipped_corpus
+    from aiayn.decode.translate import Translator
+    from aiayn.evaluate import evaluate
+    from aiayn.train.checkpoint import average_checkpoints, list_checkpoints, load_model
+    from aiayn.train.config import load_config
+    from aiayn.train.trainer import Trainer
+
+    started = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = out / "run"
+    if list_checkpoints(run_dir):
+        raise FileExistsError(f"{run_dir} already holds a run; choose another --out or delete it")
+
+    log("1/5  the shipped corpus: World English Bible ↔ Reina-Valera 1909 (public domain), verse-aligned")
+    corpus = write_shipped_corpus(out / "corpus")
+    data = out / "data"
+    log("2/5  aiayn prepare: check the text, learn a joint BPE vocabulary (sentencepiece), binarize")
+    prepare({"train": corpus["train"], "valid": corpus["valid"]}, data, PrepareOptions(vocab_size=4000, progress=False), force=True, log=lambda m: log(f"     {m}"))
+
+    log(f"3/5  aiayn train: a tiny Transformer for {minutes:g} minutes (the paper's recipe, CPU-sized)")
+    cfg = load_config("tiny", {"max_time": minutes, "validate_every": 0, "valid_bleu": False})
+    Trainer(cfg, data, run_dir, log=lambda m: log(f"     {m}")).train()
+
+    steps = [p for _, p in list_checkpoints(run_dir)]
+    averaged = run_dir / "averaged.safetensors"
+    average_checkpoints(steps[-5:], averaged)
+    log(f"4/5  aiayn average: the last {len(steps[-5:])} checkpoints → {averaged}")
+
+    en = corpus["test"][0].read_text(encoding="utf-8").splitlines()[:test_sentences]
+    es = corpus["test"][1].read_text(encoding="utf-8").splitlines()[:test_sentences]
+    model, ckpt = load_model(averaged)
+    translator = Translator(model, *ckpt.tokenizers, beam=4)
+    t0 = time.time()
+    hyps = [t.text for t in translator.translate(en)]
+    result = evaluate(hyps, es)
+    log(f"5/5  aiayn translate + evaluate: {len(en)} held-out test verses, beam 4, in {time.time() - t0:.0f}s")
+    log(f"\n     BLEU {result['bleu']:.1f}   chrF {result['chrf']:.1f}   ({result['bleu_signature']})\n")
+    for i in (0, 1, 2):
+        log(f"     EN   {en[i]}\n     REF  {es[i]}\n     AIAYN {hyps[i]}\n")
+    png = out / "attention.png"
+    maps = attention_maps(translator, EXAMPLE)
+    render(maps, png, kinds=("cross",), layers=[-1])
+    log(f"     {EXAMPLE}\n  →  {maps.translation}\n     attention map: {png}")
+    elapsed = time.time() - started
+    log(f"\ndone in {elapsed / 60:.1f} minutes. Next: aiayn translate --model {run_dir} (reads standard input), "
+        f"aiayn attention --model {run_dir} --text '…', aiayn plot {run_dir}")
+    return {**result, "minutes": elapsed / 60, "run_dir": str(run_dir)}
