@@ -95,9 +95,15 @@ def run_hf(dataset: Path, work: Path, args) -> dict:
 
     from aiayn.model import TransformerConfig
 
-    cfg = TransformerConfig.preset(args.hf_preset or args.config, vocab_size=8000)
-    model_config = hf_marian.marian_config(cfg.d_model, cfg.n_encoder_layers, cfg.n_decoder_layers, cfg.n_heads, cfg.d_ff,
-                                           vocab_size=json.loads((dataset / "meta.json").read_text())["vocab"]["src"]["size"], dropout=cfg.dropout)
+    aiayn_config = work / "aiayn-run" / "config.yaml"
+    if aiayn_config.is_file():  # the same model as aiayn's run: dimensions and dropout
+        import yaml
+
+        cfg = TransformerConfig.from_dict(yaml.safe_load(aiayn_config.read_text())["model"])
+    else:
+        vocab = json.loads((dataset / "meta.json").read_text())["vocab"]["src"]["size"]
+        cfg = TransformerConfig.preset(args.hf_preset or "small", vocab_size=vocab)
+    model_config = hf_marian.marian_config(cfg)
     out = work / "hf-run"
     torch.set_num_threads(args.threads)
     result = hf_marian.train_hf(dataset, out, model_config, minutes=args.minutes, tgt_tokens_per_update=args.hf_tokens_per_update,
@@ -113,9 +119,9 @@ def run_hf(dataset: Path, work: Path, args) -> dict:
 
     scores = evaluate(hyps, ref)
     return {"system": "Hugging Face Seq2SeqTrainer + MarianMTModel", "bleu": scores["bleu"], "chrf": scores["chrf"],
-            "bleu_signature": scores["bleu_signature"], "updates": result["updates"], "tokens_seen": result.get("tokens"),
-            "tokens_per_s": result.get("tokens_per_s"), "translate_seconds": round(translate_seconds, 1),
-            **{k: v for k, v in result.items() if k not in ("updates", "tokens", "tokens_per_s")}}
+            "bleu_signature": scores["bleu_signature"], "updates": result["updates"], "tokens_seen": result["src_tokens"] + result["tgt_tokens"],
+            "tokens_per_s": result["tokens_per_s"], "translate_seconds": round(translate_seconds, 1),
+            **{k: v for k, v in result.items() if k not in ("updates", "tokens_per_s")}}
 
 
 def main() -> None:
@@ -130,7 +136,7 @@ def main() -> None:
     p.add_argument("--aiayn-overrides", nargs=argparse.REMAINDER, default=[], help="extra '--key value' for aiayn train (last on the line)")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-aiayn", action="store_true")
-    p.add_argument("--hf-preset", help="model preset for HF (default: the aiayn config's preset)")
+    p.add_argument("--hf-preset", help="model preset for HF when there is no aiayn run to copy the model from (default small)")
     p.add_argument("--hf-tokens-per-update", type=int, default=4096)
     p.add_argument("--hf-lr", type=float, default=1e-3)
     p.add_argument("--hf-warmup", type=int, default=400)

@@ -1,11 +1,21 @@
-"""Data: reading and checking parallel text, sentencepiece vocabularies, binarized datasets, batches."""
+"""Data: reading and checking parallel text, sentencepiece vocabularies, binarized datasets, batches.
 
-from aiayn.data.batching import Batch, BatchDataset, TokenBucketSampler, collate, make_batches, make_dataloader
-from aiayn.data.binarize import ParallelDataset, PrepareOptions, load_meta, load_tokenizers, prepare
-from aiayn.data.corpus import CorpusError, read_parallel
-from aiayn.data.tokenizer import Tokenizer
+Names are imported lazily, so `aiayn prepare` does not pay for importing torch.
+"""
 
-__all__ = [
-    "Batch", "BatchDataset", "CorpusError", "ParallelDataset", "PrepareOptions", "Tokenizer", "TokenBucketSampler",
-    "collate", "load_meta", "load_tokenizers", "make_batches", "make_dataloader", "prepare", "read_parallel",
-]
+import importlib
+
+_WHERE = {
+    "Batch": "batching", "BatchDataset": "batching", "TokenBucketSampler": "batching", "collate": "batching",
+    "make_batches": "batching", "make_dataloader": "batching",
+    "ParallelDataset": "binarize", "PrepareOptions": "binarize", "load_meta": "binarize", "load_tokenizers": "binarize", "prepare": "binarize",
+    "CorpusError": "corpus", "read_parallel": "corpus",
+    "Tokenizer": "tokenizer",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"aiayn.data.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'aiayn.data' has no attribute {name!r}")

@@ -8,6 +8,7 @@ streamed, never held whole in memory.
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,11 +52,13 @@ def check_line_counts(src: str | Path, tgt: str | Path) -> int:
     return n_src
 
 
+# Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F; tab is allowed (it becomes a space)
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
 def _control_char(text: str) -> str | None:
-    for ch in text:
-        if ch != "\t" and unicodedata.category(ch) == "Cc":
-            return ch
-    return None
+    found = _CONTROL.search(text)
+    return found.group() if found else None
 
 
 def clean_line(raw: bytes, normalize: str | None = None) -> tuple[str | None, str | None, str]:

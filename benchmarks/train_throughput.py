@@ -1,0 +1,135 @@
+"""End-to-end training throughput on the Bible corpus: aiayn against Hugging Face, side by side.
+
+For each model size (default: small and base), both libraries train for the same wall-clock
+budget on the same data, vocabulary and model dimensions, with their own batching as a user
+would set it, and the same number of target tokens per update:
+  * aiayn: `aiayn train` with token-bucket batches (max_tokens chosen so that a batch holds the
+    same mean number of real target tokens as HF's),
+  * HF: `Seq2SeqTrainer` + `MarianMTModel`, `DataCollatorForSeq2Seq`, length-grouped batches
+    (benchmarks/hf_marian.py).
+Data loading, collation, padding and the optimizer are all included; real (non-pad) source +
+target tokens per second of training is the figure. The two runs of a size go back to back.
+
+    .venv/bin/python benchmarks/train_throughput.py                      # small and base, 3 minutes each
+    .venv/bin/python benchmarks/train_throughput.py --sizes small --minutes 1
+
+Prints a table and writes benchmarks/results/train_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "bible-en-es"
+
+
+def aiayn_max_tokens(dataset: Path, tgt_tokens_per_update: float) -> int:
+    """The max_tokens whose token-bucket batches hold tgt_tokens_per_update real target tokens on average."""
+    from aiayn.data import ParallelDataset, TokenBucketSampler
+
+    ds = ParallelDataset(dataset)
+    real = float((ds.tgt_lengths + 1).sum())
+    best = None
+    for max_tokens in range(int(tgt_tokens_per_update), int(tgt_tokens_per_update * 1.5), 16):
+        n = len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, max_tokens, seed=1).epoch_batches(0))
+        if real / n >= tgt_tokens_per_update:
+            best = max_tokens
+            break
+    return best or int(tgt_tokens_per_update * 1.5)
+
+
+def run_aiayn(dataset: Path, size: str, minutes: float, max_tokens: int, threads: int, work: Path, precision: str) -> dict:
+    run = work / f"aiayn-{size}"
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    cmd = [sys.executable, "-m", "aiayn", "train", "--data", str(dataset), "--config", size, "--out", str(run),
+           "--max-time", str(minutes), "--max-tokens", str(max_tokens), "--update-freq", "1", "--threads", str(threads),
+           "--validate-every", "0", "--valid-bleu", "false", "--save-every", "1000000", "--log-every", "20",
+           "--lr-schedule", "inverse_sqrt", "--lr", "0.001", "--warmup-steps", "400", "--precision", precision]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stdout[-2000:] + proc.stderr[-3000:])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    train = [e for e in log if e.get("type") == "train"]
+    end = [e for e in log if e.get("type") == "end"][-1]
+    # the last train record's time is training time (no validation, one save at the very end)
+    seconds = train[-1]["time"]
+    tokens_at_last = end["tokens_seen"] * train[-1]["step"] / end["updates"]
+    return {"updates": end["updates"], "tokens": end["tokens_seen"], "seconds": seconds,
+            "tokens_per_s": tokens_at_last / seconds, "max_tokens": max_tokens,
+            "tgt_tokens_per_update": None}
+
+
+def run_hf(dataset: Path, size: str, minutes: float, tgt_tokens_per_update: int, threads: int, work: Path) -> dict:
+    import hf_marian
+    import torch
+
+    from aiayn.data import load_meta
+    from aiayn.model import TransformerConfig
+
+    cfg = TransformerConfig.preset(size, vocab_size=load_meta(dataset)["vocab"]["src"]["size"])
+    torch.set_num_threads(threads)
+    result = hf_marian.train_hf(dataset, work / f"hf-{size}", cfg, minutes=minutes, tgt_tokens_per_update=tgt_tokens_per_update,
+                                lr=1e-3, warmup_steps=400, threads=threads, log=lambda *a: None)
+    return {"updates": result["updates"], "tokens": result["src_tokens"] + result["tgt_tokens"], "seconds": result["train_seconds"],
+            "tokens_per_s": result["tokens_per_s"], "batch_size": result["batch_size"],
+            "tgt_tokens_per_update": result["mean_tgt_tokens_per_update"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--sizes", default="small,base")
+    p.add_argument("--minutes", type=float, default=3.0, help="training budget per run")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tgt-tokens-per-update", type=int, default=4096)
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--precision", default="fp32", help="aiayn's precision (fp32 for a like-for-like comparison)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/aiayn-train-throughput"))
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    dataset = args.work / f"data-bpe{args.vocab_size}"
+    if not (dataset / "meta.json").is_file():
+        splits = sum(([f"--{s}-src", str(args.data / f"{s}.en"), f"--{s}-tgt", str(args.data / f"{s}.es")] for s in ("train", "valid")), [])
+        subprocess.run([sys.executable, "-m", "aiayn", "prepare", *splits, "--out", str(dataset), "--vocab-size", str(args.vocab_size), "--force"], check=True)
+    max_tokens = aiayn_max_tokens(dataset, args.tgt_tokens_per_update)
+    from aiayn.data import ParallelDataset, TokenBucketSampler
+
+    ds = ParallelDataset(dataset)
+    n_batches = len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, max_tokens, seed=1).epoch_batches(0))
+    aiayn_tgt_per_update = float((ds.tgt_lengths + 1).sum()) / n_batches
+    rows = []
+    for size in args.sizes.split(","):
+        a = run_aiayn(dataset, size, args.minutes, max_tokens, args.threads, args.work, args.precision)
+        a["tgt_tokens_per_update"] = round(aiayn_tgt_per_update, 1)
+        h = run_hf(dataset, size, args.minutes, args.tgt_tokens_per_update, args.threads, args.work)
+        rows.append({"size": size, "aiayn": a, "hf": h, "ratio": a["tokens_per_s"] / h["tokens_per_s"]})
+        print(f"{size}: aiayn {a['tokens_per_s']:.0f} tok/s ({a['updates']} updates), HF {h['tokens_per_s']:.0f} tok/s ({h['updates']} updates)", flush=True)
+    print(f"\nTraining throughput on the Bible corpus (src+tgt real tokens/s, {args.threads} CPU threads, {args.minutes:g} min per run)")
+    print(f"{'size':<6} {'aiayn tok/s':>12} {'HF tok/s':>10} {'ratio':>6}   {'tgt tok/update aiayn / HF':>26}")
+    for r in rows:
+        print(f"{r['size']:<6} {r['aiayn']['tokens_per_s']:>12.0f} {r['hf']['tokens_per_s']:>10.0f} {r['ratio']:>6.2f}   "
+              f"{r['aiayn']['tgt_tokens_per_update']:>12.0f} / {r['hf']['tgt_tokens_per_update']:<12.0f}")
+    goal = all(r["ratio"] >= 1.5 for r in rows)
+    print(f"goal ≥ 1.5× HF's tokens/s: {'PASS' if goal else 'FAIL'}")
+    record = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "minutes": args.minutes,
+              "machine": {"python": platform.python_version(), "platform": platform.platform()}, "precision": args.precision,
+              "rows": rows, "goal_1_5x": goal}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "train_throughput.json").write_text(json.dumps(record, indent=2))
+    print(f"wrote {HERE / 'results' / 'train_throughput.json'}")
+
+
+if __name__ == "__main__":
+    main()
