@@ -19,6 +19,26 @@ pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-
 "$VENV/bin/python" -c "import torch" 2>/dev/null || pip_install $TORCH_SPEC
 "$VENV/bin/python" -c "import torch" || { echo "bootstrap: PyTorch did not install ($TORCH_SPEC)" >&2; exit 1; }
 
+# The browser test of `aiayn serve` drives Debian's chromium with Playwright from PyPI (no browser
+# download): install chromium with apt when it is missing and apt-get is there (quietly; a failure
+# only warns, and the browser test then skips with the reason).
+install_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: no /usr/bin/chromium and no apt-get: the browser test will be skipped" >&2; return 0; }
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo -n true 2>/dev/null || { echo "bootstrap: installing chromium needs root (or sudo): the browser test will be skipped" >&2; return 0; }
+    sudo="sudo -n"
+  fi
+  echo "bootstrap: installing chromium with apt-get (for the browser test)" >&2
+  local log; log=$(mktemp)
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium; } >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    echo "bootstrap: warning: chromium did not install: the browser test will be skipped" >&2
+  fi
+  rm -f "$log"
+}
+
 what=${1:-setup}
 [ $# -gt 0 ] && shift
 case "$what" in
@@ -27,6 +47,7 @@ case "$what" in
     exec "$VENV/bin/aiayn" quickstart "$@" ;;
   test)
     pip_install -e ".[dev]"
+    install_chromium
     exec "$VENV/bin/python" -m pytest "$@" ;;
   setup)
     pip_install -e ".[dev]"

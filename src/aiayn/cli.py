@@ -42,10 +42,13 @@ def _add_prepare(sub):
     p.add_argument("--vocab-size", type=int, default=8000, help="subword vocabulary size (default 8000; ~37000 for WMT-scale data)")
     p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type (default bpe)")
     p.add_argument("--separate-vocab", action="store_true", help="one vocabulary per language instead of a joint one")
+    p.add_argument("--vocab-from", metavar="MODEL", help="learn no vocabulary: use this model's (a checkpoint or model directory, "
+                   "e.g. from 'aiayn import-hf', a dataset, or a sentencepiece .model), to fine-tune it with train --init-from")
     p.add_argument("--max-len", type=int, default=256, help="drop training pairs with more subwords on a side (0: keep all)")
     p.add_argument("--max-ratio", type=float, default=3.0, help="drop training pairs whose length ratio exceeds this (0: off)")
     p.add_argument("--skip-bad", action="store_true", help="drop bad lines (counted by kind) instead of stopping")
     p.add_argument("--normalize", choices=["NFC", "NFKC"], help="Unicode normalisation applied first")
+    p.add_argument("--max-spm-sentences", type=int, default=300_000, help="lines sampled to learn the vocabulary (default 300000; bounds memory)")
     p.add_argument("--spm-normalization", default="nmt_nfkc", help="sentencepiece normalisation rule (default nmt_nfkc; identity keeps text exact)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -71,7 +74,8 @@ def _run_prepare(args):
     opts = PrepareOptions(
         vocab_size=args.vocab_size, model_type=args.model_type, joint_vocab=not args.separate_vocab,
         max_len=args.max_len, max_ratio=args.max_ratio, skip_bad=args.skip_bad, normalize=args.normalize,
-        spm_normalization=args.spm_normalization, workers=args.workers,
+        spm_normalization=args.spm_normalization, max_spm_sentences=args.max_spm_sentences, workers=args.workers,
+        vocab_from=args.vocab_from,
     )
     meta = prepare(splits, args.out, opts, force=args.force)
     counts = ", ".join(f"{name} {s['pairs']}" for name, s in meta["splits"].items())
@@ -170,7 +174,10 @@ def _add_search_options(p):
     g.add_argument("--max-len-a", type=float, default=1.0, help="output length cap a·source length + b (default a=1)")
     g.add_argument("--max-len-b", type=int, default=50, help="(default b=50, as in §6.1)")
     g.add_argument("--nbest", type=int, default=1, help="print the N best hypotheses with scores")
-    g.add_argument("--early-stop", action="store_true", help="stop a sentence once it has nbest finished hypotheses (fairseq), not when none can be beaten")
+    g.add_argument("--early-stop", nargs="?", const="nbest", choices=["nbest", "beam", "hf"], metavar="RULE",
+                   help="stop a sentence early instead of when no live hypothesis can beat the finished ones: once nbest have "
+                   "finished (RULE nbest, the default), once beam-size have (beam: HF early_stopping=True, CTranslate2), or by "
+                   "Hugging Face generate's default heuristic (hf: identical results to MarianMTModel.generate)")
     g.add_argument("--sampling", action="store_true", help="sample instead of searching")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
@@ -195,11 +202,31 @@ def _translator(args, models: list[str]):
             raise UserError(f"{ckpt.path} has another vocabulary than {first.path}: an ensemble needs one vocabulary")
     options = SearchOptions(
         beam=args.beam, alpha=args.alpha, lp_style=args.lp_style, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
-        nbest=args.nbest, early_stop=args.early_stop, sampling=args.sampling, temperature=args.temperature,
+        nbest=args.nbest, early_stop=args.early_stop or False, sampling=args.sampling, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )
     return Translator([m for m, _ in loaded], *first.tokenizers, options=options, max_tokens=args.max_tokens,
                       device=device, precision=args.precision, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
+
+
+def _ctranslate2_translator(args):
+    from aiayn.decode.translate import SearchOptions
+
+    try:
+        from aiayn.interop.ctranslate2 import CTranslate2Translator
+    except ImportError as e:
+        raise UserError(f"--engine ctranslate2 needs CTranslate2 ({e}): pip install 'aiayn[interop]'") from None
+    if len(args.model) > 1:
+        raise UserError("--engine ctranslate2 translates with one model, not an ensemble")
+    if args.print_alignment is not None:
+        raise UserError("--print-alignment is not available with --engine ctranslate2")
+    options = SearchOptions(
+        beam=args.beam, alpha=args.alpha, lp_style=args.lp_style, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+        nbest=args.nbest, sampling=args.sampling, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    )
+    compute_type = {"fp32": "default", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
+    return CTranslate2Translator(args.model[0], options=options, device=args.device, compute_type=compute_type, max_tokens=args.max_tokens,
+                                 warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
 
 
 def _add_translate(sub):
@@ -215,7 +242,8 @@ def _add_translate(sub):
                    help="append, per output subword, the source subword it attends to most (cross-attention of LAYER, default the last, averaged over heads) as src-tgt pairs")
     p.add_argument("--scores", action="store_true", help="append each translation's score")
     p.add_argument("--chunk", type=int, default=10000, help="lines read and sorted together (bounds memory)")
-    p.add_argument("--engine", choices=["native", "ctranslate2"], default="native", help="decoding engine")
+    p.add_argument("--engine", choices=["native", "ctranslate2"], default="native",
+                   help="decoding engine: native, or ctranslate2 for a model from 'aiayn export --format ctranslate2' (--model is its directory)")
     _add_search_options(p)
     p.set_defaults(run=_run_translate)
 
@@ -239,9 +267,7 @@ def _run_translate(args):
     import itertools
     import time
 
-    if args.engine == "ctranslate2":
-        raise UserError("--engine ctranslate2 needs a model exported with 'aiayn export --format ctranslate2' (see the interop guide)")
-    translator = _translator(args, args.model)
+    translator = _ctranslate2_translator(args) if args.engine == "ctranslate2" else _translator(args, args.model)
     out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
     chunk = 1 if args.input == "-" and sys.stdin.isatty() else args.chunk
     hyps, started, n_tokens = [], time.time(), 0
@@ -347,6 +373,54 @@ def _run_plot(args):
     print(f"wrote {plot_run(args.run_dir, args.out)}")
 
 
+def _add_import_hf(sub):
+    p = sub.add_parser("import-hf", help="import a Hugging Face Marian model (the 1,000+ OPUS-MT models)",
+                       description="Convert a MarianMTModel checkpoint (config.json, model.safetensors or pytorch_model.bin, source.spm, "
+                       "target.spm, vocab.json) into an aiayn model for translate, evaluate, attention, serve and train --init-from.")
+    p.add_argument("src", metavar="SRC", help="a local Marian directory, or a hub name such as Helsinki-NLP/opus-mt-en-de (needs internet)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write model.safetensors to (or a .safetensors file)")
+    p.set_defaults(run=_run_import_hf)
+
+
+def _run_import_hf(args):
+    from aiayn.interop.hf_marian import import_marian
+
+    path = import_marian(args.src, args.out)
+    print(f"wrote {path}; to decode as MarianMTModel.generate does: aiayn translate --model {path} --lp-style power --alpha 1 --early-stop hf")
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="export a model for Hugging Face transformers or CTranslate2",
+                       description="Write a model as a Hugging Face Marian directory (MarianMTModel / MarianTokenizer.from_pretrained) "
+                       "or as a CTranslate2 model (aiayn translate --engine ctranslate2, or ctranslate2.Translator).")
+    p.add_argument("model", metavar="MODEL", help="weights file, run directory or model directory")
+    p.add_argument("--format", required=True, choices=["hf", "ctranslate2"], help="hf: transformers' MarianMTModel; ctranslate2")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
+    p.add_argument("--quantization", choices=["int8", "int8_float32", "int8_float16", "int16", "float16", "bfloat16", "float32"],
+                   help="CTranslate2 weight type (default float32)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args):
+    if args.format == "hf":
+        if args.quantization:
+            raise UserError("--quantization applies to --format ctranslate2 only")
+        try:
+            from aiayn.interop.hf_marian import export_marian
+        except ImportError as e:
+            raise UserError(f"--format hf needs transformers ({e}): pip install 'aiayn[interop]'") from None
+        out = export_marian(args.model, args.out, force=args.force)
+        print(f"wrote {out}: MarianMTModel.from_pretrained('{out}') and MarianTokenizer.from_pretrained('{out}') load it")
+    else:
+        try:
+            from aiayn.interop.ctranslate2 import export_ctranslate2
+        except ImportError as e:
+            raise UserError(f"--format ctranslate2 needs CTranslate2 ({e}): pip install 'aiayn[interop]'") from None
+        out = export_ctranslate2(args.model, args.out, args.quantization, force=args.force)
+        print(f"wrote {out} ({args.quantization or 'float32'}): aiayn translate --engine ctranslate2 --model {out}")
+
+
 def _add_quickstart(sub):
     p = sub.add_parser("quickstart", help="train and try a tiny English→Spanish model on shipped data (a few minutes on a CPU)")
     p.add_argument("--out", default="quickstart", help="directory for the corpus, dataset, run and pictures (default ./quickstart)")
@@ -361,11 +435,50 @@ def _run_quickstart(args):
     quickstart(args.out, args.minutes, args.test_sentences)
 
 
+def _add_serve(sub):
+    p = sub.add_parser("serve", help="serve a model over HTTP: a JSON API with dynamic batching, and a web page",
+                       description="Serve a model with FastAPI + uvicorn: POST /v1/translate, POST /v1/attention, "
+                       "GET /v1/models, GET /health, a page to try it at /, and API docs at /docs. Concurrent requests "
+                       "are decoded together (dynamic batching). SIGINT/SIGTERM lets in-flight requests finish.")
+    p.add_argument("--model", required=True, metavar="CKPT", help="weights file or run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="(default 8000)")
+    p.add_argument("--name", help="model name shown by /v1/models (default: the file or directory name)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision for decoding")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
+    g = p.add_argument_group("limits and batching")
+    g.add_argument("--max-texts", type=int, default=64, help="texts per request (default 64; more: 413)")
+    g.add_argument("--max-chars", type=int, default=1000, help="characters per text (default 1000; more: 413)")
+    g.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size (default 1 MiB; more: 413)")
+    g.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take, queueing included (default 30; then 504)")
+    g.add_argument("--max-batch-tokens", type=int, default=4096, help="source subwords × beam decoded together (default 4096)")
+    g.add_argument("--max-batch-texts", type=int, default=128, help="texts decoded together (default 128; 1 turns dynamic batching off)")
+    g.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share its batch (default 5)")
+    g.add_argument("--max-queue", type=int, default=1024, help="requests waiting at once (default 1024; more: 503)")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests get to finish on shutdown (default 30)")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args):
+    try:
+        from aiayn.serve import ServeSettings, serve
+    except ImportError as e:
+        raise UserError(f"aiayn serve needs the serve extra ({e.name} is missing): pip install 'aiayn[serve]'") from None
+    settings = ServeSettings(
+        max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, timeout=args.timeout,
+        max_batch_tokens=args.max_batch_tokens, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout,
+    )
+    serve(args.model, host=args.host, port=args.port, settings=settings, device=args.device, precision=args.precision,
+          name=args.name, log_level=args.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiayn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(title="commands", metavar="<command>")
-    for add in (_add_prepare, _add_train, _add_average, _add_translate, _add_evaluate, _add_attention, _add_plot, _add_quickstart):
+    for add in (_add_prepare, _add_train, _add_average, _add_translate, _add_evaluate, _add_attention, _add_plot, _add_quickstart, _add_serve, _add_import_hf, _add_export):
         add(sub)
     return parser
 

@@ -4,6 +4,7 @@ binarized dataset that training streams from.
 A dataset directory holds:
     meta.json                 vocabulary, special ids, counts, sha256 of the inputs, what was dropped
     spm.model                 the joint sentencepiece model (or spm.src.model + spm.tgt.model)
+    vocab*.json               only with --vocab-from a model whose tokenizer maps pieces to ids (Marian)
     {split}.{src,tgt}.bin     token ids of every sentence back to back (no BOS/EOS), uint16 or int32
     {split}.{src,tgt}.len     int32 length of each sentence
     {split}.{src,tgt}.txt     the cleaned text of valid/test (references for BLEU)
@@ -42,20 +43,35 @@ class PrepareOptions:
     skip_bad: bool = False  # drop bad lines (counted by kind) instead of stopping with an error
     normalize: str | None = None  # optional Unicode normalisation before anything else: NFC | NFKC
     spm_normalization: str = "nmt_nfkc"  # sentencepiece's own rule (identity keeps text byte-exact)
-    max_spm_sentences: int = 2_000_000  # sample size for learning the vocabulary (bounds memory)
+    max_spm_sentences: int = 300_000  # lines sampled to learn the vocabulary: bounds memory (~0.4 KB a line)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     chunk_size: int = 2000  # lines per encoding task
     progress: bool = True
+    vocab_from: str | None = None  # use this model's vocabulary (checkpoint, run/model dir, dataset or .model file), learn none
+
+
+def vocabulary_from(path: str | Path) -> tuple[Tokenizer, Tokenizer]:
+    """The (source, target) tokenizers of an existing model, to prepare data for fine-tuning it: an aiayn
+    checkpoint or run/model directory (e.g. from 'aiayn import-hf'), a dataset directory, or a sentencepiece
+    model file (joint)."""
+    path = Path(path)
+    if path.is_dir() and (path / "meta.json").is_file():
+        return load_tokenizers(path)
+    if path.is_file() and path.suffix != ".safetensors":
+        tok = Tokenizer.from_file(path)
+        return tok, tok
+    from aiayn.train.checkpoint import read_checkpoint, resolve_model_path  # a model: late import (no cycle)
+
+    return read_checkpoint(resolve_model_path(path)).tokenizers
 
 
 # ---------------------------------------------------------------- encoding workers
 _TOKENIZERS: tuple[Tokenizer, Tokenizer] | None = None
 
 
-def _init_worker(src_proto: bytes, tgt_proto: bytes) -> None:
+def _init_worker(src: Tokenizer, tgt: Tokenizer) -> None:
     global _TOKENIZERS
-    src = Tokenizer(src_proto)
-    _TOKENIZERS = (src, src if tgt_proto == src_proto else Tokenizer(tgt_proto))
+    _TOKENIZERS = (src, tgt)
 
 
 def _encode_chunk(src_lines: list[str], tgt_lines: list[str], max_len: int, max_ratio: float):
@@ -115,11 +131,11 @@ def _encode_split(work: Path, split: str, n_pairs: int, tokenizers, opts: Prepar
     chunks = _chunks(work / f"{split}.src.txt", work / f"{split}.tgt.txt", opts.chunk_size)
     try:
         if opts.workers <= 1:
-            _init_worker(tokenizers[0].proto, tokenizers[1].proto)
+            _init_worker(*tokenizers)
             for src, tgt in chunks:
                 write(_encode_chunk(src, tgt, max_len, max_ratio))
         else:
-            with ProcessPoolExecutor(opts.workers, initializer=_init_worker, initargs=(tokenizers[0].proto, tokenizers[1].proto)) as pool:
+            with ProcessPoolExecutor(opts.workers, initializer=_init_worker, initargs=tuple(tokenizers)) as pool:
                 pending = deque()
                 for src, tgt in chunks:
                     pending.append(pool.submit(_encode_chunk, src, tgt, max_len, max_ratio))
@@ -132,6 +148,16 @@ def _encode_split(work: Path, split: str, n_pairs: int, tokenizers, opts: Prepar
         for f in files.values():
             f.close()
     return {**counts, "dropped": dict(dropped)}
+
+
+def _release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 # ---------------------------------------------------------------- prepare
@@ -175,21 +201,34 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
             for f in files:
                 inputs[str(f)] = {"split": name, "lines": stats.pairs_read, "sha256": stats.sha256[str(f)]}
 
-        # 2. learn the vocabulary (sentencepiece's trainer) on the cleaned training text
-        log(f"learning a {'joint ' if opts.joint_vocab else ''}{opts.model_type} vocabulary of {opts.vocab_size} pieces")
-        train_text = [work / "train.src.txt", work / "train.tgt.txt"]
-        kw = dict(max_sentences=opts.max_spm_sentences, normalization=opts.spm_normalization, threads=opts.workers)
-        try:
-            if opts.joint_vocab:
-                src_tok = tgt_tok = Tokenizer.train(train_text, opts.vocab_size, opts.model_type, **kw)
-            else:
-                src_tok = Tokenizer.train(train_text[:1], opts.vocab_size, opts.model_type, **kw)
-                tgt_tok = Tokenizer.train(train_text[1:], opts.vocab_size, opts.model_type, **kw)
-        except RuntimeError as e:
-            raise CorpusError(f"sentencepiece could not learn a vocabulary of {opts.vocab_size}: {e}") from None
-        vocab_files = {"src": "spm.model", "tgt": "spm.model"} if opts.joint_vocab else {"src": "spm.src.model", "tgt": "spm.tgt.model"}
-        src_tok.save(work / vocab_files["src"])
-        tgt_tok.save(work / vocab_files["tgt"])
+        # 2. learn the vocabulary (sentencepiece's trainer) on the cleaned training text, or take a model's
+        joint = opts.joint_vocab
+        if opts.vocab_from:
+            src_tok, tgt_tok = vocabulary_from(opts.vocab_from)
+            joint = src_tok is tgt_tok or src_tok.sha256 == tgt_tok.sha256
+            src_tok = tgt_tok if joint else src_tok
+            if (src_tok.pad_id, src_tok.eos_id) != (tgt_tok.pad_id, tgt_tok.eos_id):
+                raise ValueError(f"{opts.vocab_from}: the source and target vocabularies have different <pad>/</s> ids")
+            log(f"using the {'joint ' if joint else ''}vocabulary of {opts.vocab_from} ({src_tok.vocab_size} pieces)")
+        else:
+            log(f"learning a {'joint ' if joint else ''}{opts.model_type} vocabulary of {opts.vocab_size} pieces")
+            train_text = [work / "train.src.txt", work / "train.tgt.txt"]
+            kw = dict(max_sentences=opts.max_spm_sentences, normalization=opts.spm_normalization, threads=opts.workers)
+            try:
+                if joint:
+                    src_tok = tgt_tok = Tokenizer.train(train_text, opts.vocab_size, opts.model_type, **kw)
+                else:
+                    src_tok = Tokenizer.train(train_text[:1], opts.vocab_size, opts.model_type, **kw)
+                    tgt_tok = Tokenizer.train(train_text[1:], opts.vocab_size, opts.model_type, **kw)
+            except RuntimeError as e:
+                raise CorpusError(f"sentencepiece could not learn a vocabulary of {opts.vocab_size}: {e}") from None
+            _release_freed_memory()  # sentencepiece's sample would otherwise stay resident (and be inherited by the workers)
+        vocab_files = {"src": "spm.model", "tgt": "spm.model"} if joint else {"src": "spm.src.model", "tgt": "spm.tgt.model"}
+        mapping_files = {"src": "vocab.json", "tgt": "vocab.json"} if joint else {"src": "vocab.src.json", "tgt": "vocab.tgt.json"}
+        for side, tok in (("src", src_tok), ("tgt", tgt_tok)):
+            tok.save(work / vocab_files[side])
+            if tok.vocab is not None:
+                (work / mapping_files[side]).write_text(tok.vocab_json(), encoding="utf-8")
         dtype = np.uint16 if max(src_tok.vocab_size, tgt_tok.vocab_size) <= 65535 else np.int32
 
         # 3. encode with all cores; filter the training pairs
@@ -215,9 +254,10 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.time() - started, 1),
             "dtype": np.dtype(dtype).name,
-            "joint_vocab": opts.joint_vocab,
+            "joint_vocab": joint,
             "vocab": {
-                side: {"file": vocab_files[side], "size": tok.vocab_size, "sha256": tok.sha256}
+                side: {"file": vocab_files[side], "size": tok.vocab_size, "sha256": tok.sha256,
+                       **({"mapping": mapping_files[side]} if tok.vocab is not None else {})}
                 for side, tok in (("src", src_tok), ("tgt", tgt_tok))
             },
             "special_ids": {"pad": src_tok.pad_id, "unk": src_tok.unk_id, "bos": src_tok.bos_id, "eos": src_tok.eos_id},
@@ -248,8 +288,13 @@ def load_meta(directory: str | Path) -> dict:
 
 def load_tokenizers(directory: str | Path) -> tuple[Tokenizer, Tokenizer]:
     meta = load_meta(directory)
-    src = Tokenizer.from_file(Path(directory) / meta["vocab"]["src"]["file"])
-    tgt = src if meta["joint_vocab"] else Tokenizer.from_file(Path(directory) / meta["vocab"]["tgt"]["file"])
+
+    def load(side: str) -> Tokenizer:
+        v = meta["vocab"][side]
+        return Tokenizer.from_file(Path(directory) / v["file"], Path(directory) / v["mapping"] if v.get("mapping") else None)
+
+    src = load("src")
+    tgt = src if meta["joint_vocab"] else load("tgt")
     return src, tgt
 
 

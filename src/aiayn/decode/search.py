@@ -27,7 +27,9 @@ class Hypothesis:
 
 def length_penalty(length: Tensor | float, alpha: float, style: str = "gnmt"):
     """§6.1 "length penalty α = 0.6" — Wu et al. (2016), GNMT: lp(Y) = ((5 + |Y|) / 6)^α.
-    style="power" is |Y|^α (fairseq and Hugging Face). |Y| counts EOS."""
+    style="power" is |Y|^α (fairseq, Hugging Face, CTranslate2). |Y| counts EOS, never the start
+    symbol: Hugging Face generate divides by (generated length)^α, EOS included, the same; CTranslate2
+    leaves EOS out unless asked to return it (aiayn's ctranslate2 engine asks)."""
     if style == "gnmt":
         return ((5.0 + length) / 6.0) ** alpha
     if style == "power":
@@ -111,21 +113,40 @@ def _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, pick) -> list[
     return [Hypothesis(out[i, : length[i] - 1].tolist(), (logprob[i] / lp[i]).item(), logprob[i].item()) for i in range(B)]
 
 
+STOPPING = {False: "exact", True: "nbest", "exact": "exact", "nbest": "nbest", "beam": "beam", "hf": "hf"}
+
+
 @torch.no_grad()
 def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float = 0.6, lp_style: str = "gnmt",
-                max_len_a: float = 1.0, max_len_b: int = 50, nbest: int = 1, early_stop: bool = False) -> list[list[Hypothesis]]:
+                max_len_a: float = 1.0, max_len_b: int = 50, nbest: int = 1, early_stop: bool | str = False) -> list[list[Hypothesis]]:
     """Beam search with length penalty (§6.1: beam size 4, α = 0.6), batched over sentences and beams.
 
     Each step extends the `beam` live hypotheses of every sentence, keeps the 2·beam best
     candidates, moves those that end in EOS (among the best `beam`) to the sentence's pool of
     finished hypotheses (scored logprob / lp), and continues with the best `beam` others.
-    A sentence is done when its pool holds `nbest` hypotheses and no live one can still beat
-    them: a live hypothesis's log-probability only falls, so its best reachable score is
-    logprob / max(lp) over the lengths still allowed. early_stop=True stops as soon as the pool
-    is full instead (fairseq's behaviour). Returns, per sentence, `nbest` hypotheses, best first.
+    When a sentence is done depends on `early_stop`:
+
+    False ("exact"): its pool holds `nbest` hypotheses and no live one can still beat them: a live
+        hypothesis's log-probability only falls, so its best reachable score is logprob / max(lp)
+        over the lengths still allowed. (Hugging Face generate with early_stopping="never" finds the
+        same hypotheses, except where one reaches the length cap: see "hf".)
+    True ("nbest"): as soon as the pool holds `nbest` hypotheses.
+    "beam": as soon as `beam` hypotheses have finished (the pool keeps the best `beam`), as Hugging Face
+        generate with early_stopping=True, fairseq, and CTranslate2 whenever α ≠ 0 (the same
+        hypotheses, except at the length cap).
+    "hf": Hugging Face generate's default (early_stopping=False), for identical results: the pool
+        keeps `beam` hypotheses and the sentence is done once it is full and the best live
+        hypothesis, scored at its current length (logprob / lp(t)), does not beat the worst of
+        them — a heuristic, not a bound. At the length cap EOS is forced with log-probability 0,
+        as HF's forced_eos_token_id does (set in every Marian config).
+    Returns, per sentence, `nbest` hypotheses, best first.
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size ({beam}), got {nbest}")
+    if early_stop not in STOPPING:
+        raise ValueError(f"unknown stopping rule {early_stop!r} (False/'exact', True/'nbest', 'beam' or 'hf')")
+    stopping = STOPPING[early_stop]
+    pool_size = beam if stopping in ("beam", "hf") else nbest
     cfg = model.config
     B, K, device = src.size(0), beam, src.device
     cache = model.init_cache(model.encode(src))  # encoder keys/values once per sentence, never per beam
@@ -136,10 +157,10 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
     scores[:, 0] = 0.0  # all beams start identical: only the first one may expand at step 0
     hyps = torch.empty((B * K, 0), dtype=torch.long, device=device)  # tokens so far
     token = _start(model, B * K, device)
-    pool_score = torch.full((B, nbest), NEG_INF, device=device)  # finished hypotheses, best first
-    pool_logp = torch.zeros((B, nbest), device=device)
-    pool_tokens = torch.full((B, nbest, T), cfg.pad_id, dtype=torch.long, device=device)
-    pool_len = torch.zeros((B, nbest), dtype=torch.long, device=device)
+    pool_score = torch.full((B, pool_size), NEG_INF, device=device)  # finished hypotheses, best first
+    pool_logp = torch.zeros((B, pool_size), device=device)
+    pool_tokens = torch.full((B, pool_size, T), cfg.pad_id, dtype=torch.long, device=device)
+    pool_len = torch.zeros((B, pool_size), dtype=torch.long, device=device)
     result = [None] * B
     eos_column = torch.arange(model.config.tgt_vocab_size, device=device) == cfg.eos_id
 
@@ -158,6 +179,8 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
         lprobs[:, cfg.pad_id] = NEG_INF
         at_cap = (t + 1 >= limit[active]).repeat_interleave(K)  # the last allowed position: EOS only
         lprobs[at_cap] = lprobs[at_cap].masked_fill(~eos_column, NEG_INF)
+        if stopping == "hf":  # HF's ForcedEOSTokenLogitsProcessor gives the forced EOS log-probability 0
+            lprobs[at_cap] = lprobs[at_cap].masked_fill(eos_column, 0.0)
         candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
         top, flat = candidates.topk(2 * K, dim=1)  # [n, 2K], best first
         from_beam, new_token = flat // V, flat % V
@@ -170,11 +193,11 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
             prefix = hyps.view(n, K, t).gather(1, from_beam[:, :, None].expand(n, 2 * K, t))  # [n, 2K, t]
             new_tokens = torch.cat([prefix, new_token[:, :, None], torch.full((n, 2 * K, T - t - 1), cfg.pad_id, dtype=torch.long, device=device)], 2)
             new_score = torch.where(ends, top / length_penalty(float(length), alpha, lp_style), NEG_INF)
-            all_score = torch.cat([pool_score, new_score], 1)  # [n, nbest + 2K]
-            pool_score, pick = all_score.topk(nbest, dim=1)
+            all_score = torch.cat([pool_score, new_score], 1)  # [n, pool_size + 2K]
+            pool_score, pick = all_score.topk(pool_size, dim=1)
             pool_logp = torch.cat([pool_logp, top], 1).gather(1, pick)
             pool_len = torch.cat([pool_len, torch.full((n, 2 * K), length, device=device)], 1).gather(1, pick)
-            pool_tokens = torch.cat([pool_tokens, new_tokens], 1).gather(1, pick[:, :, None].expand(n, nbest, T))
+            pool_tokens = torch.cat([pool_tokens, new_tokens], 1).gather(1, pick[:, :, None].expand(n, pool_size, T))
 
         # the best K candidates that do not end continue
         live_score, pick = top.masked_fill(is_eos, NEG_INF).topk(K, dim=1)  # [n, K]
@@ -186,8 +209,10 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
 
         # which sentences are done?
         full = pool_score[:, -1].gt(NEG_INF)
-        if early_stop:
+        if stopping in ("nbest", "beam"):
             done = full
+        elif stopping == "hf":  # HF's _check_early_stop_heuristic: the best live score at its current length
+            done = full & (pool_score[:, -1] >= scores.max(1).values / length_penalty(float(t + 1), alpha, lp_style))
         else:
             remaining = limit[active]  # the best reachable score of a live hypothesis
             best_lp = torch.maximum(length_penalty(torch.full_like(remaining, t + 2).double(), alpha, lp_style),

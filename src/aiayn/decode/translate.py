@@ -36,7 +36,7 @@ class SearchOptions:
     max_len_a: float = 1.0  # output ≤ a·source length + b (§6.1: input length + 50)
     max_len_b: int = 50
     nbest: int = 1
-    early_stop: bool = False
+    early_stop: bool | str = False  # stopping rule: False (exact) | True (nbest) | "beam" | "hf"; see beam_search
     sampling: bool = False
     temperature: float = 1.0
     top_k: int = 0

@@ -92,14 +92,21 @@ def save_model(path: str | Path, model: Transformer, tokenizers: tuple[Tokenizer
     from safetensors.torch import save_file
 
     src, tgt = tokenizers
+    same = tgt is src or tgt.sha256 == src.sha256
     metadata = {
         "format": FORMAT,
         "aiayn_version": __version__,
         "model_config": json.dumps(model.config.to_dict()),
         "spm_src": _b64(src.proto),
-        "spm_tgt": "" if tgt is src or tgt.proto == src.proto else _b64(tgt.proto),
+        "spm_tgt": "" if same else _b64(tgt.proto),
         "extra": json.dumps(extra or {}),
     }
+    if (src.vocab is None) != (tgt.vocab is None):
+        raise ValueError("the source and target tokenizers must both carry a vocabulary mapping, or neither")
+    if src.vocab is not None:  # piece -> id mappings (imported Marian models): only when present
+        metadata["vocab_src"] = src.vocab_json()
+        if not same and tgt.vocab_json() != metadata["vocab_src"]:
+            metadata["vocab_tgt"] = tgt.vocab_json()
     tensors = unique_tensors(model)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
@@ -153,8 +160,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path} is damaged: {e}") from None
     try:
         config = TransformerConfig.from_dict(json.loads(metadata["model_config"]))
-        src = Tokenizer(base64.b64decode(metadata["spm_src"]))
-        tgt = Tokenizer(base64.b64decode(metadata["spm_tgt"])) if metadata.get("spm_tgt") else src
+        vocab_src = json.loads(metadata["vocab_src"]) if metadata.get("vocab_src") else None
+        vocab_tgt = json.loads(metadata["vocab_tgt"]) if metadata.get("vocab_tgt") else vocab_src
+        src = Tokenizer(base64.b64decode(metadata["spm_src"]), vocab_src)
+        tgt = Tokenizer(base64.b64decode(metadata["spm_tgt"]), vocab_tgt) if metadata.get("spm_tgt") else src
         extra = json.loads(metadata.get("extra") or "{}")
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged aiayn metadata ({e})") from None
@@ -200,15 +209,18 @@ def step_paths(run_dir: str | Path, step: int) -> tuple[Path, Path]:
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """A weights file as given, or for a run directory: averaged.safetensors, else best, else the latest step."""
+    """A weights file as given, or for a directory: averaged.safetensors, else best, else the latest step
+    (a run directory), else model.safetensors (a model directory, e.g. from 'aiayn import-hf')."""
     path = Path(path)
     if path.is_dir():
         for name in ("averaged.safetensors", "checkpoints/best.safetensors"):
             if (path / name).is_file():
                 return path / name
         steps = list_checkpoints(path)
+        if not steps and (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
         if not steps:
-            raise FileNotFoundError(f"{path} holds no checkpoint (no averaged.safetensors, checkpoints/best.safetensors or checkpoints/step-*.safetensors)")
+            raise FileNotFoundError(f"{path} holds no checkpoint (no averaged.safetensors, checkpoints/best.safetensors, checkpoints/step-*.safetensors or model.safetensors)")
         return steps[-1][1]
     return path
 

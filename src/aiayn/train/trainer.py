@@ -124,7 +124,7 @@ class Trainer:
             if ckpt_sha != self.vocab_sha:
                 raise CheckpointError(
                     f"--init-from {init_from}: its vocabulary differs from the dataset's ({self.data_dir}); "
-                    f"prepare the data with that model's sentencepiece model, or train from scratch"
+                    f"prepare the data with that model's vocabulary ('aiayn prepare --vocab-from {init_from} ...'), or train from scratch"
                 )
             overrides = {k: cfg.model[k] for k in REGULARIZATION_KEYS if k in cfg.model}
             self.model_config = TransformerConfig.from_dict({**ckpt.config.to_dict(), **overrides})
@@ -139,7 +139,8 @@ class Trainer:
             self.loss_model = nn.parallel.DistributedDataParallel(self.loss_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             self.loss_model = torch.compile(self.loss_model, dynamic=True)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                                          weight_decay=cfg.weight_decay, fused=True)  # one fused kernel (CPU and CUDA)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.sampler = TokenBucketSampler(
             self.train_data.src_lengths, self.train_data.tgt_lengths, cfg.max_tokens, seed=cfg.seed,

@@ -1,0 +1,252 @@
+"""Dynamic batching: concurrent requests are decoded together.
+
+Every request goes into one pending list. A single worker coroutine takes the oldest pending
+request, gathers the later ones that can share its search (same beam, n-best, length penalty and
+output cap) up to `max_batch_tokens` (source subwords × beam, the unit of `Translator.max_tokens`)
+and `max_batch_texts`, waiting at most `max_wait_ms` after the oldest one arrived for more to
+come, and decodes them as one `Translator.translate` call in the model thread. While the model is
+busy, new requests pile up and form the next batch, so batches grow with the load by themselves.
+
+The model runs in one dedicated thread (never on the event loop, never two calls at once);
+`run_exclusive` puts other model work (attention maps) on the same thread. Requests whose
+caller has gone (timed out, disconnected) are dropped before they are decoded. `close()`
+stops taking requests and finishes every pending one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, TypeVar
+
+from aiayn.decode.translate import SearchOptions, Translation, Translator
+
+log = logging.getLogger("aiayn.serve")
+T = TypeVar("T")
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher is shutting down (or was never started) and takes no new requests."""
+
+
+class QueueFull(RuntimeError):
+    """More requests are waiting than the batcher is allowed to hold."""
+
+
+@dataclass(frozen=True)
+class DecodeKey:
+    """The search options of a request: only requests with equal keys are decoded together."""
+
+    beam: int = 4
+    nbest: int = 1
+    alpha: float = 0.6
+    max_length: int | None = None  # output subwords, EOS included; None: the translator's a·|x| + b
+
+    def options(self, base: SearchOptions) -> SearchOptions:
+        changes: dict[str, Any] = dict(beam=self.beam, nbest=self.nbest, alpha=self.alpha)
+        if self.max_length is not None:
+            changes.update(max_len_a=0.0, max_len_b=self.max_length)
+        return replace(base, **changes)
+
+
+@dataclass(eq=False)
+class _Request:
+    texts: list[str]
+    key: DecodeKey
+    alignment: bool
+    tokens: int  # source subwords (+ EOS) × beam: its share of a batch
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BatchRecord:
+    key: DecodeKey
+    requests: int
+    texts: int
+    tokens: int
+    seconds: float
+
+
+class Batcher:
+    def __init__(self, translator: Translator, *, max_batch_tokens: int = 4096, max_batch_texts: int = 128,
+                 max_wait_ms: float = 5.0, max_queue: int = 1024, history: int = 1000):
+        if max_batch_tokens < 1 or max_batch_texts < 1 or max_wait_ms < 0 or max_queue < 1:
+            raise ValueError("max_batch_tokens, max_batch_texts and max_queue must be ≥ 1 and max_wait_ms ≥ 0")
+        self.translator = translator
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_texts = max_batch_texts
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.batches: collections.deque[BatchRecord] = collections.deque(maxlen=history)  # the latest batches
+        self.counts = collections.Counter()  # batches, requests, texts decoded
+        self._pending: list[_Request] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._worker: asyncio.Task | None = None
+        self._arrived: asyncio.Event | None = None
+        self._closing = False
+        self._busy = False
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self._worker is not None:
+            return
+        self._closing = False
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiayn-model")
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="aiayn-batcher")
+
+    async def close(self) -> None:
+        """Take no new requests, decode every pending one, then stop the model thread."""
+        if self._worker is None:
+            return
+        self._closing = True
+        self._arrived.set()
+        try:
+            await self._worker
+        finally:
+            executor, self._worker, self._executor = self._executor, None, None
+            await asyncio.to_thread(executor.shutdown, wait=True)  # lets model work already started finish
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._closing
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to be decoded (not counting the batch the model is working on)."""
+        return sum(1 for r in self._pending if not r.future.done())
+
+    def stats(self) -> dict:
+        recent = list(self.batches)
+        return {
+            "queue_depth": self.queue_depth,
+            "busy": self._busy,
+            "batches": self.counts["batches"],
+            "requests": self.counts["requests"],
+            "texts": self.counts["texts"],
+            "max_requests_per_batch": max((b.requests for b in recent), default=0),
+            "mean_requests_per_batch": round(sum(b.requests for b in recent) / len(recent), 2) if recent else 0.0,
+        }
+
+    # ------------------------------------------------------------ requests
+    async def translate(self, texts: list[str], key: DecodeKey = DecodeKey(), alignment: bool = False) -> list[Translation]:
+        """Queue texts for decoding with the given search options; their translations in order."""
+        if not self.running:
+            raise BatcherClosed("the server is shutting down")
+        if self.queue_depth >= self.max_queue:
+            raise QueueFull(f"{self.max_queue} requests are already waiting")
+        tok = self.translator
+        lengths = [min(len(ids), tok.max_input_len) + 1 for ids in tok.src_tok.encode(texts)]
+        request = _Request(texts, key, alignment, sum(lengths) * key.beam, asyncio.get_running_loop().create_future())
+        self._pending.append(request)
+        self._arrived.set()
+        return await request.future
+
+    async def run_exclusive(self, fn: Callable[[], T]) -> T:
+        """Run fn() on the model thread, between batches (the model is never used concurrently)."""
+        if not self.running:
+            raise BatcherClosed("the server is shutting down")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # ------------------------------------------------------------ the worker
+    def _live(self) -> list[_Request]:
+        self._pending = [r for r in self._pending if not r.future.done()]  # drop those whose caller has gone
+        return self._pending
+
+    def _fill(self, key: DecodeKey) -> tuple[int, int]:
+        tokens = texts = 0
+        for r in self._live():
+            if r.key == key:
+                tokens, texts = tokens + r.tokens, texts + len(r.texts)
+        return tokens, texts
+
+    def _full(self, key: DecodeKey) -> bool:
+        tokens, texts = self._fill(key)
+        return tokens >= self.max_batch_tokens or texts >= self.max_batch_texts
+
+    def _take(self, key: DecodeKey) -> list[_Request]:
+        """The oldest pending requests with this key that fit in one batch (always at least one)."""
+        batch, rest, tokens, texts = [], [], 0, 0
+        for r in self._live():
+            fits = r.key == key and (not batch or (tokens + r.tokens <= self.max_batch_tokens and texts + len(r.texts) <= self.max_batch_texts))
+            if fits:
+                batch.append(r)
+                tokens, texts = tokens + r.tokens, texts + len(r.texts)
+            else:
+                rest.append(r)
+        self._pending = rest
+        return batch
+
+    async def _run(self) -> None:
+        try:
+            await self._serve_batches()
+        except BaseException as e:  # never leave callers waiting on a dead worker
+            if not isinstance(e, asyncio.CancelledError):
+                log.exception("the batcher stopped unexpectedly")
+            self._closing = True
+            for r in self._pending:
+                if not r.future.done():
+                    r.future.set_exception(BatcherClosed("the batcher stopped"))
+            self._pending = []
+            raise
+
+    async def _serve_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._live():
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+            head = self._pending[0]
+            # Wait for company: until the batch is full or the oldest request has waited max_wait.
+            while not self._closing and not self._full(head.key):
+                remaining = head.arrived + self.max_wait - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = self._take(head.key)
+            if not batch:  # the head's caller left while we waited
+                continue
+            started = time.monotonic()
+            self._busy = True
+            try:
+                results = await loop.run_in_executor(self._executor, self._decode, batch)
+            except Exception as e:  # noqa: BLE001 - the callers get the error; the worker goes on
+                log.exception("decoding a batch of %d requests failed", len(batch))
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(e)
+                continue
+            finally:
+                self._busy = False
+            for r, result in zip(batch, results):
+                if not r.future.done():
+                    r.future.set_result(result)
+            n_texts = sum(len(r.texts) for r in batch)
+            self.batches.append(BatchRecord(head.key, len(batch), n_texts, sum(r.tokens for r in batch), time.monotonic() - started))
+            self.counts.update(batches=1, requests=len(batch), texts=n_texts)
+
+    def _decode(self, batch: list[_Request]) -> list[list[Translation]]:
+        """On the model thread: one translate call for the whole batch, split back per request."""
+        translator = copy.copy(self.translator)  # a shallow copy with this batch's search options
+        translator.options = batch[0].key.options(self.translator.options)
+        translator.max_tokens = self.max_batch_tokens
+        texts = [t for r in batch for t in r.texts]
+        alignment = any(r.alignment for r in batch)
+        translations = translator.translate(texts, alignment_layer=-1 if alignment else None)
+        out, start = [], 0
+        for r in batch:
+            out.append(translations[start : start + len(r.texts)])
+            start += len(r.texts)
+        return out
