@@ -68,7 +68,7 @@ from aiayn.train.trainer import LossModel  # noqa: E402
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 LABEL_SMOOTHING = 0.1
-ADAM = dict(lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+ADAM = dict(lr=1e-4, betas=(0.9, 0.98), eps=1e-9, fused=True)  # as aiayn's trainer (and HF's default adamw_torch_fused)
 
 
 # --------------------------------------------------------------------------- batches

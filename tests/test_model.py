@@ -73,6 +73,27 @@ def test_embeddings_are_scaled_and_tied():
     assert untied(torch.tensor([[39, 5]]), torch.tensor([[29]])).shape == (1, 1, 30)
 
 
+def test_dropout_keeps_1_minus_p_and_rescales():
+    from aiayn.model.layers import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.1)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    y = drop(x)
+    kept = y.ne(0)
+    assert abs(kept.float().mean().item() - 0.9) < 0.002
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad.ne(0), kept)  # the gradient flows through the kept elements only
+    torch.manual_seed(5)
+    a = drop(x)
+    torch.manual_seed(5)
+    assert torch.equal(a, drop(x))  # the global RNG drives it: checkpoints can restore it
+    assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
+    with pytest.raises(ValueError):
+        Dropout(1.0)
+
+
 def test_plain_attention_path_equals_fused_kernel():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)

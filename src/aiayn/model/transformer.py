@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from aiayn.model.layers import DecoderLayer, EncoderLayer, PositionalEncoding
+from aiayn.model.layers import DecoderLayer, Dropout, EncoderLayer, PositionalEncoding
 
 
 @dataclass
@@ -140,7 +140,7 @@ class Transformer(nn.Module):
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         # §3.5 Positional Encoding
         self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.positional, cfg.positional_layout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         # §3.1 Encoder and Decoder Stacks
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))

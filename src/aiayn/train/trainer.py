@@ -52,11 +52,19 @@ class LossModel(nn.Module):
         return label_smoothed_nll(logits, tgt_out[real], self.label_smoothing)
 
 
-def cpu_has_amx() -> bool:
+def reuse_freed_memory() -> None:
+    """Every CPU training step allocates and frees the same large activations. glibc serves big
+    blocks with mmap and unmaps them on free, so each step page-faults them in again; keeping
+    them on the heap (no mmap, no trimming) makes steps a few percent faster. Linux/glibc only."""
     try:
-        return bool(torch._C._cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -101,6 +109,8 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         self.precision = resolve_precision(cfg.precision, self.device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()
 
         # data
         self.meta = load_meta(self.data_dir)
