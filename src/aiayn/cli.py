@@ -173,6 +173,7 @@ def _add_search_options(p):
     g.add_argument("--lp-style", choices=["gnmt", "power"], default="gnmt", help="gnmt: ((5+|Y|)/6)^α, the paper's; power: |Y|^α (fairseq/HF)")
     g.add_argument("--max-len-a", type=float, default=1.0, help="output length cap a·source length + b (default a=1)")
     g.add_argument("--max-len-b", type=int, default=50, help="(default b=50, as in §6.1)")
+    g.add_argument("--min-len", type=int, default=0, help="at least this many output subwords before EOS")
     g.add_argument("--nbest", type=int, default=1, help="print the N best hypotheses with scores")
     g.add_argument("--early-stop", nargs="?", const="nbest", choices=["nbest", "beam", "hf"], metavar="RULE",
                    help="stop a sentence early instead of when no live hypothesis can beat the finished ones: once nbest have "
@@ -201,7 +202,7 @@ def _translator(args, models: list[str]):
         if ckpt.src_tokenizer.sha256 != first.src_tokenizer.sha256 or ckpt.tgt_tokenizer.sha256 != first.tgt_tokenizer.sha256:
             raise UserError(f"{ckpt.path} has another vocabulary than {first.path}: an ensemble needs one vocabulary")
     options = SearchOptions(
-        beam=args.beam, alpha=args.alpha, lp_style=args.lp_style, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+        beam=args.beam, alpha=args.alpha, lp_style=args.lp_style, max_len_a=args.max_len_a, max_len_b=args.max_len_b, min_len=args.min_len,
         nbest=args.nbest, early_stop=args.early_stop or False, sampling=args.sampling, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )
@@ -221,7 +222,7 @@ def _ctranslate2_translator(args):
     if args.print_alignment is not None:
         raise UserError("--print-alignment is not available with --engine ctranslate2")
     options = SearchOptions(
-        beam=args.beam, alpha=args.alpha, lp_style=args.lp_style, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+        beam=args.beam, alpha=args.alpha, lp_style=args.lp_style, max_len_a=args.max_len_a, max_len_b=args.max_len_b, min_len=args.min_len,
         nbest=args.nbest, sampling=args.sampling, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )
     compute_type = {"fp32": "default", "bf16": "bfloat16", "fp16": "float16"}[args.precision]

@@ -52,15 +52,15 @@ def _start(model: Transformer, n: int, device) -> Tensor:
 
 @torch.no_grad()
 def greedy_search(model: Transformer, src: Tensor, *, max_len_a: float = 1.0, max_len_b: int = 50,
-                  alpha: float = 0.0, lp_style: str = "gnmt") -> list[Hypothesis]:
+                  alpha: float = 0.0, lp_style: str = "gnmt", min_len: int = 0) -> list[Hypothesis]:
     """Take the most probable token at each step until EOS (or the length cap)."""
-    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, pick=lambda lprobs: lprobs.argmax(-1))
+    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick=lambda lprobs: lprobs.argmax(-1))
 
 
 @torch.no_grad()
 def sample(model: Transformer, src: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None, max_len_a: float = 1.0, max_len_b: int = 50,
-           alpha: float = 0.0, lp_style: str = "gnmt") -> list[Hypothesis]:
+           alpha: float = 0.0, lp_style: str = "gnmt", min_len: int = 0) -> list[Hypothesis]:
     """Draw each token from the model's distribution (softened by temperature, cut to the top_k
     tokens and/or the smallest set with probability ≥ top_p). The log-probabilities reported are
     the model's own (before temperature and cuts)."""
@@ -79,10 +79,10 @@ def sample(model: Transformer, src: Tensor, *, temperature: float = 1.0, top_k: 
             logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, NEG_INF))
         return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
-    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, pick)
+    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick)
 
 
-def _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, pick) -> list[Hypothesis]:
+def _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick) -> list[Hypothesis]:
     """One hypothesis per sentence, extended by `pick` (argmax or a draw) until EOS."""
     cfg = model.config
     B, device = src.size(0), src.device
@@ -96,6 +96,8 @@ def _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, pick) -> list[
     for t in range(int(limit.max())):
         lprobs = model.decode_step(token, cache).float().log_softmax(-1)  # [n, V]
         lprobs[:, cfg.pad_id] = NEG_INF
+        if t < min_len:
+            lprobs[:, cfg.eos_id] = NEG_INF
         at_cap = t + 1 >= limit[active]
         lprobs[at_cap] = torch.where(torch.arange(lprobs.size(1), device=device) == cfg.eos_id, lprobs[at_cap], NEG_INF)
         token = pick(lprobs)
@@ -116,9 +118,23 @@ def _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, pick) -> list[
 STOPPING = {False: "exact", True: "nbest", "exact": "exact", "nbest": "nbest", "beam": "beam", "hf": "hf"}
 
 
+def _slots(parent: Tensor) -> Tensor:
+    """Rows for the K surviving hypotheses of each sentence, given their parents' rows [n, K]:
+    the first survivor of each parent stays in its parent's row (no cache copy), the others go
+    to the rows whose parents left no survivor, in order."""
+    n, K = parent.shape
+    earlier = torch.ones(K, K, dtype=torch.bool, device=parent.device).tril(-1)  # [j, i]: i < j
+    repeat = ((parent[:, :, None] == parent[:, None, :]) & earlier).any(2)  # an earlier survivor has this parent
+    taken = torch.zeros(n, K + 1, dtype=torch.bool, device=parent.device).scatter_(1, parent.masked_fill(repeat, K), True)[:, :K]
+    free = (~taken).to(torch.int8).sort(dim=1, descending=True, stable=True).indices  # rows left free, in order
+    rank = (repeat.cumsum(1) - 1).clamp(min=0)
+    return torch.where(repeat, free.gather(1, rank), parent)
+
+
 @torch.no_grad()
 def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float = 0.6, lp_style: str = "gnmt",
-                max_len_a: float = 1.0, max_len_b: int = 50, nbest: int = 1, early_stop: bool | str = False) -> list[list[Hypothesis]]:
+                max_len_a: float = 1.0, max_len_b: int = 50, nbest: int = 1, early_stop: bool | str = False,
+                min_len: int = 0) -> list[list[Hypothesis]]:
     """Beam search with length penalty (§6.1: beam size 4, α = 0.6), batched over sentences and beams.
 
     Each step extends the `beam` live hypotheses of every sentence, keeps the 2·beam best
@@ -177,6 +193,8 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
         lprobs = model.decode_step(token, cache).float().log_softmax(-1)  # [n·K, V]
         V = lprobs.size(1)
         lprobs[:, cfg.pad_id] = NEG_INF
+        if t < min_len:  # at least min_len tokens before EOS
+            lprobs[:, cfg.eos_id] = NEG_INF
         at_cap = (t + 1 >= limit[active]).repeat_interleave(K)  # the last allowed position: EOS only
         lprobs[at_cap] = lprobs[at_cap].masked_fill(~eos_column, NEG_INF)
         if stopping == "hf":  # HF's ForcedEOSTokenLogitsProcessor gives the forced EOS log-probability 0
@@ -199,13 +217,15 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
             pool_len = torch.cat([pool_len, torch.full((n, 2 * K), length, device=device)], 1).gather(1, pick)
             pool_tokens = torch.cat([pool_tokens, new_tokens], 1).gather(1, pick[:, :, None].expand(n, pool_size, T))
 
-        # the best K candidates that do not end continue
+        # the best K candidates that do not end continue, each in its parent's row where it can
         live_score, pick = top.masked_fill(is_eos, NEG_INF).topk(K, dim=1)  # [n, K]
-        order = (from_beam.gather(1, pick) + K * torch.arange(n, device=device)[:, None]).view(-1)  # rows they extend
-        token = new_token.gather(1, pick).view(-1)
+        parent = from_beam.gather(1, pick)
+        slot = _slots(parent)
+        scores = torch.empty_like(live_score).scatter_(1, slot, live_score)
+        token = torch.empty_like(parent).scatter_(1, slot, new_token.gather(1, pick)).view(-1)
+        order = (torch.empty_like(parent).scatter_(1, slot, parent) + K * torch.arange(n, device=device)[:, None]).view(-1)
         hyps = torch.cat([hyps[order], token[:, None]], 1)
-        cache.reorder(order)
-        scores = live_score
+        cache.reorder(order)  # copies only the rows whose hypothesis changed
 
         # which sentences are done?
         full = pool_score[:, -1].gt(NEG_INF)

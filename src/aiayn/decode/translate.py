@@ -35,6 +35,7 @@ class SearchOptions:
     lp_style: str = "gnmt"  # gnmt: ((5+|Y|)/6)^α (the paper) | power: |Y|^α (fairseq, Hugging Face)
     max_len_a: float = 1.0  # output ≤ a·source length + b (§6.1: input length + 50)
     max_len_b: int = 50
+    min_len: int = 0  # at least this many output subwords before EOS
     nbest: int = 1
     early_stop: bool | str = False  # stopping rule: False (exact) | True (nbest) | "beam" | "hf"; see beam_search
     sampling: bool = False
@@ -142,7 +143,7 @@ class Translator:
 
     def search(self, src: Tensor) -> list[list[Hypothesis]]:
         o = self.options
-        common = dict(max_len_a=o.max_len_a, max_len_b=o.max_len_b, alpha=o.alpha, lp_style=o.lp_style)
+        common = dict(max_len_a=o.max_len_a, max_len_b=o.max_len_b, min_len=o.min_len, alpha=o.alpha, lp_style=o.lp_style)
         with self._autocast():
             if o.sampling:
                 generator = torch.Generator(device=self.device).manual_seed(o.seed)

@@ -17,7 +17,7 @@ Decoding options map as follows (aiayn → CTranslate2):
   beam → beam_size; alpha → length_penalty, with return_end_token=True so that |Y| counts EOS as in
   aiayn's "power" style (CTranslate2 only has |Y|^α: "gnmt" is replaced by "power", with a warning);
   nbest → num_hypotheses; a·|source| + b → max_decoding_length, per sentence (sentences are grouped
-  by their cap); min_decoding_length=0 (an empty output is allowed, as in aiayn); sampling, top_k,
+  by their cap); min_len → min_decoding_length (0 by default: an empty output is allowed, as in aiayn); sampling, top_k,
   top_p, temperature → sampling_topk (0: all), sampling_topp, sampling_temperature, beam_size 1.
 Stopping: CTranslate2 has its own rule. With α = 0 it stops when the best candidate ends, which gives
 aiayn's default (exact) result; with α ≠ 0 it stops once `beam` hypotheses have finished, which is
@@ -245,7 +245,7 @@ class CTranslate2Translator:
 
     def _decode_options(self) -> dict:
         o = self.options
-        common = dict(max_batch_size=self.max_tokens, batch_type="tokens", min_decoding_length=0, max_input_length=0,
+        common = dict(max_batch_size=self.max_tokens, batch_type="tokens", min_decoding_length=o.min_len, max_input_length=0,
                       return_scores=True, return_end_token=True, length_penalty=o.alpha)
         if o.sampling:
             return dict(common, beam_size=1, num_hypotheses=1, sampling_topk=o.top_k or 0, sampling_topp=o.top_p,

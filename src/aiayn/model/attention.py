@@ -47,6 +47,75 @@ def scaled_dot_product_attention(
     return out, weights
 
 
+class KVCache:
+    """The keys and values of one decoder self-attention layer for the steps decoded so far.
+
+    Stored time-major, [T, N, h, d_k], in a buffer that grows by doubling: a new step is written
+    in place (no concatenation), attention reads a [N, h, t, d_k] view, and beam search's
+    reordering of the N hypotheses is one gather into a spare buffer that then takes over.
+    """
+
+    def __init__(self):
+        self.k: Tensor | None = None  # [capacity, N, h, d_k]
+        self.v: Tensor | None = None
+        self.length = 0
+        self._spare: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.k is None else self.k.size(1)
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the keys/values of L new steps ([N, h, L, d_k]); return all of them as [N, h, t, d_k] views."""
+        L, end = k.size(2), self.length + k.size(2)
+        if self.k is None or end > self.k.size(0):
+            capacity = max(end, 2 * (self.k.size(0) if self.k is not None else 16))
+            grown = [t.new_empty((capacity, *t.shape[:2], t.size(3))) for t in (k, v)]
+            if self.k is not None:
+                grown[0][: self.length], grown[1][: self.length] = self.k[: self.length], self.v[: self.length]
+            self.k, self.v = grown
+            self._spare = None
+        self.k[self.length : end] = k.permute(2, 0, 1, 3)
+        self.v[self.length : end] = v.permute(2, 0, 1, 3)
+        self.length = end
+        return self.k[:end].permute(1, 2, 0, 3), self.v[:end].permute(1, 2, 0, 3)
+
+    def reorder(self, order: Tensor) -> None:
+        """Row n continues the hypothesis that was row order[n].
+
+        Rows that keep their own hypothesis are not touched; when the rows that change are few and
+        copy only from rows that stay (as beam search arranges it), only they are copied."""
+        if self.k is None:
+            return
+        if self.k.requires_grad:  # decoding under autograd (unusual): a plain gather
+            self.k, self.v = self.k.index_select(1, order), self.v.index_select(1, order)
+            return
+        moved = order.ne(torch.arange(order.numel(), device=order.device))
+        changed = moved.nonzero().squeeze(1)
+        if changed.numel() == 0:
+            return
+        sources = order[changed]
+        if 2 * changed.numel() <= order.numel() and not moved[sources].any():
+            for buf in (self.k, self.v):
+                live = buf[: self.length]
+                live.index_copy_(1, changed, live.index_select(1, sources))
+            return
+        if self._spare is None:
+            self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
+        k2, v2 = self._spare
+        torch.index_select(self.k[: self.length], 1, order, out=k2[: self.length])
+        torch.index_select(self.v[: self.length], 1, order, out=v2[: self.length])
+        self._spare = (self.k, self.v)
+        self.k, self.v = k2, v2
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only these rows (their number may shrink)."""
+        if self.k is None:
+            return
+        self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+        self._spare = None
+
+
 class MultiHeadAttention(nn.Module):
     """§3.2.2 Multi-Head Attention.
 
@@ -86,13 +155,13 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
         memory_kv: tuple[Tensor, Tensor] | None = None,
-        cache: dict | None = None,
+        cache: KVCache | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """x: queries [N, L, d_model].
 
-        Self-attention: keys and values come from x; with `cache` (a dict) the new keys/values
-        are appended to cache["k"], cache["v"] ([N, h, T, d_k]) for incremental decoding.
+        Self-attention: keys and values come from x; with a `cache` the new keys/values are
+        appended to those of earlier steps (incremental decoding).
         Encoder-decoder attention: `memory_kv` from `memory_kv()`, shaped [B, h, S, d_k] where
         the query batch N is B·G (G hypotheses per source sentence, e.g. the beams of beam
         search, laid out sentence-major). The G queries of a sentence attend to the same
@@ -111,10 +180,7 @@ class MultiHeadAttention(nn.Module):
             return self.out_proj(out), w
         q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))  # 3 × [N, h, L, d_k]
         if cache is not None:
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            k, v = cache.append(k, v)  # [N, h, T, d_k]: every step so far
         out, w = scaled_dot_product_attention(q, k, v, mask, is_causal, p, need_weights)
         out = out.transpose(1, 2).reshape(N, L, d)  # [N, h, L, d_k] -> [N, L, d_model]
         return self.out_proj(out), w

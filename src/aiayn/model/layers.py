@@ -156,7 +156,7 @@ class DecoderLayer(nn.Module):
         x: Tensor,
         memory_kv: tuple[Tensor, Tensor],
         memory_mask: Tensor | None,
-        cache: dict | None = None,
+        cache=None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """x: [N, T, d_model]; memory_kv: 2 × [B, h, S, d_k] with N = B·G; memory_mask: [B, 1, 1, S].

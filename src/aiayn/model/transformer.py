@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from aiayn.model.attention import KVCache
 from aiayn.model.layers import DecoderLayer, Dropout, EncoderLayer, PositionalEncoding
 
 
@@ -103,7 +104,7 @@ class EncoderOut:
 class DecoderCache:
     """State of incremental decoding for N = B·G hypotheses (G per source sentence, sentence-major).
 
-    self_attn[l]: {"k", "v"}: [N, h, T, d_k], the decoder's own keys/values of the T steps so far.
+    self_attn[l]: the decoder's own keys/values of the steps so far (a KVCache, N rows).
     memory_kv[l]: 2 × [B, h, S, d_k], encoder-decoder keys/values, computed once per source.
     """
 
@@ -115,15 +116,16 @@ class DecoderCache:
     def reorder(self, order: Tensor) -> None:
         """Beam search: hypothesis n now continues hypothesis order[n] (of the same sentence)."""
         for c in self.self_attn:
-            c["k"], c["v"] = c["k"].index_select(0, order), c["v"].index_select(0, order)
+            c.reorder(order)
 
     def select(self, sentences: Tensor) -> None:
         """Keep only the given source sentences (with all their hypotheses), e.g. the unfinished ones."""
         B = self.memory_mask.size(0)
-        group = self.self_attn[0]["k"].size(0) // B if self.self_attn and "k" in self.self_attn[0] else 0
+        group = self.self_attn[0].rows // B if self.self_attn else 0
         if group:
             rows = (sentences[:, None] * group + torch.arange(group, device=sentences.device)).reshape(-1)
-            self.reorder(rows)
+            for c in self.self_attn:
+                c.select(rows)
         self.memory_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.memory_kv]
         self.memory_mask = self.memory_mask.index_select(0, sentences)
 
@@ -216,7 +218,7 @@ class Transformer(nn.Module):
     # ----- Incremental decoding (one target position per call, with a KV cache)
     def init_cache(self, enc: EncoderOut) -> DecoderCache:
         memory_kv = [layer.cross_attn.memory_kv(enc.states) for layer in self.decoder_layers]
-        return DecoderCache([{} for _ in self.decoder_layers], memory_kv, enc.mask)
+        return DecoderCache([KVCache() for _ in self.decoder_layers], memory_kv, enc.mask)
 
     def decode_step(self, tokens: Tensor, cache: DecoderCache, need_weights: bool = False):
         """tokens: [N] the newest target token of each hypothesis, N = B·G. Returns logits [N, tgt_vocab]

@@ -1,0 +1,180 @@
+"""Translation throughput on CPU: aiayn's search against Hugging Face `generate` and CTranslate2,
+on the same weights, side by side in one run.
+
+One random-weight model (default: the paper's base dimensions, a joint 8,000-piece vocabulary
+learned on the shipped Bible corpus) is built in aiayn and exported to a transformers
+`MarianMTModel` (aiayn's HF export, which checks that both compute the same function) and to
+CTranslate2 (float32 and int8). Random weights would stop at random lengths, so every system is
+forced to the same output length: EOS is suppressed for the first L−1 tokens and forced at L
+(aiayn min_len/max_len, HF min_new_tokens/max_new_tokens, CTranslate2 min/max_decoding_length).
+Sources are real test verses (sorted by length, batches of --batch-size sentences for all
+systems). Reported: target tokens/s (EOS included) and sentences/s, greedy and beam 4.
+
+    .venv/bin/python benchmarks/translate_throughput.py                    # base, 256 sentences
+    .venv/bin/python benchmarks/translate_throughput.py --size small --sentences 128 --skip-ct2
+
+Prints a table and writes benchmarks/results/translate_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(size: str, vocab_size: int, work: Path):
+    from aiayn.data.binarize import PrepareOptions, load_tokenizers, prepare
+    from aiayn.data.shipped import write_shipped_corpus
+    from aiayn.model import Transformer, TransformerConfig
+    from aiayn.train.checkpoint import save_model
+
+    corpus = write_shipped_corpus(work / "corpus", limit={"train": 20000, "test": 1000})
+    data = work / "data"
+    prepare({"train": corpus["train"], "test": corpus["test"]}, data, PrepareOptions(vocab_size=vocab_size, progress=False), force=True, log=lambda *a: None)
+    tokenizers = load_tokenizers(data)
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig.preset(size, vocab_size=tokenizers[0].vocab_size, dropout=0.0)).eval()
+    ckpt = work / "model.safetensors"
+    save_model(ckpt, model, tokenizers)
+    sources = [tokenizers[0].encode([line])[0] for line in corpus["test"][0].read_text(encoding="utf-8").splitlines()]
+    return model, tokenizers, ckpt, sources
+
+
+def batches_of(sources: list[list[int]], n: int, batch_size: int) -> list[list[list[int]]]:
+    chosen = sorted(sources[:n], key=len)
+    return [chosen[i : i + batch_size] for i in range(0, len(chosen), batch_size)]
+
+
+def padded(batch: list[list[int]], pad: int, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.full((len(batch), max(len(s) for s in batch) + 1), pad, dtype=torch.long)
+    for i, s in enumerate(batch):
+        out[i, : len(s)] = torch.tensor(s)
+        out[i, len(s)] = eos
+    return out, out.ne(pad).long()
+
+
+def time_it(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="base")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--sentences", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--length", type=int, default=30, help="forced output length L (EOS included)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="best of this many passes")
+    p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--skip-ct2", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from aiayn.decode.search import beam_search, greedy_search
+
+    work = Path(tempfile.mkdtemp(prefix="aiayn-translate-bench-"))
+    model, tokenizers, ckpt, sources = build(args.size, args.vocab_size, work)
+    cfg = model.config
+    L = args.length
+    batches = batches_of(sources, args.sentences, args.batch_size)
+    n_sent = sum(len(b) for b in batches)
+    tensors = [padded(b, cfg.pad_id, cfg.eos_id) for b in batches]
+    results = {}
+
+    def aiayn(beam):
+        total = 0
+        for src, _ in tensors:
+            if beam == 1:
+                hyps = greedy_search(model, src, max_len_a=0, max_len_b=L, min_len=L - 1)
+            else:
+                hyps = [h[0] for h in beam_search(model, src, beam=beam, max_len_a=0, max_len_b=L, min_len=L - 1)]
+            total += sum(len(h.tokens) + 1 for h in hyps)
+        return total
+
+    def aiayn_bf16(beam):  # the same model under bf16 autocast (AMX on recent Xeons): `--precision bf16`
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return aiayn(beam)
+
+    systems = [("aiayn", aiayn), ("aiayn bf16 autocast", aiayn_bf16)]
+    if not args.skip_hf:
+        from aiayn.interop.hf_marian import to_marian_model
+
+        hf = to_marian_model(model)
+        with torch.no_grad():  # the same function: logits agree
+            src, mask = tensors[0]
+            tgt = torch.full((src.size(0), 3), cfg.decoder_start_id)
+            diff = (hf(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits - model(src, tgt)).abs().max().item()
+        print(f"HF export of the same weights: max |logit difference| = {diff:.2e}")
+
+        def hf_generate(beam):
+            total = 0
+            with torch.no_grad():
+                for src, mask in tensors:
+                    out = hf.generate(input_ids=src, attention_mask=mask, num_beams=beam, do_sample=False,
+                                      max_new_tokens=L, min_new_tokens=L - 1, length_penalty=0.6 if beam > 1 else 1.0)
+                    total += int(out[:, 1:].ne(cfg.pad_id).sum())
+            return total
+
+        systems.append(("HF generate", hf_generate))
+    if not args.skip_ct2:
+        import ctranslate2
+
+        from aiayn.interop.ctranslate2 import export_ctranslate2
+
+        src_pieces = [[tokenizers[0].pieces(s) + ["</s>"] for s in b] for b in batches]
+        for quant in ("float32", "int8"):
+            out = export_ctranslate2(ckpt, work / f"ct2-{quant}", quantization=None if quant == "float32" else quant)
+            translator = ctranslate2.Translator(str(out), device="cpu", compute_type=quant, intra_threads=args.threads, inter_threads=1)
+
+            def ct2(beam, translator=translator):
+                total = 0
+                for pieces in src_pieces:
+                    res = translator.translate_batch(pieces, beam_size=beam, max_decoding_length=L, min_decoding_length=L - 1,
+                                                     return_end_token=True, length_penalty=0.6 if beam > 1 else 0.0,
+                                                     max_batch_size=args.batch_size)
+                    total += sum(len(r.hypotheses[0]) for r in res)
+                return total
+
+            systems.append((f"CTranslate2 {quant}", ct2))
+
+    for beam in (1, 4):
+        for name, fn in systems:
+            tokens = fn(beam)  # warm-up, and the output length check
+            seconds = time_it(lambda: fn(beam), args.repeats)
+            results[(name, beam)] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "sentences_per_s": n_sent / seconds,
+                                     "mean_output_tokens": tokens / n_sent}
+            print(f"{name:<22} beam {beam}: {tokens / seconds:8.1f} target tok/s  {n_sent / seconds:6.2f} sent/s  ({tokens / n_sent:.1f} tokens/sentence)", flush=True)
+
+    print(f"\n{args.size} dims, {n_sent} test verses in batches of {args.batch_size}, output forced to {L} tokens, {args.threads} threads")
+    print(f"{'system':<22} {'search':<8} {'tok/s':>8} {'sent/s':>7} {'vs HF':>6} {'vs CT2 fp32':>11}")
+    for (name, beam), r in results.items():
+        hf_r = results.get(("HF generate", beam))
+        ct_r = results.get(("CTranslate2 float32", beam))
+        vs_hf = f"{r['tokens_per_s'] / hf_r['tokens_per_s']:.2f}" if hf_r else "-"
+        vs_ct = f"{r['tokens_per_s'] / ct_r['tokens_per_s']:.2f}" if ct_r else "-"
+        print(f"{name:<22} {'greedy' if beam == 1 else 'beam 4':<8} {r['tokens_per_s']:>8.1f} {r['sentences_per_s']:>7.2f} {vs_hf:>6} {vs_ct:>11}")
+    record = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "size": args.size, "threads": args.threads,
+              "sentences": n_sent, "batch_size": args.batch_size, "length": L, "torch": torch.__version__,
+              "machine": {"python": platform.python_version(), "platform": platform.platform()},
+              "results": [{"system": name, "beam": beam, **r} for (name, beam), r in results.items()]}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "translate_throughput.json").write_text(json.dumps(record, indent=2))
+    print(f"wrote {HERE / 'results' / 'translate_throughput.json'}")
+
+
+if __name__ == "__main__":
+    main()
