@@ -16,8 +16,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
-"$VENV/bin/python" -c "import torch" 2>/dev/null || pip_install $TORCH_SPEC
-"$VENV/bin/python" -c "import torch" || { echo "bootstrap: PyTorch did not install ($TORCH_SPEC)" >&2; exit 1; }
+has_torch() { "$VENV/bin/python" -W ignore -c "import torch" 2>/dev/null; }  # (numpy may not be there yet)
+has_torch || pip_install $TORCH_SPEC
+"$VENV/bin/python" -W ignore -c "import torch" || { echo "bootstrap: PyTorch did not install ($TORCH_SPEC)" >&2; exit 1; }
 
 # The browser test of `aiayn serve` drives Debian's chromium with Playwright from PyPI (no browser
 # download): install chromium with apt when it is missing and apt-get is there (quietly; a failure
