@@ -77,7 +77,8 @@ def _init_worker(src: Tokenizer, tgt: Tokenizer) -> None:
 def _encode_chunk(src_lines: list[str], tgt_lines: list[str], max_len: int, max_ratio: float):
     """Encode a chunk; returns token arrays, lengths and the count of pairs each filter removed."""
     src_tok, tgt_tok = _TOKENIZERS
-    src_ids, tgt_ids = src_tok.encode(src_lines), tgt_tok.encode(tgt_lines)
+    # one thread per worker process: --workers is the number of cores encoding uses
+    src_ids, tgt_ids = src_tok.encode(src_lines, threads=1), tgt_tok.encode(tgt_lines, threads=1)
     keep, dropped = [], Counter()
     for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
         if max_len and max(len(s), len(t)) > max_len:

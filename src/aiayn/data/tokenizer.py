@@ -123,9 +123,10 @@ class Tokenizer:
     def save(self, path: str | Path) -> None:
         Path(path).write_bytes(self.proto)
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, texts: list[str], threads: int | None = None) -> list[list[int]]:
+        """Token ids of each text; sentencepiece encodes a list with `threads` threads (None: all cores)."""
         if self.vocab is None:
-            return self.sp.encode(texts, out_type=int)
+            return self.sp.encode(texts, out_type=int, num_threads=threads if threads else -1)
         get, unk = self.vocab.get, self.unk_id
         return [[get(p, unk) for p in self.encode_pieces(t)] for t in texts]
 
