@@ -62,6 +62,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from aiayn.model import Transformer, TransformerConfig  # noqa: E402
 from aiayn.train.trainer import LossModel  # noqa: E402
@@ -102,25 +103,14 @@ def make_batch(batch_size: int, seq_len: int, vocab: int, pad_frac: float, seed:
 
 
 # --------------------------------------------------------------------------- the two libraries
-class AiaynRunner:
-    name = "aiayn"
+class _Runner:
+    """What both libraries' runners share: a model, an optimizer and the step built from forward_loss."""
 
-    def __init__(self, size: str, vocab: int, seed: int):
-        torch.manual_seed(seed)
-        self.cfg = TransformerConfig.preset(size, vocab_size=vocab, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS)
-        self.model = Transformer(self.cfg)
-        self.loss_model = LossModel(self.model, LABEL_SMOOTHING)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), **ADAM)
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
-    def set_mode(self, train: bool) -> None:
-        self.loss_model.train(train)
-
-    def forward_loss(self, b):
-        loss, _ = self.loss_model(b["src"], b["tgt_in"], b["tgt_out"])
-        return loss / b["n_tgt"]
 
     def optimizer_step(self):
         self.optimizer.step()
@@ -130,30 +120,38 @@ class AiaynRunner:
         self.forward_loss(b).backward()
         self.optimizer_step()
 
+
+class AiaynRunner(_Runner):
+    name = "aiayn"
+
+    def __init__(self, size: str, vocab: int, seed: int):
+        torch.manual_seed(seed)
+        self.cfg = TransformerConfig.preset(size, vocab_size=vocab, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS)
+        self.model = Transformer(self.cfg)
+        self.loss_model = LossModel(self.model, LABEL_SMOOTHING)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), **ADAM)
+
+    def set_mode(self, train: bool) -> None:
+        self.loss_model.train(train)
+
+    def forward_loss(self, b):
+        loss, _ = self.loss_model(b["src"], b["tgt_in"], b["tgt_out"])
+        return loss / b["n_tgt"]
+
     def infer_step(self, b):
         with torch.inference_mode():
             return self.model(b["src"], b["tgt_in"])
 
 
-class HFRunner:
+class HFRunner(_Runner):
     name = "hf"
 
     def __init__(self, size: str, vocab: int, seed: int, max_positions: int, hf_loss: str, attn: str):
-        from transformers import MarianConfig, MarianMTModel
+        from hf_marian import marian_config  # benchmarks/hf_marian.py: the same dimensions as a MarianConfig
+        from transformers import MarianMTModel
 
-        p = TransformerConfig.PRESETS[size]
-        self.config = MarianConfig(
-            vocab_size=vocab, decoder_vocab_size=vocab, d_model=p["d_model"],
-            encoder_layers=p["n_encoder_layers"], decoder_layers=p["n_decoder_layers"],
-            encoder_attention_heads=p["n_heads"], decoder_attention_heads=p["n_heads"],
-            encoder_ffn_dim=p["d_ff"], decoder_ffn_dim=p["d_ff"],
-            dropout=p["dropout"], attention_dropout=0.0, activation_dropout=0.0,  # aiayn presets: attn/activation dropout off
-            encoder_layerdrop=0.0, decoder_layerdrop=0.0,
-            activation_function="relu", scale_embedding=True, share_encoder_decoder_embeddings=True,
-            tie_word_embeddings=True, max_position_embeddings=max_positions,
-            pad_token_id=PAD, eos_token_id=EOS, forced_eos_token_id=EOS, bos_token_id=None,
-            decoder_start_token_id=BOS, use_cache=False,
-        )
+        cfg = TransformerConfig.preset(size, vocab_size=vocab, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS)
+        self.config = marian_config(cfg, max_positions=max_positions)
         torch.manual_seed(seed)
         self.model = MarianMTModel(self.config, attn_implementation=attn) if attn else MarianMTModel(self.config)
         self.attn_implementation = getattr(self.model.config, "_attn_implementation", None)
@@ -169,23 +167,12 @@ class HFRunner:
         else:
             raise ValueError(f"unknown --hf-loss {hf_loss!r}")
 
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
     def set_mode(self, train: bool) -> None:
         self.model.train(train)
 
     def forward_loss(self, b):
         out = self.model(input_ids=b["src"], attention_mask=b["attention_mask"], decoder_input_ids=b["tgt_in"], use_cache=False)
         return self.loss_fn(out.logits, b["labels"])
-
-    def optimizer_step(self):
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def train_step(self, b):
-        self.forward_loss(b).backward()
-        self.optimizer_step()
 
     def infer_step(self, b):
         with torch.inference_mode():

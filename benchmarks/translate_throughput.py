@@ -55,10 +55,10 @@ def batches_of(sources: list[list[int]], n: int, batch_size: int) -> list[list[l
 
 
 def padded(batch: list[list[int]], pad: int, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.full((len(batch), max(len(s) for s in batch) + 1), pad, dtype=torch.long)
-    for i, s in enumerate(batch):
-        out[i, : len(s)] = torch.tensor(s)
-        out[i, len(s)] = eos
+    """The source tensor aiayn's translator builds, and its attention mask (for HF)."""
+    from aiayn.decode.translate import source_batch
+
+    out = source_batch(batch, pad, eos)
     return out, out.ne(pad).long()
 
 

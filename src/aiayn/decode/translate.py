@@ -28,6 +28,15 @@ class Translation:
     alignment: list[int] | None = None  # per output subword: the source subword it attends to most
 
 
+def source_batch(seqs: list[list[int]], pad: int, eos: int) -> Tensor:
+    """Source token ids [B, longest + 1]: each sentence followed by EOS, right-padded."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs) + 1), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        out[i, len(s)] = eos
+    return out
+
+
 @dataclass
 class SearchOptions:
     beam: int = 4  # 1: greedy
@@ -135,11 +144,7 @@ class Translator:
 
     def _tensor(self, seqs: list[list[int]]) -> Tensor:
         cfg = self.models[0].config
-        out = torch.full((len(seqs), max(len(s) for s in seqs) + 1), cfg.pad_id, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            out[i, len(s)] = cfg.eos_id
-        return out.to(self.device)
+        return source_batch(seqs, cfg.pad_id, cfg.eos_id).to(self.device)
 
     def search(self, src: Tensor) -> list[list[Hypothesis]]:
         o = self.options

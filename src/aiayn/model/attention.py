@@ -80,22 +80,30 @@ class KVCache:
         self.length = end
         return self.k[:end].permute(1, 2, 0, 3), self.v[:end].permute(1, 2, 0, 3)
 
-    def reorder(self, order: Tensor) -> None:
-        """Row n continues the hypothesis that was row order[n].
+    @staticmethod
+    def plan(order: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """How to apply `order` (the same for every layer, so worked out once per step): the rows
+        that change, the rows they copy from, and whether copying just those is enough (they are
+        few and copy only from rows that stay, as beam search arranges it)."""
+        moved = order.ne(torch.arange(order.numel(), device=order.device))
+        changed = moved.nonzero().squeeze(1)
+        sources = order[changed]
+        return changed, sources, 2 * changed.numel() <= order.numel() and not bool(moved[sources].any())
 
-        Rows that keep their own hypothesis are not touched; when the rows that change are few and
-        copy only from rows that stay (as beam search arranges it), only they are copied."""
+    def reorder(self, order: Tensor, plan: tuple[Tensor, Tensor, bool] | None = None) -> None:
+        """Row n continues the hypothesis that was row order[n]; `plan` is `KVCache.plan(order)`.
+
+        Rows that keep their own hypothesis are not touched; with a partial plan only the rows
+        that change are copied."""
         if self.k is None:
             return
         if self.k.requires_grad:  # decoding under autograd (unusual): a plain gather
             self.k, self.v = self.k.index_select(1, order), self.v.index_select(1, order)
             return
-        moved = order.ne(torch.arange(order.numel(), device=order.device))
-        changed = moved.nonzero().squeeze(1)
+        changed, sources, partial = plan if plan is not None else self.plan(order)
         if changed.numel() == 0:
             return
-        sources = order[changed]
-        if 2 * changed.numel() <= order.numel() and not moved[sources].any():
+        if partial:
             for buf in (self.k, self.v):
                 live = buf[: self.length]
                 live.index_copy_(1, changed, live.index_select(1, sources))

@@ -115,8 +115,9 @@ class DecoderCache:
 
     def reorder(self, order: Tensor) -> None:
         """Beam search: hypothesis n now continues hypothesis order[n] (of the same sentence)."""
+        plan = KVCache.plan(order)
         for c in self.self_attn:
-            c.reorder(order)
+            c.reorder(order, plan)
 
     def select(self, sentences: Tensor) -> None:
         """Keep only the given source sentences (with all their hypotheses), e.g. the unfinished ones."""
