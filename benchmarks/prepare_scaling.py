@@ -20,8 +20,11 @@ What it measures, per run
     Memory, three figures, in MiB:
     main_peak      VmHWM of the prepare process itself (kernel's exact high-water mark, last read by the
                    poller, so growth in the final ~50 ms could be missed).
-    max_proc_peak  ru_maxrss from os.wait4() on the prepare process: the exact peak of the largest single
-                   process among it and the workers it reaped (Linux reports the max, not the sum).
+    max_proc_peak  the largest VmHWM (per-process high-water mark) of any process in the tree, polled.
+                   Not ru_maxrss from wait4(): Linux carries the high-water mark of the image a process
+                   exec'd from into it, and subprocess spawns through vfork, so ru_maxrss would count this
+                   benchmark's own memory (which grows with the corpus it generates); it is kept in the
+                   JSON as max_proc_ru_maxrss_mib for reference.
     tree_rss/pss   the largest sum over the whole process tree (prepare + encoding workers), sampled by
                    polling /proc/<pid>/status (VmRSS) and /proc/<pid>/smaps_rollup (Pss) every --poll-ms.
                    The workers are forked, so RSS counts the copy-on-write pages they share with the
@@ -167,7 +170,7 @@ class TreeSampler(threading.Thread):
         self.stopped = threading.Event()
         self.phase = "startup"  # set by the output reader; peaks are also kept per phase
         self.phase_peaks: dict[str, dict[str, int]] = {}
-        self.main_hwm_kib = self.tree_rss_kib = self.tree_pss_kib = self.max_procs = self.samples = 0
+        self.main_hwm_kib = self.proc_hwm_kib = self.tree_rss_kib = self.tree_pss_kib = self.max_procs = self.samples = 0
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -184,6 +187,7 @@ class TreeSampler(threading.Thread):
             status = _status_kib(pid, ("VmRSS", "VmHWM"))
             rss += status.get("VmRSS", 0)
             pss += _pss_kib(pid)
+            self.proc_hwm_kib = max(self.proc_hwm_kib, status.get("VmHWM", 0))
             if pid == self.root_pid:
                 main_rss = status.get("VmRSS", 0)
                 self.main_hwm_kib = max(self.main_hwm_kib, status.get("VmHWM", 0))
@@ -214,6 +218,7 @@ class Run:
     phase_peaks_mib: dict = field(default_factory=dict)  # phase -> sampled peak main RSS and tree PSS
     main_peak_mib: float = 0.0
     max_proc_peak_mib: float = 0.0
+    max_proc_ru_maxrss_mib: float = 0.0
     tree_rss_peak_mib: float = 0.0
     tree_pss_peak_mib: float = 0.0
     max_processes: int = 0
@@ -270,7 +275,8 @@ def run_prepare(src: Path, tgt: Path, pairs: int, out: Path, vocab_size: int, wo
     bounds = [("startup", started)] + [(name, marks[name]) for name, _ in PHASE_MARKS if name in marks] + [("", ended)]
     run.phases_s = {name: round(t1 - t0, 3) for (name, t0), (_, t1) in zip(bounds, bounds[1:])}
     run.main_peak_mib = sampler.main_hwm_kib / 1024
-    run.max_proc_peak_mib = usage.ru_maxrss / 1024  # KiB on Linux
+    run.max_proc_peak_mib = sampler.proc_hwm_kib / 1024
+    run.max_proc_ru_maxrss_mib = usage.ru_maxrss / 1024  # KiB on Linux; includes the spawning image (see above)
     run.tree_rss_peak_mib, run.tree_pss_peak_mib = sampler.tree_rss_kib / 1024, sampler.tree_pss_kib / 1024
     run.max_processes, run.memory_samples = sampler.max_procs, sampler.samples
     run.phase_peaks_mib = {phase: {k: round(v / 1024, 1) for k, v in peaks.items()} for phase, peaks in sampler.phase_peaks.items()}
@@ -435,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print_table(sorted(ok, key=lambda r: (r.pairs, r.workers)))
-    print("\nmain: VmHWM of the prepare process; max-proc: ru_maxrss (largest single process incl. workers);")
+    print("\nmain: VmHWM of the prepare process; max-proc: largest VmHWM of any one process (prepare or a worker);")
     print(f"tree RSS/PSS: largest sum over prepare + workers, sampled every {args.poll_ms:g} ms (PSS shares COW pages fairly)\n")
     print_phase_memory(sorted(ok, key=lambda r: (r.pairs, r.workers)))
     print()

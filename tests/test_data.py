@@ -101,6 +101,24 @@ def test_separate_vocabularies_and_tsv(tmp_path):
     assert s.sha256 != t.sha256 and meta["splits"]["train"]["pairs"] == 300
 
 
+def test_vocabulary_sample_takes_whole_pairs_and_is_seeded(tmp_path):
+    from aiayn.data.binarize import _sample_lines
+
+    src, tgt = corpus(tmp_path, n=300, tgt_lines=[f"line {i}" for i in range(300)])
+    assert _sample_lines([src, tgt], 300, 600, seed=1, out=tmp_path) == [src, tgt]  # small enough: every line
+    (tmp_path / "s1").mkdir(), (tmp_path / "s2").mkdir(), (tmp_path / "s3").mkdir()
+    a = _sample_lines([src, tgt], 300, 100, seed=1, out=tmp_path / "s1")
+    b = _sample_lines([src, tgt], 300, 100, seed=1, out=tmp_path / "s2")
+    c = _sample_lines([src, tgt], 300, 100, seed=2, out=tmp_path / "s3")
+    picked = [int(t.split()[1]) for t in a[1].read_text().splitlines()]
+    assert len(picked) == 50 and picked == sorted(set(picked))  # 100 lines: 50 pairs, each once, in corpus order
+    src_lines = src.read_text().splitlines()
+    assert a[0].read_text().splitlines() == [src_lines[i] for i in picked]  # the same pairs from both sides
+    assert a[1].read_text() == b[1].read_text() != c[1].read_text()
+    meta = run_prepare(tmp_path, *corpus(tmp_path / "s1"), max_spm_sentences=200)  # from a sample; no sample file left
+    assert meta["splits"]["train"]["pairs"] == 300 and not list((tmp_path / "out").glob("*.sample"))
+
+
 # ---------------------------------------------------------------- bad input
 def test_line_count_mismatch_reports_both_counts(tmp_path):
     src = write(tmp_path / "a.en", ["one", "two", "three"])

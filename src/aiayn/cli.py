@@ -49,6 +49,7 @@ def _add_prepare(sub):
     p.add_argument("--skip-bad", action="store_true", help="drop bad lines (counted by kind) instead of stopping")
     p.add_argument("--normalize", choices=["NFC", "NFKC"], help="Unicode normalisation applied first")
     p.add_argument("--max-spm-sentences", type=int, default=300_000, help="lines sampled to learn the vocabulary (default 300000; bounds memory)")
+    p.add_argument("--seed", type=int, default=1, help="seed of that sample (default 1)")
     p.add_argument("--spm-normalization", default="nmt_nfkc", help="sentencepiece normalisation rule (default nmt_nfkc; identity keeps text exact)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -74,7 +75,7 @@ def _run_prepare(args):
     opts = PrepareOptions(
         vocab_size=args.vocab_size, model_type=args.model_type, joint_vocab=not args.separate_vocab,
         max_len=args.max_len, max_ratio=args.max_ratio, skip_bad=args.skip_bad, normalize=args.normalize,
-        spm_normalization=args.spm_normalization, max_spm_sentences=args.max_spm_sentences, workers=args.workers,
+        spm_normalization=args.spm_normalization, max_spm_sentences=args.max_spm_sentences, seed=args.seed, workers=args.workers,
         vocab_from=args.vocab_from,
     )
     meta = prepare(splits, args.out, opts, force=args.force)

@@ -43,7 +43,8 @@ class PrepareOptions:
     skip_bad: bool = False  # drop bad lines (counted by kind) instead of stopping with an error
     normalize: str | None = None  # optional Unicode normalisation before anything else: NFC | NFKC
     spm_normalization: str = "nmt_nfkc"  # sentencepiece's own rule (identity keeps text byte-exact)
-    max_spm_sentences: int = 300_000  # lines sampled to learn the vocabulary: bounds memory (~0.4 KB a line)
+    max_spm_sentences: int = 300_000  # lines sampled to learn the vocabulary: bounds memory (~0.5 KB a line)
+    seed: int = 1  # picks the sample the vocabulary is learned from
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     chunk_size: int = 2000  # lines per encoding task
     progress: bool = True
@@ -151,6 +152,33 @@ def _encode_split(work: Path, split: str, n_pairs: int, tokenizers, opts: Prepar
     return {**counts, "dropped": dict(dropped)}
 
 
+def _sample_lines(files: list[Path], n_lines: int, max_lines: int, seed: int, out: Path) -> list[Path]:
+    """The text the vocabulary is learned from: every line if the files hold at most max_lines in all,
+    else the same random pairs (max_lines / len(files) of them) from each file, in corpus order.
+
+    Only the chosen line numbers are held (a sorted index array); the text streams from disk to disk.
+    Sampling here rather than in sentencepiece (input_sentence_size) keeps its reservoir from fragmenting
+    the heap while it reads the whole corpus (measured: ~45 MiB more at 1M pairs), and seeds the sample.
+    """
+    per_file = max_lines // len(files)
+    if n_lines * len(files) <= max_lines or per_file <= 0:
+        return files
+    chosen = np.sort(np.random.default_rng(seed).choice(n_lines, size=per_file, replace=False))
+    samples = []
+    for f in files:
+        sample = out / f"{f.name}.sample"
+        with open(f, encoding="utf-8") as fin, open(sample, "w", encoding="utf-8") as fout:
+            k = 0
+            for i, line in enumerate(fin):
+                if i == chosen[k]:
+                    fout.write(line)
+                    k += 1
+                    if k == per_file:
+                        break
+        samples.append(sample)
+    return samples
+
+
 def _release_freed_memory() -> None:
     """Return freed heap pages to the OS (glibc keeps them otherwise)."""
     try:
@@ -213,16 +241,20 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
             log(f"using the {'joint ' if joint else ''}vocabulary of {opts.vocab_from} ({src_tok.vocab_size} pieces)")
         else:
             log(f"learning a {'joint ' if joint else ''}{opts.model_type} vocabulary of {opts.vocab_size} pieces")
+            n_train, cap = read["train"].pairs_kept, opts.max_spm_sentences
             train_text = [work / "train.src.txt", work / "train.tgt.txt"]
-            kw = dict(max_sentences=opts.max_spm_sentences, normalization=opts.spm_normalization, threads=opts.workers)
+            kw = dict(max_sentences=cap, normalization=opts.spm_normalization, threads=opts.workers)
             try:
                 if joint:
-                    src_tok = tgt_tok = Tokenizer.train(train_text, opts.vocab_size, opts.model_type, **kw)
+                    sample = _sample_lines(train_text, n_train, cap, opts.seed, work)
+                    src_tok = tgt_tok = Tokenizer.train(sample, opts.vocab_size, opts.model_type, **kw)
                 else:
-                    src_tok = Tokenizer.train(train_text[:1], opts.vocab_size, opts.model_type, **kw)
-                    tgt_tok = Tokenizer.train(train_text[1:], opts.vocab_size, opts.model_type, **kw)
+                    src_tok = Tokenizer.train(_sample_lines(train_text[:1], n_train, cap, opts.seed, work), opts.vocab_size, opts.model_type, **kw)
+                    tgt_tok = Tokenizer.train(_sample_lines(train_text[1:], n_train, cap, opts.seed, work), opts.vocab_size, opts.model_type, **kw)
             except RuntimeError as e:
                 raise CorpusError(f"sentencepiece could not learn a vocabulary of {opts.vocab_size}: {e}") from None
+            for f in work.glob("*.sample"):
+                f.unlink()
             _release_freed_memory()  # sentencepiece's sample would otherwise stay resident (and be inherited by the workers)
         vocab_files = {"src": "spm.model", "tgt": "spm.model"} if joint else {"src": "spm.src.model", "tgt": "spm.tgt.model"}
         mapping_files = {"src": "vocab.json", "tgt": "vocab.json"} if joint else {"src": "vocab.src.json", "tgt": "vocab.tgt.json"}
