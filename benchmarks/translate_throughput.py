@@ -49,6 +49,13 @@ def build(size: str, vocab_size: int, work: Path):
     return model, tokenizers, ckpt, sources
 
 
+def cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def batches_of(sources: list[list[int]], n: int, batch_size: int) -> list[list[list[int]]]:
     chosen = sorted(sources[:n], key=len)
     return [chosen[i : i + batch_size] for i in range(0, len(chosen), batch_size)]
@@ -82,9 +89,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="best of this many passes")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-ct2", action="store_true")
+    p.add_argument("--skip-bf16", action="store_true", help="leave out bf16 autocast (slow on CPUs without bf16 units)")
+    p.add_argument("--output", type=Path, default=HERE / "results" / "translate_throughput.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from aiayn.decode.search import beam_search, greedy_search
+    from aiayn.model.linear import gemm_library, onednn_inference
 
     work = Path(tempfile.mkdtemp(prefix="aiayn-translate-bench-"))
     model, tokenizers, ckpt, sources = build(args.size, args.vocab_size, work)
@@ -109,7 +119,15 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return aiayn(beam)
 
-    systems = [("aiayn", aiayn), ("aiayn bf16 autocast", aiayn_bf16)]
+    def aiayn_mkl(beam):  # the same model with every product through MKL (AIAYN_GEMM=mkl)
+        with gemm_library("mkl"):
+            return aiayn(beam)
+
+    systems = [(f"aiayn ({'oneDNN' if onednn_inference() else 'MKL'})", aiayn)]
+    if onednn_inference():
+        systems.append(("aiayn (MKL)", aiayn_mkl))
+    if not args.skip_bf16:
+        systems.append(("aiayn bf16 autocast", aiayn_bf16))
     if not args.skip_hf:
         from aiayn.interop.hf_marian import to_marian_model
 
@@ -169,11 +187,12 @@ def main() -> None:
         print(f"{name:<22} {'greedy' if beam == 1 else 'beam 4':<8} {r['tokens_per_s']:>8.1f} {r['sentences_per_s']:>7.2f} {vs_hf:>6} {vs_ct:>11}")
     record = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "size": args.size, "threads": args.threads,
               "sentences": n_sent, "batch_size": args.batch_size, "length": L, "torch": torch.__version__,
-              "machine": {"python": platform.python_version(), "platform": platform.platform()},
+              "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model()},
+              "gemm_library": "oneDNN" if onednn_inference() else "MKL",
               "results": [{"system": name, "beam": beam, **r} for (name, beam), r in results.items()]}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "translate_throughput.json").write_text(json.dumps(record, indent=2))
-    print(f"wrote {HERE / 'results' / 'translate_throughput.json'}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(record, indent=2))
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from aiayn.model.attention import KVCache
 from aiayn.model.layers import DecoderLayer, Dropout, EncoderLayer, PositionalEncoding
+from aiayn.model.linear import Linear
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Transformer(nn.Module):
         self.encoder_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
         # §3.4: "the same weight matrix between the two embedding layers and the pre-softmax linear transformation"
-        self.output_proj = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        self.output_proj = Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
         self.final_logits_bias = nn.Parameter(torch.zeros(cfg.tgt_vocab_size)) if cfg.output_bias else None
         self.reset_parameters()
         if cfg.tie_output:
