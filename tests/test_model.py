@@ -298,3 +298,32 @@ def test_tiny_model_learns_to_reverse():
                 break
     print(f"\nreverse task: token accuracy {accuracy:.4f} after {step + 1} updates, last loss {loss.item():.4f}")
     assert accuracy == 1.0
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+def test_onednn_products_agree_with_mkl_and_follow_weight_changes():
+    import copy
+
+    from aiayn.model.linear import gemm_library
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig.preset("tiny", vocab_size=300)).eval()
+    src, tgt = torch.randint(4, 300, (3, 9)), torch.randint(4, 300, (3, 7))
+    with torch.no_grad():
+        with gemm_library("mkl"):
+            reference = model(src, tgt)
+        with gemm_library("onednn"):
+            fast = model(src, tgt)  # packs every weight
+            assert model.output_proj._packed is not None
+            assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-5)
+            assert torch.equal(copy.deepcopy(model)(src, tgt), fast)  # copies drop the packed weights, not the results
+            model.decoder_layers[0].ffn.w1.weight.mul_(-1)  # an in-place change is seen: repacked
+            changed = model(src, tgt)
+        with gemm_library("mkl"):
+            assert torch.allclose(changed, model(src, tgt), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(changed, fast)
+    model.train()
+    assert model.output_proj._packed is None
+    with gemm_library("onednn"):  # with gradients the product is torch's own (and differentiable)
+        model(src, tgt).sum().backward()
+    assert model.output_proj.weight.grad is not None
