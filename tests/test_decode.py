@@ -268,6 +268,18 @@ def test_translate_keeps_order_empty_lines_and_warns_on_long_lines(trained, sour
     assert len(tr.batches([5, 50, 3, 0, 7])) >= 1 and 3 not in sum(tr.batches([5, 50, 3, 0, 7]), [])  # empty lines never decoded
 
 
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bf16_on_a_cpu_without_bf16_units_warns(trained, monkeypatch, has_bf16):
+    import aiayn.decode.translate as translate
+
+    model, ckpt = trained
+    monkeypatch.setattr(translate, "cpu_has_bf16", lambda: has_bf16)
+    warnings = []
+    Translator(model, *ckpt.tokenizers, precision="bf16", device="cpu", warn=warnings.append)
+    Translator(model, *ckpt.tokenizers, precision="fp32", device="cpu", warn=warnings.append)
+    assert (warnings == []) == has_bf16 and all("no bf16 units" in w for w in warnings)
+
+
 def test_ensemble_of_one_model_twice_is_that_model(trained, sources):
     model, ckpt = trained
     texts, _ = sources
