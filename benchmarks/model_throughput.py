@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from aiayn.model import Transformer, TransformerConfig  # noqa: E402
+from aiayn.model.linear import cpu_info, onednn_available  # noqa: E402
 from aiayn.train.trainer import LossModel  # noqa: E402
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -187,7 +188,7 @@ def measure_peak(threads: int, sizes=(2048, 4096), seconds: float = 2.0) -> dict
     for inference on non-Intel CPUs; see aiayn.model.linear) — the faster one is the peak."""
     torch.set_num_threads(threads)
     best, shares, by_lib = {}, {}, {}
-    onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    onednn = onednn_available()
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
         c = torch.empty(n, n)
@@ -524,7 +525,7 @@ def main(argv=None) -> None:
     report = dict(
         command=" ".join([Path(sys.executable).name, *sys.argv]),
         torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
-        cpu=_cpu_name(), threads=args.threads, fp32=True,
+        cpu=cpu_info("model name") or platform.processor(), threads=args.threads, fp32=True,
         peak=dict(measurements=peaks, used_gflops=peak),
         shapes=shapes(args, batch), tokens_per_step=tokens,
         settings=dict(seconds=args.seconds, min_steps=args.min_steps, min_cpu_share=args.min_cpu_share, max_seconds=args.max_seconds, warmup=args.warmup, hf_loss=args.hf_loss,
@@ -535,16 +536,6 @@ def main(argv=None) -> None:
     )
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

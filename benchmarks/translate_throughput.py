@@ -49,13 +49,6 @@ def build(size: str, vocab_size: int, work: Path):
     return model, tokenizers, ckpt, sources
 
 
-def cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
 def batches_of(sources: list[list[int]], n: int, batch_size: int) -> list[list[list[int]]]:
     chosen = sorted(sources[:n], key=len)
     return [chosen[i : i + batch_size] for i in range(0, len(chosen), batch_size)]
@@ -94,7 +87,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from aiayn.decode.search import beam_search, greedy_search
-    from aiayn.model.linear import gemm_library, onednn_inference
+    from aiayn.model.linear import cpu_info, gemm_library, onednn_inference
 
     work = Path(tempfile.mkdtemp(prefix="aiayn-translate-bench-"))
     model, tokenizers, ckpt, sources = build(args.size, args.vocab_size, work)
@@ -187,7 +180,7 @@ def main() -> None:
         print(f"{name:<22} {'greedy' if beam == 1 else 'beam 4':<8} {r['tokens_per_s']:>8.1f} {r['sentences_per_s']:>7.2f} {vs_hf:>6} {vs_ct:>11}")
     record = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "size": args.size, "threads": args.threads,
               "sentences": n_sent, "batch_size": args.batch_size, "length": L, "torch": torch.__version__,
-              "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model()},
+              "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_info("model name") or platform.processor()},
               "gemm_library": "oneDNN" if onednn_inference() else "MKL",
               "results": [{"system": name, "beam": beam, **r} for (name, beam), r in results.items()]}
     args.output.parent.mkdir(parents=True, exist_ok=True)

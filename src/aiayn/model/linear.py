@@ -23,11 +23,12 @@ from torch import Tensor, nn
 
 
 @functools.cache
-def _cpu_vendor() -> str:
+def cpu_info(field: str) -> str:
+    """A field of /proc/cpuinfo for the first CPU ("vendor_id", "model name", ...); "" where unknown."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
@@ -35,22 +36,28 @@ def _cpu_vendor() -> str:
 
 
 @functools.cache
-def _onednn_available() -> bool:
+def onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN's linear kernel."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@functools.cache
+def _resolve(choice: str) -> bool:
+    if choice == "auto":
+        return onednn_available() and cpu_info("vendor_id") not in ("GenuineIntel", "")
+    if choice not in ("mkl", "onednn"):
+        raise ValueError(f"AIAYN_GEMM={choice!r}: expected auto, mkl or onednn")
+    if choice == "onednn" and not onednn_available():
+        raise RuntimeError("AIAYN_GEMM=onednn, but this PyTorch build has no oneDNN linear kernel")
+    return choice == "onednn"
 
 
 _choice = os.environ.get("AIAYN_GEMM", "auto").lower()
 
 
 def onednn_inference() -> bool:
-    """Whether fp32 CPU inference goes through oneDNN (see the module docstring)."""
-    if _choice == "auto":
-        return _onednn_available() and _cpu_vendor() not in ("GenuineIntel", "")
-    if _choice == "onednn" and not _onednn_available():
-        raise RuntimeError("AIAYN_GEMM=onednn, but this PyTorch build has no oneDNN linear kernel")
-    if _choice not in ("mkl", "onednn"):
-        raise ValueError(f"AIAYN_GEMM={_choice!r}: expected auto, mkl or onednn")
-    return _choice == "onednn"
+    """Whether fp32 CPU inference goes through oneDNN (see the module docstring); worked out once per choice."""
+    return _resolve(_choice)
 
 
 @contextlib.contextmanager
