@@ -272,12 +272,15 @@ def _time_budget_callback(minutes: float, counter: TokenCountingCollator, log):
 
         def __init__(self):
             self.started = self.ended = None
+            self.step_ends: list[float] = []  # seconds since the start at the end of each update
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.perf_counter() - self.started >= minutes * 60:
+            elapsed = time.perf_counter() - self.started
+            self.step_ends.append(elapsed)
+            if minutes is not None and elapsed >= minutes * 60:
                 control.should_training_stop = True
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -298,7 +301,7 @@ def train_hf(
     dataset_dir: str | Path,
     out_dir: str | Path,
     model_config,
-    minutes: float,
+    minutes: float | None,
     tgt_tokens_per_update: int = 4096,
     lr: float = 1e-3,
     warmup_steps: int = 400,
@@ -306,16 +309,19 @@ def train_hf(
     seed: int = 1,
     *,
     batch_size: int | None = None,
+    max_steps: int | None = None,
     logging_steps: int = 20,
     log=print,
 ) -> dict:
-    """Train a MarianMTModel from scratch with Seq2SeqTrainer for `minutes` of wall-clock time on
-    the dataset's train split; save the model and tokenizer in out_dir; return what happened.
+    """Train a MarianMTModel from scratch with Seq2SeqTrainer for `minutes` of wall-clock time
+    (and/or `max_steps` updates, whichever comes first) on the dataset's train split; save the
+    model and tokenizer in out_dir; return what happened.
 
     model_config: a MarianConfig (see `marian_config`) or an aiayn TransformerConfig.
     batch_size: sentences per update; by default chosen so that a batch holds
     tgt_tokens_per_update target tokens on average.
-    Returns updates, train_seconds, src/tgt tokens, tokens_per_s, losses, batch size, paths.
+    Returns updates, train_seconds, src/tgt tokens, tokens_per_s, losses, batch size, paths, and
+    per update: `step_ends` (seconds since the start) and `step_tokens` ((src, tgt) real tokens).
     """
     from transformers import (
         DataCollatorForSeq2Seq, MarianConfig, MarianMTModel, PrinterCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments,
@@ -351,7 +357,7 @@ def train_hf(
         adam_epsilon=1e-9,
         weight_decay=0.0,
         label_smoothing_factor=0.1,
-        max_steps=10**9,  # the TimeBudget callback ends training
+        max_steps=max_steps or 10**9,  # otherwise the TimeBudget callback ends training
         use_cpu=True,  # fp32 on CPU
         dataloader_num_workers=0,
         logging_strategy="steps",
@@ -371,7 +377,8 @@ def train_hf(
     torch.set_num_threads(threads)  # in case anything above changed it
     n_params = sum(p.numel() for p in model.parameters())
     log(f"HF MarianMTModel: {n_params / 1e6:.1f}M parameters, {batch_size} sentences per update "
-        f"(≈{batch_size * mean_tgt:.0f} target tokens), {torch.get_num_threads()} threads, {minutes:g} min budget")
+        f"(≈{batch_size * mean_tgt:.0f} target tokens), {torch.get_num_threads()} threads, "
+        f"{f'{minutes:g} min budget' if minutes is not None else f'{max_steps} updates'}")
 
     result = trainer.train()
     train_seconds = budget.ended - budget.started
@@ -398,6 +405,8 @@ def train_hf(
         "threads": torch.get_num_threads(),
         "model_dir": str(out_dir),
         "log_history": str(state_path),
+        "step_ends": [round(t, 3) for t in budget.step_ends[:updates]],
+        "step_tokens": collator.counts[:updates],
     }
 
 

@@ -344,7 +344,10 @@ def test_export_refuses_what_marian_cannot_express(change, match, imported, tmp_
 # ---------------------------------------------------------------- CTranslate2
 def test_ctranslate2_equals_native_on_a_trained_model(trained_run, shipped, tmp_path):
     """float32: the same translations as native decoding, with CTranslate2's stopping rule
-    (α = 0: stop when the best candidate ends = aiayn's exact rule; α ≠ 0: after `beam` finished = "beam")."""
+    (α = 0: stop when the best candidate ends = aiayn's exact rule; α ≠ 0: after `beam` finished = "beam").
+    At the length cap (1·|source| + 50) the two differ by design (CTranslate2 ends a hypothesis
+    without EOS, aiayn forces EOS), so sentences whose output reaches it are left out; this
+    under-trained model loops on a few of them."""
     out = export_ctranslate2(trained_run, tmp_path / "ct2")
     model, ckpt = load_model(trained_run)
     texts = shipped["test"][0].read_text().splitlines()[:24]
@@ -352,10 +355,12 @@ def test_ctranslate2_equals_native_on_a_trained_model(trained_run, shipped, tmp_
         options = dict(beam=4, alpha=alpha, lp_style="power")
         native = Translator(model, *ckpt.tokenizers, early_stop=rule, **options).translate(texts)
         ct2 = CTranslate2Translator(out, **options).translate(texts)
-        assert [t.tokens for t in ct2] == [t.tokens for t in native]
-        assert [t.text for t in ct2] == [t.text for t in native]
+        below_cap = [i for i, (a, b) in enumerate(zip(native, ct2)) if max(len(a.tokens) + 1, len(b.tokens)) < len(a.src_tokens) + 50]
+        assert len(below_cap) >= 20
+        assert [ct2[i].tokens for i in below_cap] == [native[i].tokens for i in below_cap]
+        assert [ct2[i].text for i in below_cap] == [native[i].text for i in below_cap]
         # <pad> leaves CTranslate2's softmax (renormalized), aiayn masks it after: log(1 - p(<pad>)) a step
-        assert [t.score for t in ct2] == pytest.approx([t.score for t in native], abs=1e-2)
+        assert [ct2[i].score for i in below_cap] == pytest.approx([native[i].score for i in below_cap], abs=1e-2)
     assert translate_ctranslate2(out, texts[:4], beam=4, alpha=0.6) == [t.text for t in native[:4]]
     int8 = export_ctranslate2(trained_run, tmp_path / "ct2-int8", quantization="int8")
     assert json.loads((int8 / "aiayn.json").read_text())["extra"]["quantization"] == "int8"

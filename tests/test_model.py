@@ -164,6 +164,42 @@ def test_padding_changes_nothing():
     torch.testing.assert_close(alone, base[1:2], atol=1e-5, rtol=0)
 
 
+def test_padding_is_skipped_and_a_padded_batch_equals_its_sentences_alone():
+    """Position-wise work runs on the real tokens only (Packing); outputs and gradients of a batch
+    padded on both sides equal those of each sentence run alone (no padding, so no packing)."""
+    from aiayn.model.attention import Packing
+
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    packing = Packing.of(mask)
+    assert Packing.of(torch.ones(2, 3, dtype=torch.bool)) is None  # nothing to skip
+    x = torch.arange(6.0).view(2, 3, 1)
+    assert packing.pack(x).view(-1).tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert packing.unpack(packing.pack(x)).view(-1).tolist() == [0.0, 1.0, 2.0, 3.0, 0.0, 0.0]
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig.preset("tiny", vocab_size=50, dropout=0.0))  # train mode: the gradient path
+    src_len, tgt_len = (7, 3, 5), (4, 6, 2)
+    src, tgt = padded_batch(lengths=src_len), padded_batch(lengths=tgt_len, seed=2)
+    real = tgt.ne(PAD)
+    logits = model(src, tgt)
+    loss = logits[real].log_softmax(-1).mean()
+    (grad_batch,) = torch.autograd.grad(loss * real.sum(), [model.encoder_layers[0].ffn.w1.weight])
+    grad_alone = torch.zeros_like(grad_batch)
+    for i, (s, t) in enumerate(zip(src_len, tgt_len)):
+        alone = model(src[i : i + 1, :s], tgt[i : i + 1, :t])
+        torch.testing.assert_close(alone[0], logits[i, :t], atol=1e-5, rtol=0)
+        (g,) = torch.autograd.grad(alone[0].log_softmax(-1).mean() * t, [model.encoder_layers[0].ffn.w1.weight])
+        grad_alone += g
+    torch.testing.assert_close(grad_batch, grad_alone, atol=1e-5, rtol=1e-4)
+    # the feed-forward networks saw the real tokens only
+    rows = []
+    hooks = [m.ffn.w1.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape)) for m in (model.encoder_layers[0], model.decoder_layers[0])]
+    model(src, tgt)
+    for h in hooks:
+        h.remove()
+    assert rows == [(sum(src_len), 128), (sum(tgt_len), 128)]
+
+
 def test_future_target_tokens_change_no_earlier_output():
     model = tiny()
     src, tgt = padded_batch(lengths=(6, 4)), padded_batch(lengths=(7, 7), seed=2)

@@ -77,11 +77,20 @@ def make_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: i
     return batches
 
 
+# Sorting by exact target length, then source length, pads the source side: within a run of equal
+# target lengths the source lengths climb, then drop back at the next target length. Grouping
+# target lengths in steps of 4 lets the sources sort over wider runs. On the Bible corpus
+# (BPE 8k, max_tokens 2k–8k) this raised the real share of padded batch slots from 90–97% to
+# 94–97% (both sides together), at the cost of a little target padding.
+LENGTH_STEP = 4
+
+
 class TokenBucketSampler:
     """Yields lists of sentence indices (one batch each) for this rank, epoch by epoch.
 
-    Epoch e: shuffle the sentences with seed (seed, e), sort them by length (target, then source;
-    the shuffle breaks ties), cut into batches of ≤ max_tokens per side, shuffle the batch order,
+    Epoch e: shuffle the sentences with seed (seed, e), sort them by length (target length in steps
+    of LENGTH_STEP tokens, then source length; the shuffle breaks ties), cut into batches of
+    ≤ max_tokens per side, shuffle the batch order,
     and give rank r the batches r, r + world_size, … . Every rank gets the same number of
     batches (DDP steps in lockstep): when the count does not divide, the largest batches are
     halved in place, so every pair still appears exactly once per epoch across all ranks.
@@ -114,7 +123,8 @@ class TokenBucketSampler:
         rng = np.random.default_rng([self.seed, epoch])
         n = len(self.src_lengths)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        order = order[np.lexsort((self.src_lengths[order], self.tgt_lengths[order]))]  # stable: ties keep the shuffle
+        # by target length in steps of LENGTH_STEP, then by source length (stable: ties keep the shuffle)
+        order = order[np.lexsort((self.src_lengths[order], self.tgt_lengths[order] // LENGTH_STEP))]
         batches = make_batches(self.src_lengths, self.tgt_lengths, self.max_tokens, order, self.max_sentences)
         if self.shuffle:
             batches = [batches[k] for k in rng.permutation(len(batches))]

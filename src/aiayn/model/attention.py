@@ -49,6 +49,37 @@ def scaled_dot_product_attention(
     return out, weights
 
 
+class Packing:
+    """Where the real tokens of a right-padded batch are, so that everything position-wise (the
+    projections, the feed-forward network, layer norms, dropout) runs on those tokens alone,
+    packed as rows [n, ...], and never on padding. Only attention needs the batch layout: it pads
+    its queries, keys and values out to [B, L, ...] (zeros at padding, which the masks hide) and
+    packs its output again. On real data this skips the padding's share of the matmul work (about
+    7% in token-bucket batches of the Bible corpus).
+    """
+
+    def __init__(self, mask: Tensor):
+        self.shape = mask.shape  # [B, L]
+        self.index = mask.reshape(-1).nonzero().squeeze(1)  # [n]: flat positions of the real tokens
+
+    @staticmethod
+    def of(mask: Tensor) -> "Packing | None":
+        """A Packing for `mask` ([B, L], True at real tokens), or None where there is no padding
+        (or under torch.compile, whose graphs want static shapes)."""
+        if torch.compiler.is_compiling() or bool(mask.all()):
+            return None
+        return Packing(mask)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """[B, L, ...] -> [n, ...]: the real positions, in order."""
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """[n, ...] -> [B, L, ...] with zeros at padding."""
+        out = x.new_zeros(self.shape.numel(), *x.shape[1:]).index_copy(0, self.index, x)
+        return out.view(*self.shape, *x.shape[1:])
+
+
 class KVCache:
     """The keys and values of one decoder self-attention layer for the steps decoded so far.
 
@@ -153,9 +184,13 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.n_heads, self.d_head).transpose(1, 2)
 
-    def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder-decoder attention keys and values, computed once per source: 2 × [B, h, S, d_k]."""
-        k, v = self.kv_proj(memory).chunk(2, dim=-1)
+    def memory_kv(self, memory: Tensor, packing: Packing | None = None) -> tuple[Tensor, Tensor]:
+        """Encoder-decoder attention keys and values, computed once per source: 2 × [B, h, S, d_k].
+        memory: the encoder's output, [B, S, d_model], or its real tokens [n, d_model] with their `packing`."""
+        kv = self.kv_proj(memory)
+        if packing is not None:
+            kv = packing.unpack(kv)  # [n, 2·d_model] -> [B, S, 2·d_model]
+        k, v = kv.chunk(2, dim=-1)
         return self._heads(k), self._heads(v)
 
     def forward(
@@ -167,8 +202,10 @@ class MultiHeadAttention(nn.Module):
         memory_kv: tuple[Tensor, Tensor] | None = None,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """x: queries [N, L, d_model].
+        """x: queries [N, L, d_model], or with `packing` their real tokens [n, d_model] (the output
+        is then packed too).
 
         Self-attention: keys and values come from x; with a `cache` the new keys/values are
         appended to those of earlier steps (incremental decoding).
@@ -177,20 +214,28 @@ class MultiHeadAttention(nn.Module):
         search, laid out sentence-major). The G queries of a sentence attend to the same
         keys, so the encoder's keys and values are never copied G times or reordered.
         """
-        N, L, d = x.shape
+        (N, L), d = (packing.shape if packing is not None else x.shape[:2]), x.size(-1)
         p = self.attn_dropout if self.training else 0.0
         if self.cross:
             k, v = memory_kv
             B = k.size(0)
-            q = self.q_proj(x).view(B, (N // B) * L, self.n_heads, self.d_head).transpose(1, 2)  # [B, h, G·L, d_k]
+            q = self.q_proj(x)
+            if packing is not None:
+                q = packing.unpack(q)  # [n, d_model] -> [N, L, d_model]
+            q = q.view(B, (N // B) * L, self.n_heads, self.d_head).transpose(1, 2)  # [B, h, G·L, d_k]
             out, w = scaled_dot_product_attention(q, k, v, mask, False, p, need_weights)
             out = out.transpose(1, 2).reshape(N, L, d)  # [B, G·L, h, d_k] -> [N, L, d_model]
             if w is not None:
                 w = w.view(B, self.n_heads, N // B, L, -1).transpose(1, 2).reshape(N, self.n_heads, L, -1)
-            return self.out_proj(out), w
-        q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))  # 3 × [N, h, L, d_k]
-        if cache is not None:
-            k, v = cache.append(k, v)  # [N, h, T, d_k]: every step so far
-        out, w = scaled_dot_product_attention(q, k, v, mask, is_causal, p, need_weights)
-        out = out.transpose(1, 2).reshape(N, L, d)  # [N, h, L, d_k] -> [N, L, d_model]
+        else:
+            qkv = self.qkv_proj(x)
+            if packing is not None:
+                qkv = packing.unpack(qkv)  # [n, 3·d_model] -> [N, L, 3·d_model]
+            q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))  # 3 × [N, h, L, d_k]
+            if cache is not None:
+                k, v = cache.append(k, v)  # [N, h, T, d_k]: every step so far
+            out, w = scaled_dot_product_attention(q, k, v, mask, is_causal, p, need_weights)
+            out = out.transpose(1, 2).reshape(N, L, d)  # [N, h, L, d_k] -> [N, L, d_model]
+        if packing is not None:
+            out = packing.pack(out)  # [N, L, d_model] -> [n, d_model]
         return self.out_proj(out), w

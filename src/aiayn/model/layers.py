@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aiayn.model.attention import MultiHeadAttention
+from aiayn.model.attention import MultiHeadAttention, Packing
 from aiayn.model.linear import Linear
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu, "silu": F.silu}
@@ -122,10 +122,11 @@ class EncoderLayer(nn.Module):
         self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.pre_norm
 
-    def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x: [B, S, d_model]; mask: [B, 1, 1, S], True at real (non-padding) source tokens."""
+    def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool = False, packing: Packing | None = None) -> tuple[Tensor, Tensor | None]:
+        """x: [B, S, d_model], or its real tokens [n, d_model] with their `packing`;
+        mask: [B, 1, 1, S], True at real (non-padding) source tokens."""
         h = self.self_attn_norm(x) if self.pre_norm else x
-        h, weights = self.self_attn(h, mask=mask, need_weights=need_weights)
+        h, weights = self.self_attn(h, mask=mask, need_weights=need_weights, packing=packing)
         x = x + self.dropout(h) if self.pre_norm else self.self_attn_norm(x + self.dropout(h))
 
         h = self.ffn_norm(x) if self.pre_norm else x
@@ -159,17 +160,19 @@ class DecoderLayer(nn.Module):
         memory_mask: Tensor | None,
         cache=None,
         need_weights: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """x: [N, T, d_model]; memory_kv: 2 × [B, h, S, d_k] with N = B·G; memory_mask: [B, 1, 1, S].
+        """x: [N, T, d_model], or its real tokens [n, d_model] with their `packing`;
+        memory_kv: 2 × [B, h, S, d_k] with N = B·G; memory_mask: [B, 1, 1, S].
 
         Returns the new x and, with need_weights, the encoder-decoder attention [N, h, T, S].
         """
         h = self.self_attn_norm(x) if self.pre_norm else x
-        h, _ = self.self_attn(h, is_causal=True, cache=cache)
+        h, _ = self.self_attn(h, is_causal=True, cache=cache, packing=packing)
         x = x + self.dropout(h) if self.pre_norm else self.self_attn_norm(x + self.dropout(h))
 
         h = self.cross_attn_norm(x) if self.pre_norm else x
-        h, weights = self.cross_attn(h, mask=memory_mask, memory_kv=memory_kv, need_weights=need_weights)
+        h, weights = self.cross_attn(h, mask=memory_mask, memory_kv=memory_kv, need_weights=need_weights, packing=packing)
         x = x + self.dropout(h) if self.pre_norm else self.cross_attn_norm(x + self.dropout(h))
 
         h = self.ffn_norm(x) if self.pre_norm else x

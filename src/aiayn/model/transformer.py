@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from aiayn.model.attention import KVCache
+from aiayn.model.attention import KVCache, Packing
 from aiayn.model.layers import DecoderLayer, Dropout, EncoderLayer, PositionalEncoding
 from aiayn.model.linear import Linear
 
@@ -96,9 +96,17 @@ class TransformerConfig:
 
 @dataclass
 class EncoderOut:
-    states: Tensor  # [B, S, d_model]
+    states: Tensor  # [B, S, d_model] (zeros at padding)
     mask: Tensor  # [B, 1, 1, S], True at real (non-padding) source tokens
     self_attn: list = field(default_factory=list)  # with need_weights: per layer [B, h, S, S]
+    packed: Tensor | None = None  # the real tokens' states [n, d_model] where the batch has padding
+    packing: Packing | None = None
+
+    def memory_kv(self, attention) -> tuple[Tensor, Tensor]:
+        """An encoder-decoder attention's keys and values for these states (from the real tokens alone)."""
+        if self.packing is not None:
+            return attention.memory_kv(self.packed, self.packing)
+        return attention.memory_kv(self.states)
 
 
 @dataclass
@@ -185,12 +193,18 @@ class Transformer(nn.Module):
         if src_mask is None:
             src_mask = src_tokens.ne(self.config.pad_id)
         mask = src_mask[:, None, None, :]  # [B, 1, 1, S]: broadcast over heads and queries
-        x = self.embed(src_tokens, self.src_embed)
+        packing = Packing.of(src_mask)  # position-wise work skips padding
+        x = self.embed(src_tokens, self.src_embed)  # [B, S, d_model]
+        if packing is not None:
+            x = packing.pack(x)  # [n, d_model]
         weights = []
         for layer in self.encoder_layers:
-            x, w = layer(x, mask, need_weights)
+            x, w = layer(x, mask, need_weights, packing)
             weights.append(w)
-        return EncoderOut(self.encoder_norm(x), mask, weights if need_weights else [])
+        x = self.encoder_norm(x)
+        if packing is None:
+            return EncoderOut(x, mask, weights if need_weights else [])
+        return EncoderOut(packing.unpack(x), mask, weights if need_weights else [], packed=x, packing=packing)
 
     # ----- §3.1 Decoder (training / forced decoding: all target positions at once)
     def decode(self, tgt_in: Tensor, enc: EncoderOut, need_weights: bool = False) -> tuple[Tensor, list]:
@@ -200,12 +214,18 @@ class Transformer(nn.Module):
         attention per layer [B, h, T, S]. Padding sits at the end, so the causal mask alone
         keeps every real position from seeing it.
         """
-        x = self.embed(tgt_in, self.tgt_embed)
+        real = tgt_in.ne(self.config.pad_id)
+        real[:, 0] = True  # the start symbol (which may be pad_id, as in Marian)
+        packing = Packing.of(real)  # position-wise work skips padding
+        x = self.embed(tgt_in, self.tgt_embed)  # [B, T, d_model]
+        if packing is not None:
+            x = packing.pack(x)  # [n, d_model]
         weights = []
         for layer in self.decoder_layers:
-            x, w = layer(x, layer.cross_attn.memory_kv(enc.states), enc.mask, need_weights=need_weights)
+            x, w = layer(x, enc.memory_kv(layer.cross_attn), enc.mask, need_weights=need_weights, packing=packing)
             weights.append(w)
-        return self.decoder_norm(x), weights
+        x = self.decoder_norm(x)
+        return (x if packing is None else packing.unpack(x)), weights
 
     def project(self, hidden: Tensor) -> Tensor:
         """§3.4 pre-softmax linear transformation: [..., d_model] -> logits [..., tgt_vocab]."""
@@ -219,7 +239,7 @@ class Transformer(nn.Module):
 
     # ----- Incremental decoding (one target position per call, with a KV cache)
     def init_cache(self, enc: EncoderOut) -> DecoderCache:
-        memory_kv = [layer.cross_attn.memory_kv(enc.states) for layer in self.decoder_layers]
+        memory_kv = [enc.memory_kv(layer.cross_attn) for layer in self.decoder_layers]
         return DecoderCache([KVCache() for _ in self.decoder_layers], memory_kv, enc.mask)
 
     def decode_step(self, tokens: Tensor, cache: DecoderCache, need_weights: bool = False):

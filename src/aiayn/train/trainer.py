@@ -378,7 +378,7 @@ class Trainer:
     def _record(self, entry: dict) -> None:
         if not self.world.is_main:
             return
-        entry = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.train_seconds + time.time() - self._session_start, 1), **entry}
+        entry = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.train_seconds + time.time() - self._session_start, 3), **entry}
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         if self._writer is None:
@@ -436,7 +436,8 @@ class Trainer:
                     tps = window_tokens / max(now - window_start, 1e-9)
                     window_tokens, window_start = 0.0, now
                     entry = {"type": "train", "loss": round(stats["loss"], 4), "nll": round(stats["nll"], 4), "ppl": round(2 ** stats["nll"], 2),
-                             "lr": stats["lr"], "grad_norm": round(stats["grad_norm"], 3), "tokens_per_s": round(tps, 1), "nonfinite": self.nonfinite_total}
+                             "lr": stats["lr"], "grad_norm": round(stats["grad_norm"], 3), "tokens_per_s": round(tps, 1), "tokens_seen": self.tokens_seen,
+                             "nonfinite": self.nonfinite_total}
                     self._record(entry)
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", tok_s=f"{tps:.0f}", ep=self.epoch + 1)
                     if bar.disable and self.world.is_main:
