@@ -38,19 +38,21 @@ sys.path.insert(0, str(HERE))
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "bible-en-es"
 
 
-def aiayn_max_tokens(dataset: Path, tgt_tokens_per_update: float) -> int:
-    """The max_tokens whose token-bucket batches hold tgt_tokens_per_update real target tokens on average."""
+def aiayn_max_tokens(dataset: Path, tgt_tokens_per_update: float) -> tuple[int, float]:
+    """The max_tokens whose token-bucket batches hold tgt_tokens_per_update real target tokens on
+    average, and that average (over an epoch)."""
     from aiayn.data import ParallelDataset, TokenBucketSampler
 
     ds = ParallelDataset(dataset)
     real = float((ds.tgt_lengths + 1).sum())
-    best = None
     for max_tokens in range(int(tgt_tokens_per_update), int(tgt_tokens_per_update * 1.5), 16):
         n = len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, max_tokens, seed=1).epoch_batches(0))
         if real / n >= tgt_tokens_per_update:
-            best = max_tokens
             break
-    return best or int(tgt_tokens_per_update * 1.5)
+    else:
+        max_tokens = int(tgt_tokens_per_update * 1.5)
+        n = len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, max_tokens, seed=1).epoch_batches(0))
+    return max_tokens, real / n
 
 
 def window(ends: list[float], tokens: list[float], skip: int) -> dict:
@@ -83,9 +85,7 @@ def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int
         raise SystemExit(f"expected a train record for each of {updates} updates in {run / 'log.jsonl'}")
     seen = [0] + [e["tokens_seen"] for e in train]
     tokens = [b - a for a, b in zip(seen, seen[1:])]
-    tgt = None  # aiayn's log keeps src+tgt per update; the mean target tokens per update is filled in by main()
-    return {"updates": len(train), "max_tokens": max_tokens, "tgt_tokens_per_update": tgt,
-            **window([e["time"] for e in train], tokens, skip)}
+    return {"updates": len(train), "max_tokens": max_tokens, **window([e["time"] for e in train], tokens, skip)}
 
 
 def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_update: int, threads: int, work: Path) -> dict:
@@ -123,16 +123,11 @@ def main() -> None:
     if not (dataset / "meta.json").is_file():
         splits = sum(([f"--{s}-src", str(args.data / f"{s}.en"), f"--{s}-tgt", str(args.data / f"{s}.es")] for s in ("train", "valid")), [])
         subprocess.run([sys.executable, "-m", "aiayn", "prepare", *splits, "--out", str(dataset), "--vocab-size", str(args.vocab_size), "--force"], check=True)
-    max_tokens = aiayn_max_tokens(dataset, args.tgt_tokens_per_update)
-    from aiayn.data import ParallelDataset, TokenBucketSampler
-
-    ds = ParallelDataset(dataset)
-    n_batches = len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, max_tokens, seed=1).epoch_batches(0))
-    aiayn_tgt_per_update = float((ds.tgt_lengths + 1).sum()) / n_batches
+    max_tokens, aiayn_tgt_per_update = aiayn_max_tokens(dataset, args.tgt_tokens_per_update)
     rows = []
     for size in args.sizes.split(","):
         a = run_aiayn(dataset, size, args.updates, args.skip, max_tokens, args.threads, args.work, args.precision)
-        a["tgt_tokens_per_update"] = round(aiayn_tgt_per_update, 1)  # the epoch's mean
+        a["tgt_tokens_per_update"] = round(aiayn_tgt_per_update, 1)  # the epoch's mean (aiayn's log keeps src+tgt per update)
         h = run_hf(dataset, size, args.updates, args.skip, args.tgt_tokens_per_update, args.threads, args.work)
         rows.append({"size": size, "aiayn": a, "hf": h, "ratio": a["tokens_per_s"] / h["tokens_per_s"]})
         print(f"{size}: aiayn {a['tokens_per_s']:.0f} tok/s ({a['window_updates']} updates in {a['window_seconds']:.0f} s), "

@@ -58,17 +58,18 @@ class Packing:
     7% in token-bucket batches of the Bible corpus).
     """
 
-    def __init__(self, mask: Tensor):
-        self.shape = mask.shape  # [B, L]
-        self.index = mask.reshape(-1).nonzero().squeeze(1)  # [n]: flat positions of the real tokens
+    def __init__(self, shape: torch.Size, index: Tensor):
+        self.shape = shape  # [B, L]
+        self.index = index  # [n]: flat positions of the real tokens
 
     @staticmethod
     def of(mask: Tensor) -> "Packing | None":
         """A Packing for `mask` ([B, L], True at real tokens), or None where there is no padding
         (or under torch.compile, whose graphs want static shapes)."""
-        if torch.compiler.is_compiling() or bool(mask.all()):
+        if torch.compiler.is_compiling():
             return None
-        return Packing(mask)
+        index = mask.reshape(-1).nonzero().squeeze(1)  # the one host sync (on a GPU)
+        return Packing(mask.shape, index) if index.numel() < mask.numel() else None
 
     def pack(self, x: Tensor) -> Tensor:
         """[B, L, ...] -> [n, ...]: the real positions, in order."""
