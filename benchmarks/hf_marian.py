@@ -278,6 +278,8 @@ def _time_budget_callback(minutes: float, counter: TokenCountingCollator, log):
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()  # the update's GPU work is done before it is timed
             elapsed = time.perf_counter() - self.started
             self.step_ends.append(elapsed)
             if minutes is not None and elapsed >= minutes * 60:
@@ -311,6 +313,8 @@ def train_hf(
     batch_size: int | None = None,
     max_steps: int | None = None,
     logging_steps: int = 20,
+    device: str = "cpu",
+    precision: str = "fp32",
     log=print,
 ) -> dict:
     """Train a MarianMTModel from scratch with Seq2SeqTrainer for `minutes` of wall-clock time
@@ -320,6 +324,7 @@ def train_hf(
     model_config: a MarianConfig (see `marian_config`) or an aiayn TransformerConfig.
     batch_size: sentences per update; by default chosen so that a batch holds
     tgt_tokens_per_update target tokens on average.
+    device: cpu or cuda; precision: fp32, or bf16 (Trainer's bf16=True: autocast) on CUDA.
     Returns updates, train_seconds, src/tgt tokens, tokens_per_s, losses, batch size, paths, and
     per update: `step_ends` (seconds since the start) and `step_tokens` ((src, tgt) real tokens).
     """
@@ -358,7 +363,8 @@ def train_hf(
         weight_decay=0.0,
         label_smoothing_factor=0.1,
         max_steps=max_steps or 10**9,  # otherwise the TimeBudget callback ends training
-        use_cpu=True,  # fp32 on CPU
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
         dataloader_num_workers=0,
         logging_strategy="steps",
         logging_steps=logging_steps,

@@ -45,13 +45,23 @@ def aiayn_max_tokens(dataset: Path, tgt_tokens_per_update: float) -> tuple[int, 
 
     ds = ParallelDataset(dataset)
     real = float((ds.tgt_lengths + 1).sum())
-    for max_tokens in range(int(tgt_tokens_per_update), int(tgt_tokens_per_update * 1.5), 16):
-        n = len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, max_tokens, seed=1).epoch_batches(0))
-        if real / n >= tgt_tokens_per_update:
-            break
-    else:
-        max_tokens = int(tgt_tokens_per_update * 1.5)
-        n = len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, max_tokens, seed=1).epoch_batches(0))
+
+    def batches(max_tokens: int) -> int:
+        return len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, max_tokens, seed=1).epoch_batches(0))
+
+    # The number of batches falls as max_tokens grows: bisect for the smallest (in steps of 16)
+    # whose batches hold enough target tokens on average.
+    lo, hi = 0, int(tgt_tokens_per_update * 0.5) // 16  # max_tokens = target + 16·k
+    if real / batches(int(tgt_tokens_per_update) + 16 * hi) < tgt_tokens_per_update:
+        lo = hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if real / batches(int(tgt_tokens_per_update) + 16 * mid) >= tgt_tokens_per_update:
+            hi = mid
+        else:
+            lo = mid + 1
+    max_tokens = int(tgt_tokens_per_update) + 16 * lo
+    n = batches(max_tokens)
     return max_tokens, real / n
 
 
@@ -66,7 +76,8 @@ def window(ends: list[float], tokens: list[float], skip: int) -> dict:
             "tokens_per_s": n_tokens / seconds, "first_update_seconds": round(ends[0], 2)}
 
 
-def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int, threads: int, work: Path, precision: str) -> dict:
+def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int, threads: int, work: Path, precision: str,
+              device: str = "cpu") -> dict:
     run = work / f"aiayn-{size}"
     if run.exists():
         import shutil
@@ -75,7 +86,7 @@ def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int
     cmd = [sys.executable, "-m", "aiayn", "train", "--data", str(dataset), "--config", size, "--out", str(run),
            "--max-updates", str(updates), "--max-tokens", str(max_tokens), "--update-freq", "1", "--threads", str(threads),
            "--validate-every", "0", "--valid-bleu", "false", "--save-every", "1000000", "--log-every", "1",
-           "--lr-schedule", "inverse_sqrt", "--lr", "0.001", "--warmup-steps", "400", "--precision", precision]
+           "--lr-schedule", "inverse_sqrt", "--lr", "0.001", "--warmup-steps", "400", "--precision", precision, "--device", device]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stdout[-2000:] + proc.stderr[-3000:])
@@ -88,7 +99,8 @@ def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int
     return {"updates": len(train), "max_tokens": max_tokens, **window([e["time"] for e in train], tokens, skip)}
 
 
-def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_update: int, threads: int, work: Path) -> dict:
+def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_update: int, threads: int, work: Path,
+           device: str = "cpu", precision: str = "fp32") -> dict:
     import hf_marian
     import torch
 
@@ -98,7 +110,8 @@ def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_upd
     cfg = TransformerConfig.preset(size, vocab_size=load_meta(dataset)["vocab"]["src"]["size"])
     torch.set_num_threads(threads)
     result = hf_marian.train_hf(dataset, work / f"hf-{size}", cfg, minutes=None, max_steps=updates, tgt_tokens_per_update=tgt_tokens_per_update,
-                                lr=1e-3, warmup_steps=400, threads=threads, log=lambda *a: None)
+                                lr=1e-3, warmup_steps=400, threads=threads, device=device, precision=precision,
+                                log=lambda *a: None)
     tokens = [src + tgt for src, tgt in result["step_tokens"]]
     window_tgt = sum(tgt for _, tgt in result["step_tokens"][skip:])
     return {"updates": result["updates"], "batch_size": result["batch_size"],

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, as one script: the CUDA tests, then benchmarks/gpu_throughput.py
+# (bf16 peak, base/big step throughput and MFU against HF, attention kernels, end-to-end training
+# on the Bible corpus against HF Seq2SeqTrainer, torch.compile).
+#
+#   bash benchmarks/gpu_check.sh DATASET_DIR [OUT_DIR]
+#
+# DATASET_DIR: a prepared Bible dataset (aiayn prepare, BPE 8000). Uses the python3 on the PATH
+# (a machine's own PyTorch with CUDA), with src/ on PYTHONPATH; installs nothing.
+set -o pipefail
+data=${1:?usage: gpu_check.sh DATASET_DIR [OUT_DIR]}
+out=${2:-benchmarks/results}
+mkdir -p "$out"
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used,memory.total --format=csv
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
+timeout "${TEST_TIMEOUT:-200}" python3 -m pytest tests/test_cuda.py -q -s -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
+timeout "${BENCH_TIMEOUT:-360}" python3 benchmarks/gpu_throughput.py --dataset "$data" --parts "${PARTS:-peak,step,kernels,e2e,compile}" \
+    --out "$out/gpu_throughput.json" 2>&1 | tee "$out/gpu_throughput.log"
