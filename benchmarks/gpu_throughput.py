@@ -19,7 +19,8 @@ error and the others still run):
 4. e2e: `aiayn train` against HF `Seq2SeqTrainer` (bf16=True, group_by_length) on a prepared
    Bible dataset, the same target tokens per update (default 25,000: the paper's update), updates
    skip+1 … N timed from per-update timestamps (benchmarks/train_throughput.py, which it reuses).
-   MFU from the dataset's mean source/target lengths.
+   MFU from the dataset's mean source/target lengths. Each library also runs with PyTorch's cuDNN
+   attention switched the other way (aiayn switches it off by default; see `cudnn_attention`).
 5. compile (with --compile): aiayn's base training step under torch.compile, against eager.
 
     python3 benchmarks/gpu_throughput.py --dataset DIR                      # all parts
@@ -205,19 +206,29 @@ def e2e_part(args, peak_tflops: float, record: dict) -> list:
             model = Transformer(TransformerConfig.preset(size, vocab_size=vocab))
         flops_per_token = 3 * model.forward_flops(src_total, tgt_total, src_len, tgt_len) / (src_total + tgt_total)
         row = {"size": size, "flops_per_token": flops_per_token}
-        a = tt.run_aiayn(args.dataset, size, args.updates, args.skip, max_tokens, args.threads, args.work, "bf16", device=args.device)
-        a["tgt_tokens_per_update"] = round(aiayn_tgt, 1)
-        h = tt.run_hf(args.dataset, size, args.updates, args.skip, args.tgt_tokens_per_update, args.threads, args.work,
-                      device=args.device, precision="bf16")
-        for name, x in (("aiayn", a), ("hf", h)):
+        for variant in args.e2e_variants.split(","):
+            cudnn = variant.endswith("+cudnn") or (variant == "hf")  # HF as a user runs it: PyTorch's default backends
+            if variant.startswith("aiayn"):
+                x = tt.run_aiayn(args.dataset, size, args.updates, args.skip, max_tokens, args.threads, args.work, "bf16",
+                                 device=args.device, extra=("--cudnn-attention", str(cudnn).lower()), name=variant)
+                x["tgt_tokens_per_update"] = round(aiayn_tgt, 1)
+            else:
+                if args.device == "cuda":
+                    torch.backends.cuda.enable_cudnn_sdp(cudnn)
+                x = tt.run_hf(args.dataset, size, args.updates, args.skip, args.tgt_tokens_per_update, args.threads, args.work,
+                              device=args.device, precision="bf16", name=variant)
+                if args.device == "cuda":
+                    torch.backends.cuda.enable_cudnn_sdp(True)
+            x["cudnn_attention"] = cudnn
             x["mfu"] = x["tokens_per_s"] * flops_per_token / 1e12 / peak_tflops
-            row[name] = x
+            row[variant] = x
+            print(f"{size:5s} e2e {variant:12s} {x['tokens_per_s']:>10,.0f} tok/s  MFU {100 * x['mfu']:5.1f}%  "
+                  f"src+tgt per update {x['window_tokens'] / x['window_updates']:,.0f}  median update {1e3 * statistics.median(x['update_seconds'][args.skip:]):.0f} ms", flush=True)
+        a, h = row["aiayn"], row["hf"]
         row["ratio"] = a["tokens_per_s"] / h["tokens_per_s"]
         rows.append(row)
         record["e2e"] = rows
-        print(f"{size:5s} e2e   aiayn {a['tokens_per_s']:>10,.0f} tok/s  MFU {100 * a['mfu']:5.1f}%   "
-              f"HF {h['tokens_per_s']:>10,.0f} tok/s  MFU {100 * h['mfu']:5.1f}%   ratio {row['ratio']:.2f}   "
-              f"(src+tgt per update {a['window_tokens'] / a['window_updates']:,.0f} / {h['window_tokens'] / h['window_updates']:,.0f})", flush=True)
+        print(f"{size:5s} e2e   aiayn / HF (each with its default attention backends): {row['ratio']:.2f}", flush=True)
     return rows
 
 
@@ -253,6 +264,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="base,big")
     p.add_argument("--modes", default="train,infer")
+    p.add_argument("--cudnn-attention", choices=["on", "off"], default="on",
+                   help="for the step, kernels and compile parts: PyTorch's cuDNN attention backend (default on: PyTorch's default)")
     p.add_argument("--batch-size", type=int, default=256, help="sentences per random batch (default 256)")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per sentence per side (default 64: 16,384 per side)")
     p.add_argument("--pad-frac", type=float, default=0.1)
@@ -265,11 +278,15 @@ def main() -> None:
     p.add_argument("--tgt-tokens-per-update", type=int, default=25000)
     p.add_argument("--updates", type=int, default=30)
     p.add_argument("--skip", type=int, default=5)
+    p.add_argument("--e2e-variants", default="aiayn,aiayn+cudnn,hf,hf-cudnn",
+                   help="aiayn (its default: no cuDNN attention), aiayn+cudnn, hf (PyTorch's defaults), hf-cudnn (cuDNN attention off)")
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--work", type=Path, default=Path("/tmp/aiayn-gpu-throughput"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_throughput.json")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.device == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention == "on")
     parts = args.parts.split(",")
     record = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "device": args.device,
               "torch": torch.__version__, "python": platform.python_version(), "args": {k: str(v) for k, v in vars(args).items()}}

@@ -77,8 +77,8 @@ def window(ends: list[float], tokens: list[float], skip: int) -> dict:
 
 
 def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int, threads: int, work: Path, precision: str,
-              device: str = "cpu") -> dict:
-    run = work / f"aiayn-{size}"
+              device: str = "cpu", extra: tuple[str, ...] = (), name: str = "") -> dict:
+    run = work / f"aiayn-{size}{name}"
     if run.exists():
         import shutil
 
@@ -86,7 +86,7 @@ def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int
     cmd = [sys.executable, "-m", "aiayn", "train", "--data", str(dataset), "--config", size, "--out", str(run),
            "--max-updates", str(updates), "--max-tokens", str(max_tokens), "--update-freq", "1", "--threads", str(threads),
            "--validate-every", "0", "--valid-bleu", "false", "--save-every", "1000000", "--log-every", "1",
-           "--lr-schedule", "inverse_sqrt", "--lr", "0.001", "--warmup-steps", "400", "--precision", precision, "--device", device]
+           "--lr-schedule", "inverse_sqrt", "--lr", "0.001", "--warmup-steps", "400", "--precision", precision, "--device", device, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stdout[-2000:] + proc.stderr[-3000:])
@@ -96,11 +96,13 @@ def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int
         raise SystemExit(f"expected a train record for each of {updates} updates in {run / 'log.jsonl'}")
     seen = [0] + [e["tokens_seen"] for e in train]
     tokens = [b - a for a, b in zip(seen, seen[1:])]
-    return {"updates": len(train), "max_tokens": max_tokens, **window([e["time"] for e in train], tokens, skip)}
+    ends = [e["time"] for e in train]
+    return {"updates": len(train), "max_tokens": max_tokens, **window(ends, tokens, skip),
+            "update_seconds": [round(b - a, 3) for a, b in zip([0.0] + ends, ends)]}
 
 
 def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_update: int, threads: int, work: Path,
-           device: str = "cpu", precision: str = "fp32") -> dict:
+           device: str = "cpu", precision: str = "fp32", name: str = "") -> dict:
     import hf_marian
     import torch
 
@@ -109,14 +111,15 @@ def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_upd
 
     cfg = TransformerConfig.preset(size, vocab_size=load_meta(dataset)["vocab"]["src"]["size"])
     torch.set_num_threads(threads)
-    result = hf_marian.train_hf(dataset, work / f"hf-{size}", cfg, minutes=None, max_steps=updates, tgt_tokens_per_update=tgt_tokens_per_update,
+    result = hf_marian.train_hf(dataset, work / f"hf-{size}{name}", cfg, minutes=None, max_steps=updates, tgt_tokens_per_update=tgt_tokens_per_update,
                                 lr=1e-3, warmup_steps=400, threads=threads, device=device, precision=precision,
                                 log=lambda *a: None)
     tokens = [src + tgt for src, tgt in result["step_tokens"]]
     window_tgt = sum(tgt for _, tgt in result["step_tokens"][skip:])
     return {"updates": result["updates"], "batch_size": result["batch_size"],
             "tgt_tokens_per_update": round(window_tgt / max(1, result["updates"] - skip), 1),
-            **window(result["step_ends"], tokens, skip)}
+            **window(result["step_ends"], tokens, skip),
+            "update_seconds": [round(b - a, 3) for a, b in zip([0.0] + result["step_ends"], result["step_ends"])]}
 
 
 def main() -> None:

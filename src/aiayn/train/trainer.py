@@ -111,6 +111,11 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         if self.device.type == "cpu":
             reuse_freed_memory()
+        elif self.device.type == "cuda" and not cfg.cudnn_attention:
+            # PyTorch may send scaled_dot_product_attention to cuDNN, which builds an execution
+            # plan for each new input shape. Token buckets give nearly every batch a new shape,
+            # so the flash / memory-efficient kernels serve training better (benchmarks/gpu_throughput.py).
+            torch.backends.cuda.enable_cudnn_sdp(False)
 
         # data
         self.meta = load_meta(self.data_dir)
