@@ -171,7 +171,7 @@ def kernel_part(args) -> dict:
     attention = {}
     for e in events:
         k = e.key.lower()
-        kind = ("flash" if "flash" in k else "memory-efficient" if ("fmha" in k or "efficient" in k or "cutlass" in k and "attention" in k)
+        kind = ("cudnn" if "cudnn" in k else "flash" if "flash" in k else "memory-efficient" if ("fmha" in k or "efficient" in k or "cutlass" in k and "attention" in k)
                 else "math/softmax" if "softmax" in k else None)
         if kind:
             attention.setdefault(kind, []).append({"kernel": e.key[:120], "calls": e.count, "share": time_of(e) / total})
@@ -207,10 +207,11 @@ def e2e_part(args, peak_tflops: float, record: dict) -> list:
         flops_per_token = 3 * model.forward_flops(src_total, tgt_total, src_len, tgt_len) / (src_total + tgt_total)
         row = {"size": size, "flops_per_token": flops_per_token}
         for variant in args.e2e_variants.split(","):
-            cudnn = variant.endswith("+cudnn") or (variant == "hf")  # HF as a user runs it: PyTorch's default backends
+            cudnn = "+cudnn" in variant or variant == "hf"  # HF as a user runs it: PyTorch's default backends
             if variant.startswith("aiayn"):
                 x = tt.run_aiayn(args.dataset, size, args.updates, args.skip, max_tokens, args.threads, args.work, "bf16",
-                                 device=args.device, extra=("--cudnn-attention", str(cudnn).lower()), name=variant)
+                                 device=args.device, extra=("--cudnn-attention", str(cudnn).lower(), "--compile", str("+compile" in variant).lower()),
+                                 name=variant)
                 x["tgt_tokens_per_update"] = round(aiayn_tgt, 1)
             else:
                 if args.device == "cuda":
@@ -278,8 +279,8 @@ def main() -> None:
     p.add_argument("--tgt-tokens-per-update", type=int, default=25000)
     p.add_argument("--updates", type=int, default=30)
     p.add_argument("--skip", type=int, default=5)
-    p.add_argument("--e2e-variants", default="aiayn,aiayn+cudnn,hf,hf-cudnn",
-                   help="aiayn (its default: no cuDNN attention), aiayn+cudnn, hf (PyTorch's defaults), hf-cudnn (cuDNN attention off)")
+    p.add_argument("--e2e-variants", default="aiayn,aiayn+cudnn,hf,hf-nocudnn",
+                   help="aiayn (its default: no cuDNN attention), aiayn+cudnn, aiayn+compile, hf (PyTorch's defaults), hf-nocudnn (cuDNN attention off)")
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--work", type=Path, default=Path("/tmp/aiayn-gpu-throughput"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_throughput.json")
@@ -317,6 +318,8 @@ def main() -> None:
         save()
         return record[name]
 
+    if "peak" not in parts and args.device == "cuda":
+        parts.insert(0, "peak")  # every MFU needs it, and it takes a second
     peak = part("peak", lambda: measure_peak(args.device, args.peak_n)) or {}
     peak_tflops = peak.get("tflops") or 1.0
     if "tflops" in peak:

@@ -98,6 +98,7 @@ def test_bf16_training_on_cuda_learns_and_its_checkpoint_translates(small_datase
         "device": "cuda", "precision": "bf16",
     })
     Trainer(cfg, small_dataset, run, log=lambda *a: None, progress=False).train()
+    assert not torch.backends.cuda.cudnn_sdp_enabled()  # cudnn_attention: false (a plan per batch shape)
     train = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in train if e.get("type") == "train"]
     assert all(map(torch.isfinite, torch.tensor(losses)))

@@ -16,6 +16,7 @@ from torch import Tensor
 from aiayn.data.tokenizer import Tokenizer
 from aiayn.decode.search import Hypothesis, beam_search, greedy_search, sample
 from aiayn.model import DecoderCache, EncoderOut, Transformer
+from aiayn.model.attention import avoid_cudnn_attention
 
 
 @dataclass
@@ -116,6 +117,8 @@ class Translator:
         cfg = models[0].config
         self.max_input_len = max_input_len or (cfg.max_positions - 1 if cfg.positional == "learned" else 1024)
         self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
+        if self.device.type == "cuda":
+            avoid_cudnn_attention()  # every decoding step has a new key length: a new cuDNN plan each
         self.precision = precision
         self.warn = warn or (lambda message: None)
         if precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():

@@ -47,7 +47,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA/AMX, else fp32) | fp32 | bf16 | fp16 (CUDA, with a grad scaler)
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda
-    cudnn_attention: bool = False  # let PyTorch use cuDNN's attention kernel on CUDA (it builds a plan per batch shape)
+    cudnn_attention: bool = False  # allow cuDNN's attention kernel on CUDA (it builds a plan per batch shape: slow here)
     threads: int = 0  # CPU threads for torch (0: torch's default)
     num_workers: int = 0  # DataLoader worker processes
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row

@@ -24,6 +24,7 @@ from torch import nn
 from aiayn.data.batching import Batch, TokenBucketSampler, collate, make_dataloader
 from aiayn.data.binarize import ParallelDataset, load_meta, load_tokenizers
 from aiayn.model import Transformer, TransformerConfig
+from aiayn.model.attention import avoid_cudnn_attention
 from aiayn.train import distributed
 from aiayn.train.checkpoint import (
     CheckpointError, atomic_write, list_checkpoints, load_training_state, load_weights, read_checkpoint,
@@ -112,10 +113,7 @@ class Trainer:
         if self.device.type == "cpu":
             reuse_freed_memory()
         elif self.device.type == "cuda" and not cfg.cudnn_attention:
-            # PyTorch may send scaled_dot_product_attention to cuDNN, which builds an execution
-            # plan for each new input shape. Token buckets give nearly every batch a new shape,
-            # so the flash / memory-efficient kernels serve training better (benchmarks/gpu_throughput.py).
-            torch.backends.cuda.enable_cudnn_sdp(False)
+            avoid_cudnn_attention()  # a plan per batch shape: 6× slower training on an H200
 
         # data
         self.meta = load_meta(self.data_dir)
