@@ -118,7 +118,7 @@ class Translator:
         self.max_input_len = max_input_len or (cfg.max_positions - 1 if cfg.positional == "learned" else 1024)
         self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
         if self.device.type == "cuda":
-            avoid_cudnn_attention()  # every decoding step has a new key length: a new cuDNN plan each
+            avoid_cudnn_attention()  # each decoding step has a new key length (as in training; not timed for decoding)
         self.precision = precision
         self.warn = warn or (lambda message: None)
         if precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
