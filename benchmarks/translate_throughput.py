@@ -12,6 +12,11 @@ systems). Reported: target tokens/s (EOS included) and sentences/s, greedy and b
 
     .venv/bin/python benchmarks/translate_throughput.py                    # base, 256 sentences
     .venv/bin/python benchmarks/translate_throughput.py --size small --sentences 128 --skip-ct2
+    python3 benchmarks/translate_throughput.py --device cuda --sentences 512 --batch-size 64   # on a GPU, bf16 too
+
+On CUDA, aiayn and HF each run twice: with PyTorch's cuDNN attention kernel switched off (as
+aiayn's Translator does; see aiayn.model.attention.avoid_cudnn_attention) and on (PyTorch's
+default, what a HF user gets). CTranslate2 runs on the CPU only here.
 
 Prints a table and writes benchmarks/results/translate_throughput.json.
 """
@@ -65,10 +70,28 @@ def padded(batch: list[list[int]], pad: int, eos: int) -> tuple[torch.Tensor, to
 def time_it(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         started = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - started)
     return best
+
+
+def with_cudnn_attention(fn, enabled: bool):
+    """fn run with PyTorch's cuDNN attention kernel switched on or off (CUDA)."""
+
+    def run(beam):
+        saved = torch.backends.cuda.cudnn_sdp_enabled()
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
+        try:
+            return fn(beam)
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(saved)
+
+    return run
 
 
 def main() -> None:
@@ -79,6 +102,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--length", type=int, default=30, help="forced output length L (EOS included)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--repeats", type=int, default=2, help="best of this many passes")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-ct2", action="store_true")
@@ -95,7 +119,9 @@ def main() -> None:
     L = args.length
     batches = batches_of(sources, args.sentences, args.batch_size)
     n_sent = sum(len(b) for b in batches)
-    tensors = [padded(b, cfg.pad_id, cfg.eos_id) for b in batches]
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    tensors = [tuple(t.to(device) for t in padded(b, cfg.pad_id, cfg.eos_id)) for b in batches]
     results = {}
 
     def aiayn(beam):
@@ -109,25 +135,31 @@ def main() -> None:
         return total
 
     def aiayn_bf16(beam):  # the same model under bf16 autocast (AMX on recent Xeons): `--precision bf16`
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             return aiayn(beam)
 
     def aiayn_mkl(beam):  # the same model with every product through MKL (AIAYN_GEMM=mkl)
         with gemm_library("mkl"):
             return aiayn(beam)
 
-    systems = [(f"aiayn ({'oneDNN' if onednn_inference() else 'MKL'})", aiayn)]
-    if onednn_inference():
-        systems.append(("aiayn (MKL)", aiayn_mkl))
-    if not args.skip_bf16:
-        systems.append(("aiayn bf16 autocast", aiayn_bf16))
+    if cuda:
+        systems = [("aiayn", with_cudnn_attention(aiayn, False)), ("aiayn, cuDNN attn", with_cudnn_attention(aiayn, True))]
+        if not args.skip_bf16:
+            systems.append(("aiayn bf16 autocast", with_cudnn_attention(aiayn_bf16, False)))
+    else:
+        systems = [(f"aiayn ({'oneDNN' if onednn_inference() else 'MKL'})", aiayn)]
+        if onednn_inference():
+            systems.append(("aiayn (MKL)", aiayn_mkl))
+        if not args.skip_bf16:
+            systems.append(("aiayn bf16 autocast", aiayn_bf16))
     if not args.skip_hf:
         from aiayn.interop.hf_marian import to_marian_model
 
-        hf = to_marian_model(model)
+        hf = to_marian_model(model).to(device)  # exported from the CPU copy
+        model.to(device)
         with torch.no_grad():  # the same function: logits agree
             src, mask = tensors[0]
-            tgt = torch.full((src.size(0), 3), cfg.decoder_start_id)
+            tgt = torch.full((src.size(0), 3), cfg.decoder_start_id, device=device)
             diff = (hf(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits - model(src, tgt)).abs().max().item()
         print(f"HF export of the same weights: max |logit difference| = {diff:.2e}")
 
@@ -141,7 +173,16 @@ def main() -> None:
             return total
 
         systems.append(("HF generate", hf_generate))
-    if not args.skip_ct2:
+        if cuda:
+            systems.append(("HF generate, no cuDNN", with_cudnn_attention(hf_generate, False)))
+    model.to(device)
+    if cuda and not args.skip_bf16 and not args.skip_hf:
+        def hf_bf16(beam):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return hf_generate(beam)
+
+        systems.append(("HF generate bf16", hf_bf16))
+    if not args.skip_ct2 and not cuda:
         import ctranslate2
 
         from aiayn.interop.ctranslate2 import export_ctranslate2
@@ -170,7 +211,8 @@ def main() -> None:
                                      "mean_output_tokens": tokens / n_sent}
             print(f"{name:<22} beam {beam}: {tokens / seconds:8.1f} target tok/s  {n_sent / seconds:6.2f} sent/s  ({tokens / n_sent:.1f} tokens/sentence)", flush=True)
 
-    print(f"\n{args.size} dims, {n_sent} test verses in batches of {args.batch_size}, output forced to {L} tokens, {args.threads} threads")
+    where = torch.cuda.get_device_name() if cuda else f"{args.threads} threads"
+    print(f"\n{args.size} dims, {n_sent} test verses in batches of {args.batch_size}, output forced to {L} tokens, {where}")
     print(f"{'system':<22} {'search':<8} {'tok/s':>8} {'sent/s':>7} {'vs HF':>6} {'vs CT2 fp32':>11}")
     for (name, beam), r in results.items():
         hf_r = results.get(("HF generate", beam))
@@ -179,6 +221,7 @@ def main() -> None:
         vs_ct = f"{r['tokens_per_s'] / ct_r['tokens_per_s']:.2f}" if ct_r else "-"
         print(f"{name:<22} {'greedy' if beam == 1 else 'beam 4':<8} {r['tokens_per_s']:>8.1f} {r['sentences_per_s']:>7.2f} {vs_hf:>6} {vs_ct:>11}")
     record = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "size": args.size, "threads": args.threads,
+              "device": torch.cuda.get_device_name() if cuda else "cpu",
               "sentences": n_sent, "batch_size": args.batch_size, "length": L, "torch": torch.__version__,
               "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_info("model name") or platform.processor()},
               "gemm_library": "oneDNN" if onednn_inference() else "MKL",
