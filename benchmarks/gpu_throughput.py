@@ -13,7 +13,8 @@ error and the others still run):
    `MarianMTModel` of the same dimensions (HF's default attention, sdpa). The two alternate in
    rounds; each round times `--steps` steps between CUDA events. Median step over the rounds.
    MFU = forward_flops (real tokens) × 3 (training) or × 1 (inference) / step time / peak, the
-   same FLOP count for both libraries.
+   same FLOP count for both libraries. aiayn also runs with padding not skipped (`--packing-ab`),
+   which shows what skipping padding gains or costs on the device.
 3. kernels: which attention kernels aiayn's base training step launches (torch.profiler): flash,
    memory-efficient (cutlass) or the math fallback, and the top kernels by GPU time.
 4. e2e: `aiayn train` against HF `Seq2SeqTrainer` (bf16=True, group_by_length) on a prepared
@@ -32,6 +33,7 @@ Prints a table per part and writes benchmarks/results/gpu_throughput.json (or --
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -85,10 +87,12 @@ def to_device(batch: dict, device: str) -> dict:
 
 
 class OnDevice:
-    """A model_throughput runner moved to the device, its steps under autocast."""
+    """A model_throughput runner moved to the device, its steps under autocast. With
+    packing=False, aiayn's model runs its position-wise layers on the padded batch (Packing.of
+    returns None), for an A/B of skipping padding."""
 
-    def __init__(self, runner, device: str, dtype):
-        self.runner, self.device, self.dtype = runner, device, dtype
+    def __init__(self, runner, device: str, dtype, packing: bool = True):
+        self.runner, self.device, self.dtype, self.packing = runner, device, dtype, packing
         runner.model.to(device)
         params = [p for p in runner.model.parameters() if p.requires_grad]
         runner.optimizer = torch.optim.Adam(params, **{**ADAM, "fused": device == "cuda"})
@@ -96,14 +100,29 @@ class OnDevice:
     def autocast(self):
         return torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
+    @contextlib.contextmanager
+    def padding_skipped(self):
+        if self.packing:
+            yield
+            return
+        from aiayn.model.attention import Packing
+
+        saved = Packing.__dict__["of"]
+        Packing.of = staticmethod(lambda mask: None)
+        try:
+            yield
+        finally:
+            Packing.of = saved
+
     def train_step(self, b):
-        with self.autocast():
-            loss = self.runner.forward_loss(b)
-        loss.backward()
+        with self.padding_skipped():
+            with self.autocast():
+                loss = self.runner.forward_loss(b)
+            loss.backward()
         self.runner.optimizer_step()
 
     def infer_step(self, b):
-        with self.autocast():
+        with self.padding_skipped(), self.autocast():
             return self.runner.infer_step(b)
 
 
@@ -114,6 +133,7 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
         batch = to_device(make_batch(args.batch_size, args.seq_len, args.vocab, args.pad_frac, seed=1), device)
         tokens = batch["n_src"] + batch["n_tgt"]
         runners = {"aiayn": OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype),
+                   **({"aiayn_padded": OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype, packing=False)} if args.packing_ab else {}),
                    "hf": OnDevice(HFRunner(size, args.vocab, 0, 512, "ce", ""), device, dtype)}
         fwd = runners["aiayn"].runner.model.forward_flops(batch["n_src"], batch["n_tgt"], batch["src_len"], batch["tgt_len"])
         for mode in args.modes.split(","):
@@ -141,10 +161,13 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
                              "mfu": flops / med / 1e12 / peak_tflops, "round_ms": [t * 1e3 for t in times[name]],
                              "peak_memory_gib": memory.get(name)}
             row["ratio"] = row["aiayn"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
+            if "aiayn_padded" in row:
+                row["packing_gain"] = row["aiayn"]["tokens_per_s"] / row["aiayn_padded"]["tokens_per_s"]
             rows.append(row)
             record["step"] = rows
             print(f"{size:5s} {mode:5s}  aiayn {row['aiayn']['tokens_per_s']:>10,.0f} tok/s  MFU {100 * row['aiayn']['mfu']:5.1f}%   "
-                  f"HF {row['hf']['tokens_per_s']:>10,.0f} tok/s  MFU {100 * row['hf']['mfu']:5.1f}%   ratio {row['ratio']:.2f}", flush=True)
+                  f"HF {row['hf']['tokens_per_s']:>10,.0f} tok/s  MFU {100 * row['hf']['mfu']:5.1f}%   ratio {row['ratio']:.2f}"
+                  + (f"   skipping padding: {row['packing_gain']:.3f}×" if "packing_gain" in row else ""), flush=True)
         del runners
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -270,6 +293,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256, help="sentences per random batch (default 256)")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per sentence per side (default 64: 16,384 per side)")
     p.add_argument("--pad-frac", type=float, default=0.1)
+    p.add_argument("--packing-ab", action=argparse.BooleanOptionalAction, default=True,
+                   help="step part: also time aiayn with padding not skipped (default on)")
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="steps timed per round")
@@ -331,7 +356,8 @@ def main() -> None:
     part("e2e", lambda: e2e_part(args, peak_tflops, record))
     part("compile", lambda: compile_part(args, peak_tflops))
 
-    print(f"\nbf16 on {peak.get('device_name')}, MFU against the measured {peak_tflops:.0f} TFLOP/s")
+    print(f"\nbf16 on {peak.get('device_name')}, MFU against the measured {peak_tflops:.0f} TFLOP/s" if "tflops" in peak
+          else "\nno peak measured (--parts without peak): the MFU columns are against 1 TFLOP/s")
     print(f"{'size':5s} {'what':6s} {'aiayn tok/s':>12s} {'HF tok/s':>10s} {'ratio':>6s} {'aiayn MFU':>10s} {'HF MFU':>7s}")
     for r in (record.get("step") if isinstance(record.get("step"), list) else []) + (record.get("e2e") if isinstance(record.get("e2e"), list) else []):
         print(f"{r['size']:5s} {r.get('mode', 'e2e'):6s} {r['aiayn']['tokens_per_s']:>12,.0f} {r['hf']['tokens_per_s']:>10,.0f} {r['ratio']:>6.2f} "
