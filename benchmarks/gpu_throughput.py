@@ -125,6 +125,9 @@ class OnDevice:
         with self.padding_skipped(), self.autocast():
             return self.runner.infer_step(b)
 
+    def step(self, mode: str, b):
+        return self.train_step(b) if mode == "train" else self.infer_step(b)
+
 
 def step_part(args, peak_tflops: float, record: dict) -> list:
     device, dtype = args.device, torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -141,18 +144,16 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
             memory = {}
             for name, r in runners.items():
                 r.runner.set_mode(mode == "train")
-                step = (lambda r=r: r.train_step(batch)) if mode == "train" else (lambda r=r: r.infer_step(batch))
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 for _ in range(args.warmup):
-                    step()
+                    r.step(mode, batch)
                 if device == "cuda":
                     torch.cuda.synchronize()
                     memory[name] = torch.cuda.max_memory_allocated() / 2**30
             for _ in range(args.rounds):
                 for name, r in runners.items():
-                    step = (lambda r=r: r.train_step(batch)) if mode == "train" else (lambda r=r: r.infer_step(batch))
-                    times[name].append(gpu_time(step, args.steps))
+                    times[name].append(gpu_time(lambda: r.step(mode, batch), args.steps))
             flops = fwd * (3 if mode == "train" else 1)
             row = {"size": size, "mode": mode, "tokens_per_step": tokens, "flops_per_step": flops}
             for name in runners:

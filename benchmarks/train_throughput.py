@@ -25,6 +25,7 @@ Prints a table and writes benchmarks/results/train_throughput.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import subprocess
@@ -46,6 +47,7 @@ def aiayn_max_tokens(dataset: Path, tgt_tokens_per_update: float) -> tuple[int, 
     ds = ParallelDataset(dataset)
     real = float((ds.tgt_lengths + 1).sum())
 
+    @functools.cache
     def batches(max_tokens: int) -> int:
         return len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, max_tokens, seed=1).epoch_batches(0))
 
@@ -66,14 +68,15 @@ def aiayn_max_tokens(dataset: Path, tgt_tokens_per_update: float) -> tuple[int, 
 
 
 def window(ends: list[float], tokens: list[float], skip: int) -> dict:
-    """Tokens per second over updates skip+1 … len(ends). ends[i]: seconds at the end of update i+1;
-    tokens[i]: real source + target tokens of update i+1."""
+    """Tokens per second over updates skip+1 … len(ends), and each update's seconds. ends[i]: seconds
+    at the end of update i+1; tokens[i]: real source + target tokens of update i+1."""
     if len(ends) <= skip:
         raise SystemExit(f"only {len(ends)} updates ran; need more than --skip {skip}")
     seconds = ends[-1] - ends[skip - 1] if skip else ends[-1]
     n_tokens = sum(tokens[skip:])
     return {"window_updates": len(ends) - skip, "window_seconds": round(seconds, 2), "window_tokens": int(n_tokens),
-            "tokens_per_s": n_tokens / seconds, "first_update_seconds": round(ends[0], 2)}
+            "tokens_per_s": n_tokens / seconds, "first_update_seconds": round(ends[0], 2),
+            "update_seconds": [round(b - a, 3) for a, b in zip([0.0] + ends, ends)]}
 
 
 def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int, threads: int, work: Path, precision: str,
@@ -96,9 +99,7 @@ def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int
         raise SystemExit(f"expected a train record for each of {updates} updates in {run / 'log.jsonl'}")
     seen = [0] + [e["tokens_seen"] for e in train]
     tokens = [b - a for a, b in zip(seen, seen[1:])]
-    ends = [e["time"] for e in train]
-    return {"updates": len(train), "max_tokens": max_tokens, **window(ends, tokens, skip),
-            "update_seconds": [round(b - a, 3) for a, b in zip([0.0] + ends, ends)]}
+    return {"updates": len(train), "max_tokens": max_tokens, **window([e["time"] for e in train], tokens, skip)}
 
 
 def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_update: int, threads: int, work: Path,
@@ -118,8 +119,7 @@ def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_upd
     window_tgt = sum(tgt for _, tgt in result["step_tokens"][skip:])
     return {"updates": result["updates"], "batch_size": result["batch_size"],
             "tgt_tokens_per_update": round(window_tgt / max(1, result["updates"] - skip), 1),
-            **window(result["step_ends"], tokens, skip),
-            "update_seconds": [round(b - a, 3) for a, b in zip([0.0] + result["step_ends"], result["step_ends"])]}
+            **window(result["step_ends"], tokens, skip)}
 
 
 def main() -> None:

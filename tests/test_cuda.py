@@ -8,19 +8,9 @@ import torch
 
 from aiayn.model import Transformer, TransformerConfig
 from aiayn.model.attention import MultiHeadAttention
+from test_model import PAD, padded_batch
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-
-PAD = 0
-
-
-def padded_batch(vocab, lengths, seed):
-    g = torch.Generator().manual_seed(seed)
-    out = torch.full((len(lengths), max(lengths)), PAD)
-    for i, n in enumerate(lengths):
-        out[i, :n] = torch.randint(4, vocab, (n,), generator=g)
-    return out
-
 
 @pytest.fixture(autouse=True)
 def full_fp32_matmuls():

@@ -19,7 +19,9 @@ ctranslate2 = pytest.importorskip("ctranslate2")
 
 from aiayn.cli import main  # noqa: E402
 from aiayn.data.tokenizer import Tokenizer  # noqa: E402
-from aiayn.decode import Translator, beam_search  # noqa: E402
+from aiayn.decode import SearchOptions, Translator, beam_search  # noqa: E402
+from aiayn.decode.search import max_lengths  # noqa: E402
+from aiayn.decode.translate import source_batch  # noqa: E402
 from aiayn.interop.ctranslate2 import CTranslate2Translator, export_ctranslate2, translate_ctranslate2  # noqa: E402
 from aiayn.interop.hf_marian import InteropError, export_marian, import_marian, permute_residual, residual_permutation  # noqa: E402
 from aiayn.model import Transformer, TransformerConfig  # noqa: E402
@@ -355,7 +357,9 @@ def test_ctranslate2_equals_native_on_a_trained_model(trained_run, shipped, tmp_
         options = dict(beam=4, alpha=alpha, lp_style="power")
         native = Translator(model, *ckpt.tokenizers, early_stop=rule, **options).translate(texts)
         ct2 = CTranslate2Translator(out, **options).translate(texts)
-        below_cap = [i for i, (a, b) in enumerate(zip(native, ct2)) if max(len(a.tokens) + 1, len(b.tokens)) < len(a.src_tokens) + 50]
+        cfg = model.config  # the output cap the search applies: a·|source| + b (defaults 1 and 50)
+        caps = max_lengths(model, source_batch([t.src_tokens for t in native], cfg.pad_id, cfg.eos_id), SearchOptions.max_len_a, SearchOptions.max_len_b)
+        below_cap = [i for i, (a, b) in enumerate(zip(native, ct2)) if max(len(a.tokens) + 1, len(b.tokens)) < caps[i]]
         assert len(below_cap) >= 20
         assert [ct2[i].tokens for i in below_cap] == [native[i].tokens for i in below_cap]
         assert [ct2[i].text for i in below_cap] == [native[i].text for i in below_cap]

@@ -102,7 +102,8 @@ def cpu_has_bf16() -> bool:
 class Translator:
     def __init__(self, model: Transformer | list[Transformer], src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, *,
                  options: SearchOptions | None = None, max_tokens: int = 4096, max_input_len: int = 0,
-                 device: str | torch.device | None = None, precision: str = "fp32", warn=None, **option_overrides):
+                 device: str | torch.device | None = None, precision: str = "fp32", cudnn_attention: bool = False,
+                 warn=None, **option_overrides):
         models = model if isinstance(model, list) else [model]
         self.model = models[0] if len(models) == 1 else Ensemble(models)
         self.model.eval()
@@ -117,7 +118,7 @@ class Translator:
         cfg = models[0].config
         self.max_input_len = max_input_len or (cfg.max_positions - 1 if cfg.positional == "learned" else 1024)
         self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and not cudnn_attention:
             avoid_cudnn_attention()  # each decoding step has a new key length (as in training; not timed for decoding)
         self.precision = precision
         self.warn = warn or (lambda message: None)

@@ -371,7 +371,8 @@ class Trainer:
         src_text, ref_text = data.text("src"), data.text("tgt")
         if self.cfg.valid_bleu and src_text and ref_text:
             n = self.cfg.valid_max_sentences or len(src_text)
-            translator = Translator(model, *self.tokenizers, beam=self.cfg.valid_beam, device=self.device, precision=self.precision)
+            translator = Translator(model, *self.tokenizers, beam=self.cfg.valid_beam, device=self.device, precision=self.precision,
+                                    cudnn_attention=self.cfg.cudnn_attention)
             hyps = [t.text for t in translator.translate(src_text[:n])]
             bleu, chrf = score(hyps, ref_text[:n])
             result.update(valid_bleu=bleu.score, valid_chrf=chrf.score)
