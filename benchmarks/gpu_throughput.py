@@ -14,15 +14,17 @@ error and the others still run):
    rounds; each round times `--steps` steps between CUDA events. Median step over the rounds.
    MFU = forward_flops (real tokens) × 3 (training) or × 1 (inference) / step time / peak, the
    same FLOP count for both libraries. aiayn also runs with padding not skipped (`--packing-ab`),
-   which shows what skipping padding gains or costs on the device.
+   which shows what skipping padding gains or costs on the device, and with each encoder and
+   decoder layer compiled (`--compiled-ab`: `Transformer.compile_layers`, what `aiayn train
+   --compile true` does; training only, its first step's seconds are the compile time).
 3. kernels: which attention kernels aiayn's base training step launches (torch.profiler): flash,
    memory-efficient (cutlass) or the math fallback, and the top kernels by GPU time.
 4. e2e: `aiayn train` against HF `Seq2SeqTrainer` (bf16=True, group_by_length) on a prepared
    Bible dataset, the same target tokens per update (default 25,000: the paper's update), updates
    skip+1 … N timed from per-update timestamps (benchmarks/train_throughput.py, which it reuses).
    MFU from the dataset's mean source/target lengths. Each library also runs with PyTorch's cuDNN
-   attention switched the other way (aiayn switches it off by default; see `cudnn_attention`).
-5. compile (with --compile): aiayn's base training step under torch.compile, against eager.
+   attention switched the other way (aiayn switches it off by default; see `cudnn_attention`),
+   and aiayn with `--compile true` (variant aiayn+compile).
 
     python3 benchmarks/gpu_throughput.py --dataset DIR                      # all parts
     python3 benchmarks/gpu_throughput.py --parts peak,step --sizes base
@@ -91,9 +93,11 @@ class OnDevice:
     packing=False, aiayn's model runs its position-wise layers on the padded batch (Packing.of
     returns None), for an A/B of skipping padding."""
 
-    def __init__(self, runner, device: str, dtype, packing: bool = True):
+    def __init__(self, runner, device: str, dtype, packing: bool = True, compiled: bool = False):
         self.runner, self.device, self.dtype, self.packing = runner, device, dtype, packing
         runner.model.to(device)
+        if compiled:
+            runner.model.compile_layers()
         params = [p for p in runner.model.parameters() if p.requires_grad]
         runner.optimizer = torch.optim.Adam(params, **{**ADAM, "fused": device == "cuda"})
 
@@ -137,38 +141,49 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
         tokens = batch["n_src"] + batch["n_tgt"]
         runners = {"aiayn": OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype),
                    **({"aiayn_padded": OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype, packing=False)} if args.packing_ab else {}),
+                   **({"aiayn_compiled": OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype, compiled=True)} if args.compiled_ab else {}),
                    "hf": OnDevice(HFRunner(size, args.vocab, 0, 512, "ce", ""), device, dtype)}
         fwd = runners["aiayn"].runner.model.forward_flops(batch["n_src"], batch["n_tgt"], batch["src_len"], batch["tgt_len"])
         for mode in args.modes.split(","):
-            times = {name: [] for name in runners}
-            memory = {}
-            for name, r in runners.items():
+            active = {name: r for name, r in runners.items() if mode == "train" or name != "aiayn_compiled"}  # compiled: training only
+            times = {name: [] for name in active}
+            memory, first = {}, {}
+            for name, r in active.items():
                 r.runner.set_mode(mode == "train")
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
+                t0 = time.perf_counter()
+                r.step(mode, batch)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                first[name] = time.perf_counter() - t0
                 for _ in range(args.warmup):
                     r.step(mode, batch)
                 if device == "cuda":
                     torch.cuda.synchronize()
                     memory[name] = torch.cuda.max_memory_allocated() / 2**30
             for _ in range(args.rounds):
-                for name, r in runners.items():
+                for name, r in active.items():
                     times[name].append(gpu_time(lambda: r.step(mode, batch), args.steps))
             flops = fwd * (3 if mode == "train" else 1)
             row = {"size": size, "mode": mode, "tokens_per_step": tokens, "flops_per_step": flops}
-            for name in runners:
+            for name in active:
                 med = statistics.median(times[name])
                 row[name] = {"step_ms": med * 1e3, "tokens_per_s": tokens / med, "tflops": flops / med / 1e12,
                              "mfu": flops / med / 1e12 / peak_tflops, "round_ms": [t * 1e3 for t in times[name]],
-                             "peak_memory_gib": memory.get(name)}
+                             "first_step_s": first[name], "peak_memory_gib": memory.get(name)}
             row["ratio"] = row["aiayn"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
             if "aiayn_padded" in row:
                 row["packing_gain"] = row["aiayn"]["tokens_per_s"] / row["aiayn_padded"]["tokens_per_s"]
+            if "aiayn_compiled" in row:
+                row["compile_gain"] = row["aiayn_compiled"]["tokens_per_s"] / row["aiayn"]["tokens_per_s"]
             rows.append(row)
             record["step"] = rows
             print(f"{size:5s} {mode:5s}  aiayn {row['aiayn']['tokens_per_s']:>10,.0f} tok/s  MFU {100 * row['aiayn']['mfu']:5.1f}%   "
                   f"HF {row['hf']['tokens_per_s']:>10,.0f} tok/s  MFU {100 * row['hf']['mfu']:5.1f}%   ratio {row['ratio']:.2f}"
-                  + (f"   skipping padding: {row['packing_gain']:.3f}×" if "packing_gain" in row else ""), flush=True)
+                  + (f"   skipping padding: {row['packing_gain']:.3f}×" if "packing_gain" in row else "")
+                  + (f"   compiled layers: {row['aiayn_compiled']['tokens_per_s']:,.0f} tok/s, MFU {100 * row['aiayn_compiled']['mfu']:.1f}%, "
+                     f"{row['compile_gain']:.3f}× (first step {row['aiayn_compiled']['first_step_s']:.0f} s)" if "compile_gain" in row else ""), flush=True)
         del runners
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -249,53 +264,32 @@ def e2e_part(args, peak_tflops: float, record: dict) -> list:
             row[variant] = x
             print(f"{size:5s} e2e {variant:12s} {x['tokens_per_s']:>10,.0f} tok/s  MFU {100 * x['mfu']:5.1f}%  "
                   f"src+tgt per update {x['window_tokens'] / x['window_updates']:,.0f}  median update {1e3 * statistics.median(x['update_seconds'][args.skip:]):.0f} ms", flush=True)
-        a, h = row["aiayn"], row["hf"]
-        row["ratio"] = a["tokens_per_s"] / h["tokens_per_s"]
+        if "aiayn" in row and "hf" in row:
+            row["ratio"] = row["aiayn"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
+            print(f"{size:5s} e2e   aiayn / HF (each with its default attention backends): {row['ratio']:.2f}", flush=True)
+        if "aiayn" in row and "aiayn+compile" in row:
+            row["compile_gain"] = row["aiayn+compile"]["tokens_per_s"] / row["aiayn"]["tokens_per_s"]
+            print(f"{size:5s} e2e   compiled layers / eager: {row['compile_gain']:.3f}", flush=True)
         rows.append(row)
         record["e2e"] = rows
-        print(f"{size:5s} e2e   aiayn / HF (each with its default attention backends): {row['ratio']:.2f}", flush=True)
     return rows
-
-
-def compile_part(args, peak_tflops: float) -> dict:
-    device, dtype = args.device, torch.bfloat16 if args.device == "cuda" else torch.float32
-    batch = to_device(make_batch(args.batch_size, args.seq_len, args.vocab, args.pad_frac, seed=1), device)
-    tokens = batch["n_src"] + batch["n_tgt"]
-    out = {}
-    for name in ("eager", "compiled"):
-        r = OnDevice(AiaynRunner("base", args.vocab, 0), device, dtype)
-        r.runner.set_mode(True)
-        if name == "compiled":
-            r.runner.loss_model = torch.compile(r.runner.loss_model)
-        t0 = time.perf_counter()
-        r.train_step(batch)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        first = time.perf_counter() - t0
-        for _ in range(args.warmup):
-            r.train_step(batch)
-        med = statistics.median(gpu_time(lambda: r.train_step(batch), args.steps) for _ in range(args.rounds))
-        flops = 3 * r.runner.model.forward_flops(batch["n_src"], batch["n_tgt"], batch["src_len"], batch["tgt_len"])
-        out[name] = {"first_step_s": first, "step_ms": med * 1e3, "tokens_per_s": tokens / med, "mfu": flops / med / 1e12 / peak_tflops}
-        print(f"base train {name:8s} {tokens / med:>10,.0f} tok/s  MFU {100 * out[name]['mfu']:5.1f}%  (first step {first:.1f} s)", flush=True)
-        del r
-    out["ratio"] = out["compiled"]["tokens_per_s"] / out["eager"]["tokens_per_s"]
-    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="peak,step,kernels,e2e", help="comma-separated: peak, step, kernels, e2e, compile")
+    p.add_argument("--parts", default="peak,step,kernels,e2e", help="comma-separated: peak, step, kernels, e2e")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="base,big")
     p.add_argument("--modes", default="train,infer")
     p.add_argument("--cudnn-attention", choices=["on", "off"], default="on",
-                   help="for the step, kernels and compile parts: PyTorch's cuDNN attention backend (default on: PyTorch's default)")
+                   help="for the step and kernels parts: PyTorch's cuDNN attention backend (default on: PyTorch's default)")
     p.add_argument("--batch-size", type=int, default=256, help="sentences per random batch (default 256)")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per sentence per side (default 64: 16,384 per side)")
     p.add_argument("--pad-frac", type=float, default=0.1)
     p.add_argument("--packing-ab", action=argparse.BooleanOptionalAction, default=True,
                    help="step part: also time aiayn with padding not skipped (default on)")
+    p.add_argument("--compiled-ab", action=argparse.BooleanOptionalAction, default=True,
+                   help="step part: also time aiayn's training step with its layers compiled (default on)")
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="steps timed per round")
@@ -355,12 +349,13 @@ def main() -> None:
     if "e2e" in parts and not args.dataset:
         raise SystemExit("--dataset is needed for the e2e part")
     part("e2e", lambda: e2e_part(args, peak_tflops, record))
-    part("compile", lambda: compile_part(args, peak_tflops))
 
     print(f"\nbf16 on {peak.get('device_name')}, MFU against the measured {peak_tflops:.0f} TFLOP/s" if "tflops" in peak
           else "\nno peak measured (--parts without peak): the MFU columns are against 1 TFLOP/s")
     print(f"{'size':5s} {'what':6s} {'aiayn tok/s':>12s} {'HF tok/s':>10s} {'ratio':>6s} {'aiayn MFU':>10s} {'HF MFU':>7s}")
     for r in (record.get("step") if isinstance(record.get("step"), list) else []) + (record.get("e2e") if isinstance(record.get("e2e"), list) else []):
+        if "hf" not in r or "aiayn" not in r:
+            continue
         print(f"{r['size']:5s} {r.get('mode', 'e2e'):6s} {r['aiayn']['tokens_per_s']:>12,.0f} {r['hf']['tokens_per_s']:>10,.0f} {r['ratio']:>6.2f} "
               f"{100 * r['aiayn']['mfu']:>9.1f}% {100 * r['hf']['mfu']:>6.1f}%")
     print(f"wrote {args.out}")

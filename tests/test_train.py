@@ -194,6 +194,42 @@ def test_torchrun_two_processes_equal_one(small_dataset, tmp_path):
     assert worst <= 1e-5
 
 
+@pytest.mark.slow
+def test_compiled_layers_train_like_eager(small_dataset, tmp_path):
+    """`compile: true` (each layer compiled, dynamic shapes) gives an eager run's weights, compiles each
+    kind of layer once for token-bucket batches of every shape, and leaves validation's decoding eager."""
+    import torch._dynamo
+
+    settings = dict(max_updates=6, save_every=6, validate_every=6, valid_bleu=True, valid_max_sentences=4, model={"dropout": 0.0})
+    train(small_dataset, tmp_path / "eager", **settings)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    summary = train(small_dataset, tmp_path / "compiled", compile=True, **settings)
+    assert summary["updates"] == 6
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    # one graph per kind of layer (encoder, decoder) and layout (packed, or a batch without padding)
+    assert 2 <= graphs <= 4, f"{graphs} graphs: the layers were recompiled for new shapes"
+    a = load_file(tmp_path / "eager" / "checkpoints" / "step-00000006.safetensors")
+    b = load_file(tmp_path / "compiled" / "checkpoints" / "step-00000006.safetensors")
+    assert a.keys() == b.keys()  # compiling leaves the state-dict keys alone
+    # The key bias's true gradient is 0 (it shifts every score of a query alike), so Adam blows its
+    # rounding noise up to steps of ~lr, different noise in either run: compare it apart.
+    d = FAST["model"]["d_model"]
+    key_bias = {"self_attn.qkv_proj.bias": slice(d, 2 * d), "cross_attn.kv_proj.bias": slice(0, d)}
+    worst = 0.0
+    for k in a:
+        x, y = a[k], b[k]
+        cut = next((sl for name, sl in key_bias.items() if k.endswith(name)), None)
+        if cut is not None:
+            keep = torch.ones(x.numel(), dtype=torch.bool)
+            keep[cut] = False
+            assert (x[cut] - y[cut]).abs().max() <= 6 * 2 * FAST["lr"], k  # 6 updates of at most ~lr each
+            x, y = x[keep], y[keep]
+        worst = max(worst, ((x - y).norm() / x.norm()).item())
+    print(f"\nworst relative difference, compiled against eager: {worst:.2e}")
+    assert worst <= 1e-4, worst
+
+
 def test_nan_loss_is_skipped_and_counted(small_dataset, tmp_path, monkeypatch):
     calls = {"n": 0}
     original = Trainer._inject

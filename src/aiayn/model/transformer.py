@@ -165,6 +165,7 @@ class Transformer(nn.Module):
         self.reset_parameters()
         if cfg.tie_output:
             self.output_proj.weight = self.tgt_embed.weight
+        self.compiled_layers: dict = {}  # filled by compile_layers()
 
     def reset_parameters(self) -> None:
         """Xavier-uniform projections (as tensor2tensor and fairseq), N(0, d_model^-0.5) embeddings."""
@@ -199,7 +200,7 @@ class Transformer(nn.Module):
             x = packing.pack(x)  # [n, d_model]
         weights = []
         for layer in self.encoder_layers:
-            x, w = layer(x, mask, need_weights, packing)
+            x, w = self.compiled(layer)(x, mask, need_weights, packing)
             weights.append(w)
         x = self.encoder_norm(x)
         if packing is None:
@@ -222,7 +223,7 @@ class Transformer(nn.Module):
             x = packing.pack(x)  # [n, d_model]
         weights = []
         for layer in self.decoder_layers:
-            x, w = layer(x, enc.memory_kv(layer.cross_attn), enc.mask, need_weights=need_weights, packing=packing)
+            x, w = self.compiled(layer)(x, enc.memory_kv(layer.cross_attn), enc.mask, need_weights=need_weights, packing=packing)
             weights.append(w)
         x = self.decoder_norm(x)
         return (x if packing is None else packing.unpack(x)), weights
@@ -253,6 +254,21 @@ class Transformer(nn.Module):
         cache.length += 1
         logits = self.project(self.decoder_norm(x[:, 0]))
         return (logits, weights) if need_weights else logits
+
+    # ----- torch.compile, one layer at a time
+    def compile_layers(self) -> None:
+        """Compile each encoder and decoder layer with torch.compile ("regional compilation"), for
+        training: the N layers of a stack share one graph, compiled once with dynamic shapes, so
+        token-bucket batches of any size run without recompiling and padding stays skipped (the
+        packing is worked out outside the graphs). Inside a layer the compiler fuses what eager
+        PyTorch runs as separate kernels: dropout, residual add and layer norm, bias and ReLU,
+        and the dtype casts of mixed precision. Evaluation and incremental decoding (whose
+        KV cache is Python state) stay eager. The parameters and state-dict keys are unchanged."""
+        self.compiled_layers = {layer: torch.compile(layer, dynamic=True) for layer in [*self.encoder_layers, *self.decoder_layers]}
+
+    def compiled(self, layer: nn.Module) -> nn.Module:
+        """The layer's compiled form while training, where compile_layers() made one; else the layer."""
+        return self.compiled_layers.get(layer, layer) if self.training else layer
 
     # ----- Bookkeeping
     def num_parameters(self) -> int:

@@ -151,7 +151,7 @@ class Trainer:
         if self.world.distributed:
             self.loss_model = nn.parallel.DistributedDataParallel(self.loss_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
-            self.loss_model = torch.compile(self.loss_model, dynamic=True)
+            self.model.compile_layers()  # regional: each layer's graph, dynamic shapes, padding still skipped
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                                           weight_decay=cfg.weight_decay, fused=True)  # one fused kernel (CPU and CUDA)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
