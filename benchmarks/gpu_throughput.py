@@ -13,8 +13,9 @@ error and the others still run):
    `MarianMTModel` of the same dimensions (HF's default attention, sdpa). The two alternate in
    rounds; each round times `--steps` steps between CUDA events. Median step over the rounds.
    MFU = forward_flops (real tokens) × 3 (training) or × 1 (inference) / step time / peak, the
-   same FLOP count for both libraries. aiayn also runs with padding not skipped (`--packing-ab`),
-   which shows what skipping padding gains or costs on the device, and with each encoder and
+   same FLOP count for both libraries. aiayn also runs with the other choice of skipping padding
+   (`--packing-ab`; aiayn skips it on the CPU only), which shows what skipping padding gains or
+   costs on the device, and with each encoder and
    decoder layer compiled (`--compiled-ab`: `Transformer.compile_layers`, what `aiayn train
    --compile true` does; training only, its first step's seconds are the compile time).
 3. kernels: which attention kernels aiayn's base training step launches (torch.profiler): flash,
@@ -35,7 +36,6 @@ Prints a table per part and writes benchmarks/results/gpu_throughput.json (or --
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import statistics
@@ -89,13 +89,15 @@ def to_device(batch: dict, device: str) -> dict:
 
 
 class OnDevice:
-    """A model_throughput runner moved to the device, its steps under autocast. With
-    packing=False, aiayn's model runs its position-wise layers on the padded batch (Packing.of
-    returns None), for an A/B of skipping padding."""
+    """A model_throughput runner moved to the device, its steps under autocast. `skip_padding`
+    sets aiayn's Transformer.skip_padding (None: its default, on the CPU only), for an A/B of
+    skipping padding; `compiled` compiles its layers (Transformer.compile_layers)."""
 
-    def __init__(self, runner, device: str, dtype, packing: bool = True, compiled: bool = False):
-        self.runner, self.device, self.dtype, self.packing = runner, device, dtype, packing
+    def __init__(self, runner, device: str, dtype, skip_padding: bool | None = None, compiled: bool = False):
+        self.runner, self.device, self.dtype = runner, device, dtype
         runner.model.to(device)
+        if skip_padding is not None:
+            runner.model.skip_padding = skip_padding
         if compiled:
             runner.model.compile_layers()
         params = [p for p in runner.model.parameters() if p.requires_grad]
@@ -104,29 +106,14 @@ class OnDevice:
     def autocast(self):
         return torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
-    @contextlib.contextmanager
-    def padding_skipped(self):
-        if self.packing:
-            yield
-            return
-        from aiayn.model.attention import Packing
-
-        saved = Packing.__dict__["of"]
-        Packing.of = staticmethod(lambda mask: None)
-        try:
-            yield
-        finally:
-            Packing.of = saved
-
     def train_step(self, b):
-        with self.padding_skipped():
-            with self.autocast():
-                loss = self.runner.forward_loss(b)
-            loss.backward()
+        with self.autocast():
+            loss = self.runner.forward_loss(b)
+        loss.backward()
         self.runner.optimizer_step()
 
     def infer_step(self, b):
-        with self.padding_skipped(), self.autocast():
+        with self.autocast():
             return self.runner.infer_step(b)
 
     def step(self, mode: str, b):
@@ -139,8 +126,9 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
     for size in args.sizes.split(","):
         batch = to_device(make_batch(args.batch_size, args.seq_len, args.vocab, args.pad_frac, seed=1), device)
         tokens = batch["n_src"] + batch["n_tgt"]
+        other = "aiayn_packed" if device == "cuda" else "aiayn_padded"  # aiayn skips padding on the CPU only
         runners = {"aiayn": OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype),
-                   **({"aiayn_padded": OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype, packing=False)} if args.packing_ab else {}),
+                   **({other: OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype, skip_padding=other == "aiayn_packed")} if args.packing_ab else {}),
                    **({"aiayn_compiled": OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype, compiled=True)} if args.compiled_ab else {}),
                    "hf": OnDevice(HFRunner(size, args.vocab, 0, 512, "ce", ""), device, dtype)}
         fwd = runners["aiayn"].runner.model.forward_flops(batch["n_src"], batch["n_tgt"], batch["src_len"], batch["tgt_len"])
@@ -173,8 +161,9 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
                              "mfu": flops / med / 1e12 / peak_tflops, "round_ms": [t * 1e3 for t in times[name]],
                              "first_step_s": first[name], "peak_memory_gib": memory.get(name)}
             row["ratio"] = row["aiayn"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
-            if "aiayn_padded" in row:
-                row["packing_gain"] = row["aiayn"]["tokens_per_s"] / row["aiayn_padded"]["tokens_per_s"]
+            if other in row:
+                packed, padded = (row["aiayn_packed"], row["aiayn"]) if other == "aiayn_packed" else (row["aiayn"], row["aiayn_padded"])
+                row["packing_gain"] = packed["tokens_per_s"] / padded["tokens_per_s"]
             if "aiayn_compiled" in row:
                 row["compile_gain"] = row["aiayn_compiled"]["tokens_per_s"] / row["aiayn"]["tokens_per_s"]
             rows.append(row)

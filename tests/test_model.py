@@ -198,6 +198,15 @@ def test_padding_is_skipped_and_a_padded_batch_equals_its_sentences_alone():
     for h in hooks:
         h.remove()
     assert rows == [(sum(src_len), 128), (sum(tgt_len), 128)]
+    # skip_padding=False (the default on a GPU) runs them on the padded batch, with the same result
+    rows.clear()
+    model.skip_padding = False
+    hooks = [m.ffn.w1.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape)) for m in (model.encoder_layers[0], model.decoder_layers[0])]
+    padded = model(src, tgt)
+    for h in hooks:
+        h.remove()
+    assert rows == [(3, 7, 128), (3, 6, 128)]
+    torch.testing.assert_close(padded[real], logits[real], atol=1e-5, rtol=0)
 
 
 def test_future_target_tokens_change_no_earlier_output():

@@ -68,7 +68,8 @@ class Packing:
     packed as rows [n, ...], and never on padding. Only attention needs the batch layout: it pads
     its queries, keys and values out to [B, L, ...] (zeros at padding, which the masks hide) and
     packs its output again. On real data this skips the padding's share of the matmul work (about
-    7% in token-bucket batches of the Bible corpus).
+    7% in token-bucket batches of the Bible corpus). The model uses it on the CPU only (see
+    Transformer.packing).
     """
 
     def __init__(self, shape: torch.Size, index: Tensor):
