@@ -19,7 +19,8 @@ error and the others still run):
    decoder layer compiled (`--compiled-ab`: `Transformer.compile_layers`, what `aiayn train
    --compile true` does; training only, its first step's seconds are the compile time).
 3. kernels: which attention kernels aiayn's base training step launches (torch.profiler): flash,
-   memory-efficient (cutlass) or the math fallback, and the top kernels by GPU time.
+   memory-efficient (cutlass) or the math fallback, the matrix products' share of GPU time, and
+   the top kernels, eager and with compiled layers.
 4. e2e: `aiayn train` against HF `Seq2SeqTrainer` (bf16=True, group_by_length) on a prepared
    Bible dataset, the same target tokens per update (default 25,000: the paper's update), updates
    skip+1 … N timed from per-update timestamps (benchmarks/train_throughput.py, which it reuses).
@@ -180,11 +181,16 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
 
 
 def kernel_part(args) -> dict:
+    """Profile one base training step, eager and (with --compiled-ab) with compiled layers."""
+    return {name: profile_step(args, compiled) for name, compiled in (("eager", False), ("compiled", True)) if args.compiled_ab or not compiled}
+
+
+def profile_step(args, compiled: bool) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     device, dtype = args.device, torch.bfloat16 if args.device == "cuda" else torch.float32
     batch = to_device(make_batch(args.batch_size, args.seq_len, args.vocab, args.pad_frac, seed=1), device)
-    r = OnDevice(AiaynRunner("base", args.vocab, 0), device, dtype)
+    r = OnDevice(AiaynRunner("base", args.vocab, 0), device, dtype, compiled=compiled)
     r.runner.set_mode(True)
     for _ in range(2):
         r.train_step(batch)
@@ -203,11 +209,14 @@ def kernel_part(args) -> dict:
                 else "math/softmax" if "softmax" in k else None)
         if kind:
             attention.setdefault(kind, []).append({"kernel": e.key[:120], "calls": e.count, "share": time_of(e) / total})
+    matmul = sum(time_of(e) for e in events if any(w in e.key.lower() for w in ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")) and "fmha" not in e.key.lower())
     top = sorted(events, key=time_of, reverse=True)[:15]
-    out = {"attention_kernels": attention,
+    out = {"attention_kernels": attention, "matmul_share": matmul / total, "device_ms": total / 1e3,
            "top": [{"kernel": e.key[:120], "calls": e.count, "share": time_of(e) / total} for e in top],
            "kernel_launches": sum(e.count for e in events)}
-    print("attention kernels in one base training step:")
+    label = "compiled layers" if compiled else "eager"
+    print(f"one base training step, {label}: {out['kernel_launches']} kernels, {out['device_ms']:.1f} ms on the device, "
+          f"matrix products {100 * out['matmul_share']:.1f}%")
     for kind, ks in attention.items():
         for k in ks:
             print(f"  {kind:17s} {k['calls']:4d} calls {100 * k['share']:5.1f}%  {k['kernel']}")
