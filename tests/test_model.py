@@ -198,7 +198,8 @@ def test_padding_is_skipped_and_a_padded_batch_equals_its_sentences_alone():
     for h in hooks:
         h.remove()
     assert rows == [(sum(src_len), 128), (sum(tgt_len), 128)]
-    # skip_padding=False (the default on a GPU) runs them on the padded batch, with the same result
+    # skip_padding=False (the default off the CPU) runs them on the padded batch, with the same
+    # outputs and gradients
     rows.clear()
     model.skip_padding = False
     hooks = [m.ffn.w1.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape)) for m in (model.encoder_layers[0], model.decoder_layers[0])]
@@ -207,6 +208,11 @@ def test_padding_is_skipped_and_a_padded_batch_equals_its_sentences_alone():
         h.remove()
     assert rows == [(3, 7, 128), (3, 6, 128)]
     torch.testing.assert_close(padded[real], logits[real], atol=1e-5, rtol=0)
+    (grad_padded,) = torch.autograd.grad(padded[real].log_softmax(-1).mean() * real.sum(), [model.encoder_layers[0].ffn.w1.weight])
+    torch.testing.assert_close(grad_padded, grad_batch, atol=1e-5, rtol=1e-4)
+    # the default (None) decides by the batch's device: the CPU skips padding, other devices do not
+    model.skip_padding = None
+    assert model.packing(mask) is not None and model.packing(mask.to("meta")) is None
 
 
 def test_future_target_tokens_change_no_earlier_output():
@@ -372,3 +378,19 @@ def test_onednn_products_agree_with_mkl_and_follow_weight_changes():
     with gemm_library("onednn"):  # with gradients the product is torch's own (and differentiable)
         model(src, tgt).sum().backward()
     assert model.output_proj.weight.grad is not None
+
+
+def test_compile_layers_keeps_parameters_and_copies_cleanly():
+    """compile_layers() leaves the parameters and state-dict keys alone, is used only in training,
+    and a copy or pickle of the model leaves the compiled forms behind."""
+    import copy
+    import pickle
+
+    model = Transformer(TransformerConfig.preset("tiny", vocab_size=50))
+    keys = list(model.state_dict())
+    model.compile_layers()  # torch.compile wraps lazily: nothing is compiled until a call
+    assert list(model.state_dict()) == keys
+    layer = model.encoder_layers[0]
+    assert model.compiled(layer) is not layer and model.eval().compiled(layer) is layer
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone.compiled_layers == {} and list(clone.state_dict()) == keys

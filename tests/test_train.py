@@ -204,10 +204,14 @@ def test_compiled_layers_train_like_eager(small_dataset, tmp_path):
     train(small_dataset, tmp_path / "eager", **settings)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    summary = train(small_dataset, tmp_path / "compiled", compile=True, **settings)
+    try:
+        summary = train(small_dataset, tmp_path / "compiled", compile=True, **settings)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()  # no compiled state carries into later tests
     assert summary["updates"] == 6
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    # one graph per kind of layer (encoder, decoder) and layout (packed, or a batch without padding)
+    # one graph per kind of layer (encoder, decoder) and layout (packed, or a batch without padding);
+    # validation's teacher-forced loss and greedy decoding (eval mode, a KV cache) would add more
     assert 2 <= graphs <= 4, f"{graphs} graphs: the layers were recompiled for new shapes"
     a = load_file(tmp_path / "eager" / "checkpoints" / "step-00000006.safetensors")
     b = load_file(tmp_path / "compiled" / "checkpoints" / "step-00000006.safetensors")

@@ -79,7 +79,9 @@ class Packing:
     @staticmethod
     def of(mask: Tensor) -> "Packing | None":
         """A Packing for `mask` ([B, L], True at real tokens), or None where there is no padding
-        (or under torch.compile, whose graphs want static shapes)."""
+        (or while torch.compile traces it: a whole compiled model keeps the padded layout, since the
+        number of real tokens is data-dependent; Transformer.compile_layers works out the packing
+        outside its graphs)."""
         if torch.compiler.is_compiling():
             return None
         index = mask.reshape(-1).nonzero().squeeze(1)  # the one host sync (on a GPU)

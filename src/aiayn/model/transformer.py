@@ -281,6 +281,11 @@ class Transformer(nn.Module):
         """The layer's compiled form while training, where compile_layers() made one; else the layer."""
         return self.compiled_layers.get(layer, layer) if self.training else layer
 
+    def __getstate__(self) -> dict:  # copies and pickles leave the compiled forms behind (they hold dynamo's state)
+        state = self.__dict__.copy()
+        state["compiled_layers"] = {}
+        return state
+
     # ----- Bookkeeping
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # shared tensors count once

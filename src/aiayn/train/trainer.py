@@ -40,7 +40,7 @@ class TrainingError(RuntimeError):
 
 
 class LossModel(nn.Module):
-    """The Transformer with its training loss attached, so DDP and torch.compile see one forward."""
+    """The Transformer with its training loss attached, so DDP sees one forward."""
 
     def __init__(self, model: Transformer, label_smoothing: float):
         super().__init__()
@@ -151,7 +151,7 @@ class Trainer:
         if self.world.distributed:
             self.loss_model = nn.parallel.DistributedDataParallel(self.loss_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
-            self.model.compile_layers()  # regional: each layer's graph, dynamic shapes, padding still skipped
+            self.model.compile_layers()  # regional: one graph per kind of layer, dynamic shapes
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                                           weight_decay=cfg.weight_decay, fused=True)  # one fused kernel (CPU and CUDA)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
