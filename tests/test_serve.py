@@ -267,9 +267,9 @@ def slow(translator, seconds: float):
     slowed = copy.copy(translator)
     original = translator.translate
 
-    def translate(texts, alignment_layer=None):
+    def translate(texts, alignment_layer=None, stop=None):
         time.sleep(seconds)
-        return original(texts, alignment_layer=alignment_layer)
+        return original(texts, alignment_layer=alignment_layer, stop=stop)
 
     slowed.translate = translate
     return slowed
@@ -293,10 +293,38 @@ def test_timeout_answers_504_and_the_server_goes_on(translator):
     assert run(again()).status_code == 200
 
 
+def test_a_batch_whose_callers_all_left_stops_decoding(translator, monkeypatch):
+    """When every caller of a batch has timed out, its search stops at the next step (it would
+    otherwise run to the length cap), and the model is free for the next request."""
+    steps = []
+    decode_step = translator.model.decode_step
+
+    def slow_step(*args, **kw):
+        steps.append(None)
+        time.sleep(0.05)
+        return decode_step(*args, **kw)
+
+    monkeypatch.setattr(translator.model, "decode_step", slow_step)
+
+    async def main():
+        async with api(translator, timeout=0.3) as client:
+            late = await client.post("/v1/translate", json={"texts": [SENTENCES[0]], "beam": 1, "max_length": 400})
+            batcher = client.app.state.batcher
+            await until(lambda: batcher.stats()["cancelled_batches"] == 1 and not batcher.stats()["busy"])
+            steps_when_cancelled = len(steps)
+            short = await client.post("/v1/translate", json={"texts": [SENTENCES[1]], "beam": 1, "max_length": 2})
+            return late, steps_when_cancelled, short
+
+    late, steps_when_cancelled, short = run(main())
+    assert_error(late, 504)
+    assert steps_when_cancelled < 100, steps_when_cancelled  # ~0.3 s / 0.05 s per step, not the 400 of the cap
+    assert short.status_code == 200 and len(short.json()["translations"]) == 1
+
+
 def test_model_failures_overload_and_shutdown_answer_cleanly(translator):
     broken = copy.copy(translator)
 
-    def fail(texts, alignment_layer=None):
+    def fail(texts, alignment_layer=None, stop=None):
         raise RuntimeError("secret internal detail")
 
     broken.translate = fail
@@ -372,7 +400,7 @@ class FakeTranslator:
         self.src_tok, self.max_input_len, self.options = FakeTokenizer(), 100, SearchOptions()
         self.calls, self.delay = [], delay
 
-    def translate(self, texts, alignment_layer=None):
+    def translate(self, texts, alignment_layer=None, stop=None):
         self.calls.append((list(texts), self.options.beam, self.options.nbest, alignment_layer))
         time.sleep(self.delay)
         return [Translation(f"{t} @{self.options.beam}", -float(len(t))) for t in texts]

@@ -9,6 +9,7 @@ The decoder runs incrementally with its KV cache (`Transformer.decode_step`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -16,6 +17,16 @@ from torch import Tensor
 from aiayn.model import Transformer
 
 NEG_INF = float("-inf")
+Stop = Callable[[], bool] | None  # asked before every step; True gives up (e.g. every caller has gone)
+
+
+class Cancelled(Exception):
+    """A search gave up because its `stop()` said so."""
+
+
+def _check(stop: Stop) -> None:
+    if stop is not None and stop():
+        raise Cancelled("decoding was cancelled")
 
 
 @dataclass
@@ -52,15 +63,15 @@ def _start(model: Transformer, n: int, device) -> Tensor:
 
 @torch.no_grad()
 def greedy_search(model: Transformer, src: Tensor, *, max_len_a: float = 1.0, max_len_b: int = 50,
-                  alpha: float = 0.0, lp_style: str = "gnmt", min_len: int = 0) -> list[Hypothesis]:
+                  alpha: float = 0.0, lp_style: str = "gnmt", min_len: int = 0, stop: Stop = None) -> list[Hypothesis]:
     """Take the most probable token at each step until EOS (or the length cap)."""
-    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick=lambda lprobs: lprobs.argmax(-1))
+    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, lambda lprobs: lprobs.argmax(-1), stop)
 
 
 @torch.no_grad()
 def sample(model: Transformer, src: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None, max_len_a: float = 1.0, max_len_b: int = 50,
-           alpha: float = 0.0, lp_style: str = "gnmt", min_len: int = 0) -> list[Hypothesis]:
+           alpha: float = 0.0, lp_style: str = "gnmt", min_len: int = 0, stop: Stop = None) -> list[Hypothesis]:
     """Draw each token from the model's distribution (softened by temperature, cut to the top_k
     tokens and/or the smallest set with probability ≥ top_p). The log-probabilities reported are
     the model's own (before temperature and cuts)."""
@@ -79,10 +90,10 @@ def sample(model: Transformer, src: Tensor, *, temperature: float = 1.0, top_k: 
             logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, NEG_INF))
         return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
-    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick)
+    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick, stop)
 
 
-def _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick) -> list[Hypothesis]:
+def _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick, stop: Stop = None) -> list[Hypothesis]:
     """One hypothesis per sentence, extended by `pick` (argmax or a draw) until EOS."""
     cfg = model.config
     B, device = src.size(0), src.device
@@ -94,6 +105,7 @@ def _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick)
     logprob = torch.zeros(B, dtype=torch.float64, device=device)
     length = torch.zeros(B, dtype=torch.long, device=device)
     for t in range(int(limit.max())):
+        _check(stop)
         lprobs = model.decode_step(token, cache).float().log_softmax(-1)  # [n, V]
         lprobs[:, cfg.pad_id] = NEG_INF
         if t < min_len:
@@ -134,7 +146,7 @@ def _slots(parent: Tensor) -> Tensor:
 @torch.no_grad()
 def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float = 0.6, lp_style: str = "gnmt",
                 max_len_a: float = 1.0, max_len_b: int = 50, nbest: int = 1, early_stop: bool | str = False,
-                min_len: int = 0) -> list[list[Hypothesis]]:
+                min_len: int = 0, stop: Stop = None) -> list[list[Hypothesis]]:
     """Beam search with length penalty (§6.1: beam size 4, α = 0.6), batched over sentences and beams.
 
     Each step extends the `beam` live hypotheses of every sentence, keeps the 2·beam best
@@ -155,7 +167,8 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
         hypothesis, scored at its current length (logprob / lp(t)), does not beat the worst of
         them — a heuristic, not a bound. At the length cap EOS is forced with log-probability 0,
         as HF's forced_eos_token_id does (set in every Marian config).
-    Returns, per sentence, `nbest` hypotheses, best first.
+    Returns, per sentence, `nbest` hypotheses, best first. `stop` (any search) is asked before
+    every step; when it says True the search raises Cancelled.
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size ({beam}), got {nbest}")
@@ -189,6 +202,7 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
             ]
 
     for t in range(T):
+        _check(stop)
         n = active.numel()
         lprobs = model.decode_step(token, cache).float().log_softmax(-1)  # [n·K, V]
         V = lprobs.size(1)

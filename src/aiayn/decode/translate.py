@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from aiayn.data.tokenizer import Tokenizer
-from aiayn.decode.search import Hypothesis, beam_search, greedy_search, sample
+from aiayn.decode.search import Hypothesis, Stop, beam_search, greedy_search, sample
 from aiayn.model import DecoderCache, EncoderOut, Transformer
 from aiayn.model.attention import avoid_cudnn_attention
 
@@ -168,9 +168,9 @@ class Translator:
         cfg = self.models[0].config
         return source_batch(seqs, cfg.pad_id, cfg.eos_id).to(self.device)
 
-    def search(self, src: Tensor) -> list[list[Hypothesis]]:
+    def search(self, src: Tensor, stop: Stop = None) -> list[list[Hypothesis]]:
         o = self.options
-        common = dict(max_len_a=o.max_len_a, max_len_b=o.max_len_b, min_len=o.min_len, alpha=o.alpha, lp_style=o.lp_style)
+        common = dict(max_len_a=o.max_len_a, max_len_b=o.max_len_b, min_len=o.min_len, alpha=o.alpha, lp_style=o.lp_style, stop=stop)
         with self._autocast():
             if o.sampling:
                 generator = torch.Generator(device=self.device).manual_seed(o.seed)
@@ -179,9 +179,11 @@ class Translator:
                 return [[h] for h in greedy_search(self.model, src, **common)]
             return beam_search(self.model, src, beam=o.beam, nbest=o.nbest, early_stop=o.early_stop, **common)
 
-    def translate(self, texts: list[str], alignment_layer: int | None = None) -> list[Translation]:
+    def translate(self, texts: list[str], alignment_layer: int | None = None, stop: Stop = None) -> list[Translation]:
         """Translate raw sentences; alignment_layer (e.g. -1) also gives each output subword the
-        source subword that layer's encoder-decoder attention (averaged over heads) weighs most."""
+        source subword that layer's encoder-decoder attention (averaged over heads) weighs most.
+        `stop` is asked before every decoding step; True raises decode.search.Cancelled (the
+        server uses it to give up on a batch whose callers have all gone)."""
         ids = self.encode(texts)
         out: list[Translation | None] = [None] * len(texts)
         for i, seq in enumerate(ids):
@@ -189,7 +191,7 @@ class Translator:
                 out[i] = Translation("", 0.0)
         for batch in self.batches([len(s) for s in ids]):
             src = self._tensor([ids[i] for i in batch])
-            results = self.search(src)
+            results = self.search(src, stop)
             aligns = self.align(src, [r[0].tokens for r in results], alignment_layer) if alignment_layer is not None else [None] * len(batch)
             for i, hyps, align in zip(batch, results, aligns):
                 best = hyps[0]
