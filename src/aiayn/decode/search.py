@@ -20,13 +20,13 @@ NEG_INF = float("-inf")
 Stop = Callable[[], bool] | None  # asked before every step; True gives up (e.g. every caller has gone)
 
 
-class Cancelled(Exception):
+class SearchCancelled(Exception):
     """A search gave up because its `stop()` said so."""
 
 
 def _check(stop: Stop) -> None:
     if stop is not None and stop():
-        raise Cancelled("decoding was cancelled")
+        raise SearchCancelled("decoding was cancelled")
 
 
 @dataclass
@@ -168,7 +168,7 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
         them — a heuristic, not a bound. At the length cap EOS is forced with log-probability 0,
         as HF's forced_eos_token_id does (set in every Marian config).
     Returns, per sentence, `nbest` hypotheses, best first. `stop` (any search) is asked before
-    every step; when it says True the search raises Cancelled.
+    every step; when it says True the search raises SearchCancelled.
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size ({beam}), got {nbest}")

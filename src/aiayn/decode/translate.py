@@ -182,7 +182,7 @@ class Translator:
     def translate(self, texts: list[str], alignment_layer: int | None = None, stop: Stop = None) -> list[Translation]:
         """Translate raw sentences; alignment_layer (e.g. -1) also gives each output subword the
         source subword that layer's encoder-decoder attention (averaged over heads) weighs most.
-        `stop` is asked before every decoding step; True raises decode.search.Cancelled (the
+        `stop` is asked before every decoding step; True raises decode.search.SearchCancelled (the
         server uses it to give up on a batch whose callers have all gone)."""
         ids = self.encode(texts)
         out: list[Translation | None] = [None] * len(texts)

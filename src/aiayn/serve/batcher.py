@@ -10,7 +10,8 @@ busy, new requests pile up and form the next batch, so batches grow with the loa
 The model runs in one dedicated thread (never on the event loop, never two calls at once);
 `run_exclusive` puts other model work (attention maps) on the same thread. Requests whose
 caller has gone (timed out, disconnected) are dropped before they are decoded, and a batch whose
-callers have all gone stops decoding at the next step, so the model is free for the next batch.
+callers have all timed out stops decoding at its next step, so the model is free for the next
+batch.
 `close()` stops taking requests and finishes every pending one.
 """
 
@@ -25,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, TypeVar
 
-from aiayn.decode.search import Cancelled
+from aiayn.decode.search import SearchCancelled
 from aiayn.decode.translate import SearchOptions, Translation, Translator
 
 log = logging.getLogger("aiayn.serve")
@@ -86,7 +87,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.batches: collections.deque[BatchRecord] = collections.deque(maxlen=history)  # the latest batches
-        self.counts = collections.Counter()  # batches, requests, texts decoded; batches cancelled
+        self.counts = collections.Counter()  # batches, requests, texts decoded; cancelled batches apart (in none of those)
         self._pending: list[_Request] = []
         self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task | None = None
@@ -225,7 +226,7 @@ class Batcher:
             self._busy = True
             try:
                 results = await loop.run_in_executor(self._executor, self._decode, batch)
-            except Cancelled:  # every caller of the batch had gone: nobody to answer
+            except SearchCancelled:  # every caller of the batch had timed out: nobody to answer
                 self.counts.update(cancelled=1)
                 continue
             except Exception as e:  # noqa: BLE001 - the callers get the error; the worker goes on
@@ -250,7 +251,7 @@ class Batcher:
         translator.max_tokens = self.max_batch_tokens
         texts = [t for r in batch for t in r.texts]
         alignment = any(r.alignment for r in batch)
-        gone = lambda: all(r.future.done() for r in batch)  # noqa: E731 - each caller timed out or disconnected
+        gone = lambda: all(r.future.done() for r in batch)  # noqa: E731 - each caller's wait was cancelled (timed out)
         translations = translator.translate(texts, alignment_layer=-1 if alignment else None, stop=gone)
         out, start = [], 0
         for r in batch:
