@@ -72,8 +72,13 @@ def gpu_time(fn, n: int) -> float:
     return start.elapsed_time(end) / 1e3 / n
 
 
+def autocast_dtype(device: str):
+    """bf16 autocast on a GPU; fp32 (no autocast) elsewhere."""
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
 def measure_peak(device: str, n: int) -> dict:
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = autocast_dtype(device)  # the precision the products run in
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     c = torch.empty(n, n, device=device, dtype=dtype)
     for _ in range(3):
@@ -122,15 +127,20 @@ class OnDevice:
 
 
 def step_part(args, peak_tflops: float, record: dict) -> list:
-    device, dtype = args.device, torch.bfloat16 if args.device == "cuda" else torch.float32
+    device, dtype = args.device, autocast_dtype(args.device)
+    skips_padding = device != "cuda"  # aiayn's default; the packing A/B runs the other choice
+    other = "aiayn_padded" if skips_padding else "aiayn_packed"
     rows = []
     for size in args.sizes.split(","):
         batch = to_device(make_batch(args.batch_size, args.seq_len, args.vocab, args.pad_frac, seed=1), device)
         tokens = batch["n_src"] + batch["n_tgt"]
-        other = "aiayn_packed" if device == "cuda" else "aiayn_padded"  # aiayn skips padding on the CPU only
-        runners = {"aiayn": OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype),
-                   **({other: OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype, skip_padding=other == "aiayn_packed")} if args.packing_ab else {}),
-                   **({"aiayn_compiled": OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype, compiled=True)} if args.compiled_ab else {}),
+
+        def aiayn(**options):
+            return OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype, **options)
+
+        runners = {"aiayn": aiayn(),
+                   **({other: aiayn(skip_padding=not skips_padding)} if args.packing_ab else {}),
+                   **({"aiayn_compiled": aiayn(compiled=True)} if args.compiled_ab else {}),
                    "hf": OnDevice(HFRunner(size, args.vocab, 0, 512, "ce", ""), device, dtype)}
         fwd = runners["aiayn"].runner.model.forward_flops(batch["n_src"], batch["n_tgt"], batch["src_len"], batch["tgt_len"])
         for mode in args.modes.split(","):
@@ -164,8 +174,8 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
                              "first_step_s": first[name], "step_memory_gib": memory.get(name)}
             row["ratio"] = row["aiayn"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
             if other in row:
-                packed, padded = (row["aiayn_packed"], row["aiayn"]) if other == "aiayn_packed" else (row["aiayn"], row["aiayn_padded"])
-                row["packing_gain"] = packed["tokens_per_s"] / padded["tokens_per_s"]
+                packed, padded = ("aiayn", other) if skips_padding else (other, "aiayn")
+                row["packing_gain"] = row[packed]["tokens_per_s"] / row[padded]["tokens_per_s"]
             if "aiayn_compiled" in row:
                 row["compile_gain"] = row["aiayn_compiled"]["tokens_per_s"] / row["aiayn"]["tokens_per_s"]
             rows.append(row)
@@ -189,7 +199,7 @@ def kernel_part(args) -> dict:
 def profile_step(args, compiled: bool) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    device, dtype = args.device, torch.bfloat16 if args.device == "cuda" else torch.float32
+    device, dtype = args.device, autocast_dtype(args.device)
     batch = to_device(make_batch(args.batch_size, args.seq_len, args.vocab, args.pad_frac, seed=1), device)
     r = OnDevice(AiaynRunner("base", args.vocab, 0), device, dtype, compiled=compiled)
     r.runner.set_mode(True)

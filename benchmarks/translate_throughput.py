@@ -175,13 +175,13 @@ def main() -> None:
         systems.append(("HF generate", hf_generate))
         if cuda:
             systems.append(("HF generate, no cuDNN", with_cudnn_attention(hf_generate, False)))
-    model.to(device)
-    if cuda and not args.skip_bf16 and not args.skip_hf:
-        def hf_bf16(beam):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return hf_generate(beam)
+        if cuda and not args.skip_bf16:
+            def hf_bf16(beam):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return hf_generate(beam)
 
-        systems.append(("HF generate bf16", hf_bf16))
+            systems.append(("HF generate bf16", hf_bf16))
+    model.to(device)  # (already there when HF ran: its check compares on the device)
     if not args.skip_ct2 and not cuda:
         import ctranslate2
 

@@ -191,21 +191,24 @@ def test_padding_is_skipped_and_a_padded_batch_equals_its_sentences_alone():
         (g,) = torch.autograd.grad(alone[0].log_softmax(-1).mean() * t, [model.encoder_layers[0].ffn.w1.weight])
         grad_alone += g
     torch.testing.assert_close(grad_batch, grad_alone, atol=1e-5, rtol=1e-4)
+
+    def run_seeing_ffn_inputs():
+        """The model's logits, and the input shapes of the first encoder and decoder FFNs."""
+        rows = []
+        hooks = [m.ffn.w1.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape)) for m in (model.encoder_layers[0], model.decoder_layers[0])]
+        try:
+            return model(src, tgt), rows
+        finally:
+            for h in hooks:
+                h.remove()
+
     # the feed-forward networks saw the real tokens only
-    rows = []
-    hooks = [m.ffn.w1.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape)) for m in (model.encoder_layers[0], model.decoder_layers[0])]
-    model(src, tgt)
-    for h in hooks:
-        h.remove()
+    _, rows = run_seeing_ffn_inputs()
     assert rows == [(sum(src_len), 128), (sum(tgt_len), 128)]
     # skip_padding=False (the default off the CPU) runs them on the padded batch, with the same
     # outputs and gradients
-    rows.clear()
     model.skip_padding = False
-    hooks = [m.ffn.w1.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape)) for m in (model.encoder_layers[0], model.decoder_layers[0])]
-    padded = model(src, tgt)
-    for h in hooks:
-        h.remove()
+    padded, rows = run_seeing_ffn_inputs()
     assert rows == [(3, 7, 128), (3, 6, 128)]
     torch.testing.assert_close(padded[real], logits[real], atol=1e-5, rtol=0)
     (grad_padded,) = torch.autograd.grad(padded[real].log_softmax(-1).mean() * real.sum(), [model.encoder_layers[0].ffn.w1.weight])
