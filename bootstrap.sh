@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for aiayn, then run one thing:
 #   bash bootstrap.sh quickstart [--minutes M] [--out DIR]   train a tiny en→es model on the shipped corpus
-#   bash bootstrap.sh test [pytest args]                     run the whole test suite
+#   bash bootstrap.sh test [pytest args]                     lint (ruff), then run the whole test suite
 #   bash bootstrap.sh                                        set up only
 # Set-up: a virtual environment in .venv, PyTorch first (TORCH_SPEC, default the CPU build
 # torch==2.13.0; e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124" on a
@@ -49,6 +49,8 @@ case "$what" in
   test)
     pip_install -e ".[dev]"
     install_chromium
+    "$VENV/bin/ruff" check src tests benchmarks
+    "$VENV/bin/ruff" format --check src tests benchmarks
     exec "$VENV/bin/python" -m pytest "$@" ;;
   setup)
     pip_install -e ".[dev]"

@@ -99,7 +99,7 @@ def run_hf(dataset: Path, work: Path, args) -> dict:
     import hf_marian
     import torch
 
-    from aiayn.model import TransformerConfig
+    from aiayn.models import TransformerConfig
 
     aiayn_config = work / "aiayn-run" / "config.yaml"
     if aiayn_config.is_file():  # the same model as aiayn's run: dimensions and dropout
@@ -110,7 +110,7 @@ def run_hf(dataset: Path, work: Path, args) -> dict:
         cfg = dataclasses.replace(cfg, pre_norm=False)
     else:
         vocab = json.loads((dataset / "meta.json").read_text())["vocab"]["src"]["size"]
-        cfg = TransformerConfig.preset(args.hf_preset or "small", vocab_size=vocab)
+        cfg = TransformerConfig.preset(args.hf_preset or "small", pre_norm=False, vocab_size=vocab)
     model_config = hf_marian.marian_config(cfg)
     out = work / "hf-run"
     torch.set_num_threads(args.threads)

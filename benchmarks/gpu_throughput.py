@@ -243,7 +243,7 @@ def e2e_part(args, peak_tflops: float, record: dict) -> list:
     import train_throughput as tt
 
     from aiayn.data import ParallelDataset, load_meta
-    from aiayn.model import Transformer, TransformerConfig
+    from aiayn.models import Transformer, TransformerConfig
 
     ds = ParallelDataset(args.dataset)
     src_total, tgt_total = float((ds.src_lengths + 1).sum()), float((ds.tgt_lengths + 1).sum())
@@ -253,7 +253,7 @@ def e2e_part(args, peak_tflops: float, record: dict) -> list:
     rows = []
     for size in args.sizes.split(","):
         with torch.device("meta"):
-            model = Transformer(TransformerConfig.preset(size, vocab_size=vocab))
+            model = Transformer(TransformerConfig.preset(size, pre_norm=False, vocab_size=vocab))
         flops_per_token = 3 * model.forward_flops(src_total, tgt_total, src_len, tgt_len) / (src_total + tgt_total)
         row = {"size": size, "flops_per_token": flops_per_token}
         for variant in args.e2e_variants.split(","):

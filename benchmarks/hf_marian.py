@@ -36,7 +36,7 @@ Library use (from another script in benchmarks/):
 
     sys.path.insert(0, str(Path(__file__).parent)); import hf_marian
     tok = hf_marian.marian_tokenizer(data, out / "tokenizer")
-    cfg = hf_marian.marian_config(TransformerConfig.preset("small", vocab_size=8000))
+    cfg = hf_marian.marian_config(TransformerConfig.preset("small", pre_norm=False, vocab_size=8000))
     stats = hf_marian.train_hf(data, out / "model", cfg, minutes=30)
     hyps = hf_marian.translate_hf(out / "model", tok, sources)
     print(hf_marian.score(hyps, refs))
@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from aiayn.data import ParallelDataset, load_meta, load_tokenizers  # noqa: E402
 from aiayn.evaluate import evaluate  # noqa: E402
-from aiayn.model import TransformerConfig  # noqa: E402
+from aiayn.models import TransformerConfig  # noqa: E402
 
 
 # ---------------------------------------------------------------- model
@@ -329,7 +329,12 @@ def train_hf(
     per update: `step_ends` (seconds since the start) and `step_tokens` ((src, tgt) real tokens).
     """
     from transformers import (
-        DataCollatorForSeq2Seq, MarianConfig, MarianMTModel, PrinterCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments,
+        DataCollatorForSeq2Seq,
+        MarianConfig,
+        MarianMTModel,
+        PrinterCallback,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
         set_seed,
     )
 

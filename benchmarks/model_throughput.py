@@ -64,9 +64,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from aiayn.model import Transformer, TransformerConfig  # noqa: E402
-from aiayn.model.linear import cpu_info, onednn_available  # noqa: E402
-from aiayn.train.trainer import LossModel  # noqa: E402
+from aiayn.models import Transformer, TransformerConfig  # noqa: E402
+from aiayn.runtime import cpu_info, onednn_available  # noqa: E402
+from aiayn.tasks.translation import LossModel  # noqa: E402
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 LABEL_SMOOTHING = 0.1
@@ -127,7 +127,7 @@ class AiaynRunner(_Runner):
 
     def __init__(self, size: str, vocab: int, seed: int):
         torch.manual_seed(seed)
-        self.cfg = TransformerConfig.preset(size, vocab_size=vocab, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS)
+        self.cfg = TransformerConfig.preset(size, pre_norm=False, vocab_size=vocab, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS)
         self.model = Transformer(self.cfg)
         self.loss_model = LossModel(self.model, LABEL_SMOOTHING)
         self.optimizer = torch.optim.Adam(self.model.parameters(), **ADAM)
@@ -151,7 +151,7 @@ class HFRunner(_Runner):
         from hf_marian import marian_config  # benchmarks/hf_marian.py: the same dimensions as a MarianConfig
         from transformers import MarianMTModel
 
-        cfg = TransformerConfig.preset(size, vocab_size=vocab, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS)
+        cfg = TransformerConfig.preset(size, pre_norm=False, vocab_size=vocab, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS)
         self.config = marian_config(cfg, max_positions=max_positions)
         torch.manual_seed(seed)
         self.model = MarianMTModel(self.config, attn_implementation=attn) if attn else MarianMTModel(self.config)

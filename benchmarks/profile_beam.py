@@ -43,12 +43,12 @@ def main() -> None:
     from model_throughput import measure_peak
     from torch.profiler import profile
 
-    from aiayn.decode.search import beam_search
-    from aiayn.model import Transformer, TransformerConfig
-    from aiayn.model.linear import cpu_info, onednn_inference
+    from aiayn.generate.search import beam_search
+    from aiayn.models import Transformer, TransformerConfig
+    from aiayn.runtime import cpu_info, onednn_inference
 
     torch.manual_seed(0)
-    cfg = TransformerConfig.preset(args.size, vocab_size=args.vocab_size, dropout=0.0)
+    cfg = TransformerConfig.preset(args.size, pre_norm=False, vocab_size=args.vocab_size, dropout=0.0)
     model = Transformer(cfg).eval()
     B, S, L, K = args.sentences, args.source_length, args.length, args.beam
     src = torch.randint(4, args.vocab_size, (B, S), generator=torch.Generator().manual_seed(1))

@@ -57,7 +57,7 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------- model and sentences
 def tiny_model(work: Path, updates: int) -> Path:
     """A tiny trained run in work/run (trained once, then reused)."""
-    from aiayn.train.checkpoint import list_checkpoints
+    from aiayn.io.checkpoint import list_checkpoints
 
     run = work / "run"
     if list_checkpoints(run):
@@ -71,7 +71,7 @@ def tiny_model(work: Path, updates: int) -> Path:
     shipped = write_shipped_corpus(work / "corpus", limit={"train": 2000, "valid": 200, "test": 200})
     prepare(dict(shipped), work / "data", PrepareOptions(vocab_size=1000, workers=1, progress=False), force=True, log=lambda *a: None)
     cfg = TrainConfig.from_dict({
-        "model": {"preset": "tiny", "d_model": 96, "d_ff": 256, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 2},
+        "model": {"preset": "tiny", "pre_norm": False, "d_model": 96, "d_ff": 256, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 2},
         "max_tokens": 1500, "lr_schedule": "inverse_sqrt", "lr": 0.004, "warmup_steps": 40, "max_updates": updates,
         "save_every": updates, "validate_every": 0, "valid_bleu": False, "log_every": 10**6, "threads": os.cpu_count() or 1,
     })
@@ -195,7 +195,7 @@ def main() -> None:
     servers = {mode: Server(model, extra, args.max_wait_ms) for mode, extra in MODES.items()}
     results: dict[str, list[dict]] = {mode: [] for mode in MODES}
     try:
-        for mode, server in servers.items():
+        for server in servers.values():
             server.wait_ready()
             model_info = httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"][0]
             for text in sentences[: args.warmup]:

@@ -33,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "bible-en-es"
@@ -108,9 +107,9 @@ def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_upd
     import torch
 
     from aiayn.data import load_meta
-    from aiayn.model import TransformerConfig
+    from aiayn.models import TransformerConfig
 
-    cfg = TransformerConfig.preset(size, vocab_size=load_meta(dataset)["vocab"]["src"]["size"])
+    cfg = TransformerConfig.preset(size, pre_norm=False, vocab_size=load_meta(dataset)["vocab"]["src"]["size"])
     torch.set_num_threads(threads)
     result = hf_marian.train_hf(dataset, work / f"hf-{size}{name}", cfg, minutes=None, max_steps=updates, tgt_tokens_per_update=tgt_tokens_per_update,
                                 lr=1e-3, warmup_steps=400, threads=threads, device=device, precision=precision,

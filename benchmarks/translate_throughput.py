@@ -39,17 +39,18 @@ HERE = Path(__file__).resolve().parent
 def build(size: str, vocab_size: int, work: Path):
     from aiayn.data.binarize import PrepareOptions, load_tokenizers, prepare
     from aiayn.data.shipped import write_shipped_corpus
-    from aiayn.model import Transformer, TransformerConfig
-    from aiayn.train.checkpoint import save_model
+    from aiayn.io.checkpoint import save_model
+    from aiayn.models import Transformer, TransformerConfig
+    from aiayn.tasks.translation import tokenizer_assets
 
     corpus = write_shipped_corpus(work / "corpus", limit={"train": 20000, "test": 1000})
     data = work / "data"
     prepare({"train": corpus["train"], "test": corpus["test"]}, data, PrepareOptions(vocab_size=vocab_size, progress=False), force=True, log=lambda *a: None)
     tokenizers = load_tokenizers(data)
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig.preset(size, vocab_size=tokenizers[0].vocab_size, dropout=0.0)).eval()
+    model = Transformer(TransformerConfig.preset(size, pre_norm=False, vocab_size=tokenizers[0].vocab_size, dropout=0.0)).eval()
     ckpt = work / "model.safetensors"
-    save_model(ckpt, model, tokenizers)
+    save_model(ckpt, model, tokenizer_assets(*tokenizers))
     sources = [tokenizers[0].encode([line])[0] for line in corpus["test"][0].read_text(encoding="utf-8").splitlines()]
     return model, tokenizers, ckpt, sources
 
@@ -61,7 +62,7 @@ def batches_of(sources: list[list[int]], n: int, batch_size: int) -> list[list[l
 
 def padded(batch: list[list[int]], pad: int, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The source tensor aiayn's translator builds, and its attention mask (for HF)."""
-    from aiayn.decode.translate import source_batch
+    from aiayn.generate.translate import source_batch
 
     out = source_batch(batch, pad, eos)
     return out, out.ne(pad).long()
@@ -110,8 +111,8 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=HERE / "results" / "translate_throughput.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from aiayn.decode.search import beam_search, greedy_search
-    from aiayn.model.linear import cpu_info, gemm_library, onednn_inference
+    from aiayn.generate.search import beam_search, greedy_search
+    from aiayn.runtime import cpu_info, gemm_library, onednn_inference
 
     work = Path(tempfile.mkdtemp(prefix="aiayn-translate-bench-"))
     model, tokenizers, ckpt, sources = build(args.size, args.vocab_size, work)

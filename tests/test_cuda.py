@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
-
-from aiayn.model import Transformer, TransformerConfig
-from aiayn.model.attention import MultiHeadAttention
 from test_model import PAD, padded_batch
+
+from aiayn.models import Transformer, TransformerConfig
+from aiayn.nn import SelfAttention
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -23,7 +23,7 @@ def full_fp32_matmuls():
 
 def test_forward_and_incremental_decoding_on_cuda_match_cpu():
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig.preset("tiny", vocab_size=60, dropout=0.0)).eval()
+    model = Transformer(TransformerConfig.preset("tiny", pre_norm=False, vocab_size=60, dropout=0.0)).eval()
     src = padded_batch(60, (9, 4, 7, 1), seed=1)
     tgt = padded_batch(60, (6, 6, 6, 6), seed=2)
     with torch.no_grad():
@@ -31,8 +31,8 @@ def test_forward_and_incremental_decoding_on_cuda_match_cpu():
         model.cuda()
         gpu = model(src.cuda(), tgt.cuda())
         torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
-        cache = model.init_cache(model.encode(src.cuda()))
-        steps = torch.stack([model.decode_step(tgt[:, t].cuda(), cache) for t in range(tgt.size(1))], dim=1)
+        state = model.start(src.cuda())
+        steps = torch.stack([model.step(tgt[:, t : t + 1].cuda(), state) for t in range(tgt.size(1))], dim=1)
     torch.testing.assert_close(steps, gpu, atol=1e-4, rtol=0)
 
 
@@ -43,7 +43,7 @@ def test_training_step_runs_on_the_fused_attention_kernels_in_bf16():
     bf16 loss and gradients agree with fp32."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from aiayn.train.trainer import LossModel
+    from aiayn.tasks.translation import LossModel
 
     torch.manual_seed(0)
     cfg = TransformerConfig.preset("base", vocab_size=1000, dropout=0.0, n_encoder_layers=2, n_decoder_layers=2)
@@ -66,23 +66,23 @@ def test_training_step_runs_on_the_fused_attention_kernels_in_bf16():
     assert loss == pytest.approx(ref_loss, rel=1e-2)
     assert ((grad - ref_grad).norm() / ref_grad.norm()).item() < 5e-2
 
-    attn = MultiHeadAttention(512, 8).cuda()
+    attn = SelfAttention(512, 8, causal=True).cuda()
     x = torch.randn(4, 33, 512, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-        flash, _ = attn(x, is_causal=True)
-    plain, _ = attn(x, is_causal=True, need_weights=True)  # Eq. (1) spelled out, fp32
+        flash, _ = attn(x)
+    plain, _ = attn(x, need_weights=True)  # Eq. (1) spelled out, fp32
     assert ((flash.float() - plain).norm() / plain.norm()).item() < 2e-2
 
 
 def test_bf16_training_on_cuda_learns_and_its_checkpoint_translates(small_dataset, tmp_path):
-    from aiayn.decode import Translator
-    from aiayn.train.checkpoint import load_model
+    from aiayn.generate import Translator
+    from aiayn.io.checkpoint import load_model
     from aiayn.train.config import TrainConfig
     from aiayn.train.trainer import Trainer
 
     run = tmp_path / "run"
     cfg = TrainConfig.from_dict({
-        "model": {"preset": "tiny", "d_model": 96, "d_ff": 256, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 2},
+        "model": {"preset": "tiny", "pre_norm": False, "d_model": 96, "d_ff": 256, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 2},
         "max_tokens": 1500, "lr_schedule": "inverse_sqrt", "lr": 0.004, "warmup_steps": 40, "max_updates": 200,
         "save_every": 100, "validate_every": 0, "valid_bleu": False, "log_every": 10,
         "device": "cuda", "precision": "bf16",

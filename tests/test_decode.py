@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from aiayn.decode import SearchOptions, Translator, beam_search, greedy_search, length_penalty, sample
-from aiayn.model import Transformer, TransformerConfig
-from aiayn.train.checkpoint import load_model
+from aiayn.generate import Translator, beam_search, greedy_search, length_penalty, max_lengths, sample, special_tokens
+from aiayn.io.checkpoint import load_model
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
@@ -45,6 +44,23 @@ def forced_logprob(model, src_row, tokens):
     return sum(lprobs[i, t].item() for i, t in enumerate(target))
 
 
+def limits(model, src, max_len_a=1.0, max_len_b=50):
+    """What a search is given besides the model: its special ids and each sentence's length cap."""
+    return dict(special=special_tokens(model), max_len=max_lengths(model, src, max_len_a, max_len_b))
+
+
+def run_greedy(model, src, max_len_a=1.0, max_len_b=50, **kw):
+    return greedy_search(model, src, **limits(model, src, max_len_a, max_len_b), **kw)
+
+
+def run_beam(model, src, max_len_a=1.0, max_len_b=50, **kw):
+    return beam_search(model, src, **limits(model, src, max_len_a, max_len_b), **kw)
+
+
+def run_sample(model, src, max_len_a=1.0, max_len_b=50, **kw):
+    return sample(model, src, **limits(model, src, max_len_a, max_len_b), **kw)
+
+
 # ---------------------------------------------------------------- search
 def test_length_penalty_is_gnmt():
     assert length_penalty(10.0, 0.6) == pytest.approx(((5 + 10) / 6) ** 0.6)
@@ -56,14 +72,14 @@ def test_beam_one_equals_greedy(trained, sources):
     model, _ = trained
     texts, tok = sources
     src = as_batch(tok.encode(texts))
-    greedy = greedy_search(model, src)
-    exact = beam_search(model, src, beam=1, alpha=0.0)  # no length penalty: nothing can beat a finished greedy step
-    early = beam_search(model, src, beam=1, alpha=0.6, early_stop=True)
+    greedy = run_greedy(model, src)
+    exact = run_beam(model, src, beam=1, alpha=0.0)  # no length penalty: nothing can beat a finished greedy step
+    early = run_beam(model, src, beam=1, alpha=0.6, early_stop=True)
     assert [g.tokens for g in greedy] == [b[0].tokens for b in exact] == [b[0].tokens for b in early]
     for g, b in zip(greedy, exact):
         assert g.logprob == pytest.approx(b[0].logprob, abs=1e-4)
     # with α = 0.6 and exact stopping, beam 1 may search further, and never scores worse than greedy
-    searched = beam_search(model, src, beam=1, alpha=0.6)
+    searched = run_beam(model, src, beam=1, alpha=0.6)
     for g, b in zip(greedy, searched):
         greedy_score = g.logprob / length_penalty(len(g.tokens) + 1.0, 0.6)
         assert b[0].score >= greedy_score - 1e-4
@@ -73,7 +89,7 @@ def test_scores_are_normalised_log_probabilities(trained, sources):
     model, _ = trained
     texts, tok = sources
     src = as_batch(tok.encode(texts[:6]))
-    results = beam_search(model, src, beam=4, alpha=0.6, nbest=3)
+    results = run_beam(model, src, beam=4, alpha=0.6, nbest=3)
     for row, hyps in zip(src, results):
         assert len(hyps) == 3 and hyps[0].score >= hyps[1].score >= hyps[2].score
         assert len({tuple(h.tokens) for h in hyps}) == 3
@@ -114,19 +130,16 @@ class ScriptedModel:
     def __init__(self, table):
         self.table = table  # prefix tuple -> {token: prob}
 
-    def encode(self, src):
-        return src.size(0)
-
-    def init_cache(self, n_sentences):
+    def start(self, src):
         cache = ScriptedCache(0)
-        cache.n_sentences = n_sentences
+        cache.n_sentences = src.size(0)
         return cache
 
-    def decode_step(self, tokens, cache):
+    def step(self, tokens, cache):
         if not cache.prefix:
             cache.prefix = [[] for _ in range(tokens.size(0))]
         logits = torch.full((tokens.size(0), self.config.tgt_vocab_size), -30.0)
-        for row, token in enumerate(tokens.tolist()):
+        for row, token in enumerate(tokens[:, -1].tolist()):
             if token != BOS:
                 cache.prefix[row].append(token)
             dist = self.table.get(tuple(cache.prefix[row]), {EOS: 1.0})
@@ -144,9 +157,9 @@ def test_beam_search_finds_what_greedy_misses():
     }
     model = ScriptedModel(table)
     src = torch.tensor([[7, EOS], [7, EOS]])
-    greedy = greedy_search(model, src, max_len_b=5)
+    greedy = run_greedy(model, src, max_len_b=5)
     assert greedy[0].tokens[0] == A
-    best = beam_search(model, src, beam=2, alpha=0.0, max_len_b=5)
+    best = run_beam(model, src, beam=2, alpha=0.0, max_len_b=5)
     assert best[0][0].tokens == [B] and best[1][0].tokens == [B]
     assert best[0][0].logprob == pytest.approx(math.log(0.4 * 0.99), abs=1e-5)
     assert greedy[0].logprob < best[0][0].logprob
@@ -159,8 +172,8 @@ def test_finished_hypotheses_wait_until_nothing_can_beat_them():
     table = {(): {EOS: 0.55, A: 0.45}, (A,): {B: 1.0}, (A, B): {EOS: 1.0}}
     model = ScriptedModel(table)
     src = torch.tensor([[7, EOS]])
-    exact = beam_search(model, src, beam=1, alpha=2.0, max_len_b=5)[0][0]
-    early = beam_search(model, src, beam=1, alpha=2.0, max_len_b=5, early_stop=True)[0][0]
+    exact = run_beam(model, src, beam=1, alpha=2.0, max_len_b=5)[0][0]
+    early = run_beam(model, src, beam=1, alpha=2.0, max_len_b=5, early_stop=True)[0][0]
     # [] scores log .55 / lp(1); [A, B] scores log .45 / lp(3): higher with α = 2
     assert exact.tokens == [A, B] and early.tokens == []
     assert exact.score == pytest.approx(math.log(0.45) / ((5 + 3) / 6) ** 2.0, abs=1e-5)
@@ -171,7 +184,7 @@ def test_length_cap(trained, sources):
     texts, tok = sources
     src = as_batch(tok.encode(texts[:8]))
     src_len = src.ne(PAD).sum(1) - 1
-    for hyps in (greedy_search(model, src, max_len_a=0.5, max_len_b=2), [h[0] for h in beam_search(model, src, beam=3, max_len_a=0.5, max_len_b=2)]):
+    for hyps in (run_greedy(model, src, max_len_a=0.5, max_len_b=2), [h[0] for h in run_beam(model, src, beam=3, max_len_a=0.5, max_len_b=2)]):
         for h, n in zip(hyps, src_len.tolist()):
             assert len(h.tokens) + 1 <= int(0.5 * n) + 2
 
@@ -180,13 +193,13 @@ def test_batched_equals_one_by_one(trained, sources):
     model, _ = trained
     texts, tok = sources
     ids = tok.encode(texts)
-    batch = beam_search(model, as_batch(ids), beam=4)
+    batch = run_beam(model, as_batch(ids), beam=4)
     for seq, hyps in zip(ids, batch):
-        alone = beam_search(model, as_batch([seq]), beam=4)[0]
+        alone = run_beam(model, as_batch([seq]), beam=4)[0]
         assert alone[0].tokens == hyps[0].tokens
         assert alone[0].score == pytest.approx(hyps[0].score, abs=1e-4)
-    greedy = greedy_search(model, as_batch(ids))
-    assert [g.tokens for g in greedy] == [greedy_search(model, as_batch([s]))[0].tokens for s in ids]
+    greedy = run_greedy(model, as_batch(ids))
+    assert [g.tokens for g in greedy] == [run_greedy(model, as_batch([s]))[0].tokens for s in ids]
 
 
 class Uncached(torch.nn.Module):
@@ -196,14 +209,11 @@ class Uncached(torch.nn.Module):
         super().__init__()
         self.inner, self.config = model, model.config
 
-    def encode(self, src):
-        return self.inner.encode(src)
+    def start(self, src):
+        return UncachedState(self.inner.encode(src), None)
 
-    def init_cache(self, enc):
-        return UncachedState(enc, None)
-
-    def decode_step(self, tokens, state):
-        state.prefix = tokens[:, None] if state.prefix is None else torch.cat([state.prefix, tokens[:, None]], 1)
+    def step(self, tokens, state):
+        state.prefix = tokens if state.prefix is None else torch.cat([state.prefix, tokens], 1)
         group = state.prefix.size(0) // state.enc.states.size(0)
         enc = type(state.enc)(state.enc.states.repeat_interleave(group, 0), state.enc.mask.repeat_interleave(group, 0))
         hidden, _ = self.inner.decode(state.prefix, enc)
@@ -229,23 +239,23 @@ def test_cached_and_uncached_decoding_agree(trained, sources):
     model, _ = trained
     texts, tok = sources
     src = as_batch(tok.encode(texts[:10]))
-    cached = beam_search(model, src, beam=4, nbest=2)
-    uncached = beam_search(Uncached(model), src, beam=4, nbest=2)
+    cached = run_beam(model, src, beam=4, nbest=2)
+    uncached = run_beam(Uncached(model), src, beam=4, nbest=2)
     assert [[h.tokens for h in hs] for hs in cached] == [[h.tokens for h in hs] for hs in uncached]
     for a, b in zip(cached, uncached):
         assert a[0].score == pytest.approx(b[0].score, abs=1e-4)
-    assert [h.tokens for h in greedy_search(model, src)] == [h.tokens for h in greedy_search(Uncached(model), src)]
+    assert [h.tokens for h in run_greedy(model, src)] == [h.tokens for h in run_greedy(Uncached(model), src)]
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(trained, sources):
     model, _ = trained
     texts, tok = sources
     src = as_batch(tok.encode(texts[:6]))
-    draw = lambda seed, **kw: [h.tokens for h in sample(model, src, generator=torch.Generator().manual_seed(seed), **kw)]  # noqa: E731
+    draw = lambda seed, **kw: [h.tokens for h in run_sample(model, src, generator=torch.Generator().manual_seed(seed), **kw)]  # noqa: E731
     assert draw(1) == draw(1)
     assert draw(1) != draw(2)
-    assert draw(3, top_k=1) == [h.tokens for h in greedy_search(model, src)]
-    assert draw(3, top_p=1e-6) == [h.tokens for h in greedy_search(model, src)]
+    assert draw(3, top_k=1) == [h.tokens for h in run_greedy(model, src)]
+    assert draw(3, top_p=1e-6) == [h.tokens for h in run_greedy(model, src)]
     assert draw(4, temperature=0.7, top_k=5, top_p=0.9)  # runs
 
 
@@ -270,10 +280,10 @@ def test_translate_keeps_order_empty_lines_and_warns_on_long_lines(trained, sour
 
 @pytest.mark.parametrize("has_bf16", [False, True])
 def test_bf16_on_a_cpu_without_bf16_units_warns(trained, monkeypatch, has_bf16):
-    import aiayn.decode.translate as translate
+    from aiayn import runtime
 
     model, ckpt = trained
-    monkeypatch.setattr(translate, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
     warnings = []
     Translator(model, *ckpt.tokenizers, precision="bf16", device="cpu", warn=warnings.append)
     Translator(model, *ckpt.tokenizers, precision="fp32", device="cpu", warn=warnings.append)

@@ -19,13 +19,18 @@ ctranslate2 = pytest.importorskip("ctranslate2")
 
 from aiayn.cli import main  # noqa: E402
 from aiayn.data.tokenizer import Tokenizer  # noqa: E402
-from aiayn.decode import SearchOptions, Translator, beam_search  # noqa: E402
-from aiayn.decode.search import max_lengths  # noqa: E402
-from aiayn.decode.translate import source_batch  # noqa: E402
+from aiayn.generate import (  # noqa: E402
+    SearchOptions,
+    Translator,
+    beam_search,
+    max_lengths,  # noqa: E402
+)
+from aiayn.generate.translate import source_batch  # noqa: E402
 from aiayn.interop.ctranslate2 import CTranslate2Translator, export_ctranslate2, translate_ctranslate2  # noqa: E402
 from aiayn.interop.hf_marian import InteropError, export_marian, import_marian, permute_residual, residual_permutation  # noqa: E402
-from aiayn.model import Transformer, TransformerConfig  # noqa: E402
-from aiayn.train.checkpoint import load_model, save_model  # noqa: E402
+from aiayn.io.checkpoint import load_model, save_model  # noqa: E402
+from aiayn.models import Transformer, TransformerConfig  # noqa: E402
+from aiayn.tasks.translation import tokenizer_assets  # noqa: E402
 
 MAX_LENGTH = 24  # HF generate's max_length (decoder start included): aiayn's cap is MAX_LENGTH - 1 tokens, EOS included
 CAPPED = MAX_LENGTH - 2  # output tokens (EOS excluded) of a hypothesis that reached the cap
@@ -324,7 +329,7 @@ def test_export_of_an_aiayn_trained_model_to_hf(trained_run, shipped, tmp_path):
 
 def test_interleaved_positions_are_a_permutation_of_marians():
     torch.manual_seed(0)
-    cfg = TransformerConfig.preset("tiny", vocab_size=50, d_model=32, d_ff=64, n_heads=4, output_bias=True, dropout=0.0)
+    cfg = TransformerConfig.preset("tiny", pre_norm=False, vocab_size=50, d_model=32, d_ff=64, n_heads=4, output_bias=True, dropout=0.0)
     model = Transformer(cfg).eval()
     perm = residual_permutation(cfg.d_model, "interleaved")
     concat = Transformer(TransformerConfig.from_dict({**cfg.to_dict(), "positional_layout": "concat"})).eval()
@@ -337,8 +342,8 @@ def test_interleaved_positions_are_a_permutation_of_marians():
                                            (dict(layer_norm_eps=1e-6), "ε=1e-06")])
 def test_export_refuses_what_marian_cannot_express(change, match, imported, tmp_path):
     _, ckpt = load_model(imported)
-    cfg = TransformerConfig.preset("tiny", vocab_size=ckpt.config.src_vocab_size, pad_id=ckpt.config.pad_id, eos_id=0, unk_id=1, **change)
-    save_model(tmp_path / "m.safetensors", Transformer(cfg), ckpt.tokenizers)
+    cfg = TransformerConfig.preset("tiny", pre_norm=False, vocab_size=ckpt.config.src_vocab_size, pad_id=ckpt.config.pad_id, eos_id=0, unk_id=1, **change)
+    save_model(tmp_path / "m.safetensors", Transformer(cfg), tokenizer_assets(*ckpt.tokenizers))
     with pytest.raises(InteropError, match=match):
         export_marian(tmp_path / "m.safetensors", tmp_path / "hf")
 
@@ -394,7 +399,7 @@ def test_ctranslate2_of_an_imported_model(imported, hf_export, texts, tmp_path):
 # ---------------------------------------------------------------- fine-tuning and the command line
 def test_fine_tune_an_imported_model(imported, shipped, tmp_path):
     from aiayn.data import ParallelDataset, PrepareOptions, load_tokenizers, prepare
-    from aiayn.train.checkpoint import read_checkpoint
+    from aiayn.io.checkpoint import read_checkpoint
     from aiayn.train.config import TrainConfig
     from aiayn.train.trainer import Trainer
 
@@ -417,7 +422,7 @@ def test_fine_tune_an_imported_model(imported, shipped, tmp_path):
     assert Translator(tuned, *tuned_ckpt.tokenizers, beam=2, max_len_b=5).translate(["In the beginning"])[0].tokens is not None
     # the same weights and sentencepiece models without the vocab.json mapping are another vocabulary
     unmapped = (Tokenizer(ckpt.src_tokenizer.proto), Tokenizer(ckpt.tgt_tokenizer.proto))
-    save_model(tmp_path / "unmapped.safetensors", tuned, unmapped)
+    save_model(tmp_path / "unmapped.safetensors", tuned, tokenizer_assets(*unmapped))
     with pytest.raises(ValueError, match="vocabulary differs.*--vocab-from"):
         Trainer(cfg, data, tmp_path / "run2", init_from=tmp_path / "unmapped.safetensors", log=lambda *a: None)
 

@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from aiayn.model import Transformer, TransformerConfig, scaled_dot_product_attention, sinusoid_table
+from aiayn.models import Transformer, TransformerConfig
+from aiayn.nn import scaled_dot_product_attention, sinusoid_table
 
 PAD = 0
 
 
 def tiny(vocab=50, **overrides):
     torch.manual_seed(0)
-    cfg = TransformerConfig.preset("tiny", vocab_size=vocab, dropout=0.0, **overrides)
+    cfg = TransformerConfig.preset("tiny", pre_norm=False, vocab_size=vocab, dropout=0.0, **overrides)
     return Transformer(cfg).eval()
 
 
@@ -68,13 +69,13 @@ def test_embeddings_are_scaled_and_tied():
     x = model.embed(tokens, model.src_embed)
     expected = model.src_embed.weight[tokens] * math.sqrt(128) + sinusoid_table(2, 128)
     torch.testing.assert_close(x, expected)
-    untied = Transformer(TransformerConfig.preset("tiny", src_vocab_size=40, tgt_vocab_size=30, share_embeddings=False, tie_output=False))
+    untied = Transformer(TransformerConfig.preset("tiny", pre_norm=False, src_vocab_size=40, tgt_vocab_size=30, share_embeddings=False, tie_output=False))
     assert untied.src_embed is not untied.tgt_embed and untied.output_proj.weight is not untied.tgt_embed.weight
     assert untied(torch.tensor([[39, 5]]), torch.tensor([[29]])).shape == (1, 1, 30)
 
 
 def test_dropout_keeps_1_minus_p_and_rescales():
-    from aiayn.model.layers import Dropout
+    from aiayn.nn.blocks import Dropout
 
     torch.manual_seed(0)
     drop = Dropout(0.1)
@@ -118,30 +119,33 @@ def test_incremental_decoding_equals_full_forward(variant):
     src = padded_batch(lengths=(7, 3, 5))
     tgt = padded_batch(lengths=(6, 6, 6), seed=2)
     full = model(src, tgt)  # [B, T, V]
-    cache = model.init_cache(model.encode(src))
-    steps = torch.stack([model.decode_step(tgt[:, t], cache) for t in range(tgt.size(1))], dim=1)
+    state = model.start(src)
+    steps = torch.stack([model.step(tgt[:, t : t + 1], state) for t in range(tgt.size(1))], dim=1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
-    assert cache.length == tgt.size(1)
+    assert state.length == tgt.size(1)
+    # a multi-token prefill (the first 4 tokens at once), then one step, gives the same logits
+    state = model.start(src)
+    torch.testing.assert_close(model.step(tgt[:, :4], state), full[:, 3], atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.step(tgt[:, 4:5], state), full[:, 4], atol=1e-5, rtol=0)
 
 
 def test_cache_reorder_and_select_follow_the_hypotheses():
     model = tiny()
     src = padded_batch(lengths=(5, 3))
-    enc = model.encode(src)
     G = 3  # hypotheses per sentence
-    cache = model.init_cache(enc)
+    cache = model.start(src)
     tgt = padded_batch(lengths=(4,) * 6, seed=3)  # 6 = 2 sentences × 3 hypotheses
     for t in range(2):
-        model.decode_step(tgt[:, t], cache)
+        model.step(tgt[:, t : t + 1], cache)
     order = torch.tensor([2, 2, 0, 4, 3, 3])  # each hypothesis continues one of its own sentence
     cache.reorder(order)
-    got = model.decode_step(tgt[:, 2], cache)
+    got = model.step(tgt[:, 2:3], cache)
     # reference: run the reordered prefixes from scratch
     prefix = torch.cat([tgt[order, :2], tgt[:, 2:3]], dim=1)
     ref = model(src.repeat_interleave(G, 0), prefix)[:, -1]
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     cache.select(torch.tensor([1]))  # drop sentence 0
-    got = model.decode_step(tgt[3:, 3], cache)
+    got = model.step(tgt[3:, 3:4], cache)
     prefix = torch.cat([prefix[3:], tgt[3:, 3:4]], dim=1)
     ref = model(src[1:2].repeat_interleave(G, 0), prefix)[:, -1]
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
@@ -167,7 +171,7 @@ def test_padding_changes_nothing():
 def test_padding_is_skipped_and_a_padded_batch_equals_its_sentences_alone():
     """Position-wise work runs on the real tokens only (Packing); outputs and gradients of a batch
     padded on both sides equal those of each sentence run alone (no padding, so no packing)."""
-    from aiayn.model.attention import Packing
+    from aiayn.nn.attention import Packing
 
     mask = torch.tensor([[True, True, True], [True, False, False]])
     packing = Packing.of(mask)
@@ -177,7 +181,7 @@ def test_padding_is_skipped_and_a_padded_batch_equals_its_sentences_alone():
     assert packing.unpack(packing.pack(x)).view(-1).tolist() == [0.0, 1.0, 2.0, 3.0, 0.0, 0.0]
 
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig.preset("tiny", vocab_size=50, dropout=0.0))  # train mode: the gradient path
+    model = Transformer(TransformerConfig.preset("tiny", pre_norm=False, vocab_size=50, dropout=0.0))  # train mode: the gradient path
     src_len, tgt_len = (7, 3, 5), (4, 6, 2)
     src, tgt = padded_batch(lengths=src_len), padded_batch(lengths=tgt_len, seed=2)
     real = tgt.ne(PAD)
@@ -233,7 +237,7 @@ def test_future_target_tokens_change_no_earlier_output():
 def test_matches_torch_nn_transformer():
     """With our weights copied in, torch.nn.Transformer (post-norm, relu, same masks) gives the same outputs."""
     torch.manual_seed(0)
-    cfg = TransformerConfig.preset("tiny", vocab_size=50, n_encoder_layers=3, n_decoder_layers=2)
+    cfg = TransformerConfig.preset("tiny", pre_norm=False, vocab_size=50, n_encoder_layers=3, n_decoder_layers=2)
     model = Transformer(cfg).eval()
     d, h = cfg.d_model, cfg.n_heads
     with torch.no_grad():  # random LayerNorm affine parameters and biases, so that they are compared too
@@ -290,13 +294,13 @@ def test_matches_torch_nn_transformer():
 def test_flops_helper_agrees_with_torch_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = TransformerConfig.preset("tiny", vocab_size=300)
+    cfg = TransformerConfig.preset("tiny", pre_norm=False, vocab_size=300)
     model = Transformer(cfg).eval()
     B, S, T = 4, 12, 10
     src, tgt = torch.randint(4, 300, (B, S)), torch.randint(4, 300, (B, T))
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from aiayn.model.linear import gemm_library
+    from aiayn.runtime import gemm_library
 
     counter = FlopCounterMode(display=False)  # it sees aten's matmuls, not oneDNN's
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH), gemm_library("mkl"):  # attention as plain matmuls too
@@ -313,7 +317,7 @@ def test_tiny_model_learns_to_reverse():
     """A `tiny` Transformer learns to reverse short sequences to 100% token accuracy."""
     torch.manual_seed(0)
     vocab, bos, eos = 16, 2, 3
-    cfg = TransformerConfig.preset("tiny", vocab_size=vocab, dropout=0.0, n_encoder_layers=2, n_decoder_layers=2)
+    cfg = TransformerConfig.preset("tiny", pre_norm=False, vocab_size=vocab, dropout=0.0, n_encoder_layers=2, n_decoder_layers=2)
     model = Transformer(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.9, 0.98), eps=1e-9)
 
@@ -326,12 +330,12 @@ def test_tiny_model_learns_to_reverse():
     def greedy_accuracy(src, tgt_out) -> float:  # decoding with the cache: no teacher forcing
         model.eval()
         with torch.no_grad():
-            cache = model.init_cache(model.encode(src))
-            token = torch.full((src.size(0),), bos)
+            state = model.start(src)
+            token = torch.full((src.size(0), 1), bos)
             out = []
             for _ in range(tgt_out.size(1)):
-                token = model.decode_step(token, cache).argmax(-1)
-                out.append(token)
+                token = model.step(token, state).argmax(-1, keepdim=True)
+                out.append(token[:, 0])
         model.train()
         return (torch.stack(out, 1) == tgt_out).float().mean().item()
 
@@ -358,10 +362,10 @@ def test_tiny_model_learns_to_reverse():
 def test_onednn_products_agree_with_mkl_and_follow_weight_changes():
     import copy
 
-    from aiayn.model.linear import gemm_library
+    from aiayn.runtime import gemm_library
 
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig.preset("tiny", vocab_size=300)).eval()
+    model = Transformer(TransformerConfig.preset("tiny", pre_norm=False, vocab_size=300)).eval()
     src, tgt = torch.randint(4, 300, (3, 9)), torch.randint(4, 300, (3, 7))
     with torch.no_grad():
         with gemm_library("mkl"):
@@ -383,17 +387,19 @@ def test_onednn_products_agree_with_mkl_and_follow_weight_changes():
     assert model.output_proj.weight.grad is not None
 
 
-def test_compile_layers_keeps_parameters_and_copies_cleanly():
-    """compile_layers() leaves the parameters and state-dict keys alone, is used only in training,
+def test_compile_stacks_keeps_parameters_and_copies_cleanly():
+    """compile_stacks() leaves the parameters and state-dict keys alone, is used only in training,
     and a copy or pickle of the model leaves the compiled forms behind."""
     import copy
     import pickle
 
-    model = Transformer(TransformerConfig.preset("tiny", vocab_size=50))
+    from aiayn.train.trainer import compile_stacks
+
+    model = Transformer(TransformerConfig.preset("tiny", pre_norm=False, vocab_size=50))
     keys = list(model.state_dict())
-    model.compile_layers()  # torch.compile wraps lazily: nothing is compiled until a call
+    compile_stacks(model)  # torch.compile wraps lazily: nothing is compiled until a call
     assert list(model.state_dict()) == keys
     layer = model.encoder_layers[0]
-    assert model.compiled(layer) is not layer and model.eval().compiled(layer) is layer
+    assert model.encoder_layers._run(layer) is not layer and model.eval().encoder_layers._run(layer) is layer
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert clone.compiled_layers == {} and list(clone.state_dict()) == keys
+        assert clone.encoder_layers._compiled == {} and clone.decoder_layers._compiled == {} and list(clone.state_dict()) == keys

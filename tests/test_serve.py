@@ -23,7 +23,7 @@ httpx = pytest.importorskip("httpx")
 
 from _serving import LiveServer  # noqa: E402
 
-from aiayn.decode.translate import SearchOptions, Translation  # noqa: E402
+from aiayn.generate.translate import SearchOptions, Translation  # noqa: E402
 from aiayn.serve import Batcher, DecodeKey, ServeSettings, create_app, load_translator  # noqa: E402
 
 SENTENCES = [
@@ -143,7 +143,7 @@ def test_models_health_docs_and_page(translator):
 
 
 def test_attention_endpoint_is_the_data_of_aiayn_attention(translator):
-    from aiayn.attention import attention_maps
+    from aiayn.heatmaps import attention_maps
 
     async def main():
         async with api(translator, max_attention_tokens=30) as client:
@@ -298,14 +298,14 @@ def test_a_batch_whose_callers_all_left_stops_decoding(translator, monkeypatch):
     """When every caller of a batch has timed out, its search stops at the next step instead of
     running on to the length cap, and the model thread is free again."""
     steps = []
-    decode_step = translator.model.decode_step
+    step = translator.model.step
 
     def slow_step(*args, **kw):
         steps.append(None)
         time.sleep(0.05)
-        return decode_step(*args, **kw)
+        return step(*args, **kw)
 
-    monkeypatch.setattr(translator.model, "decode_step", slow_step)
+    monkeypatch.setattr(translator.model, "step", slow_step)
     to_the_cap = copy.copy(translator)
     to_the_cap.options = replace(translator.options, min_len=400)  # no EOS before 400 tokens: 20 s of steps
 
@@ -422,7 +422,7 @@ def test_batcher_groups_only_compatible_requests_and_respects_its_limits():
     jobs, results, batches = run(main())
     for (text, key, _), result in zip(jobs, results):
         assert [r.text for r in result] == [f"{text} @{key.beam}"]
-    for texts, beam, nbest, _ in fake.calls:
+    for texts, _beam, _nbest, _ in fake.calls:
         assert len(texts) <= 5
         owners = {next(k for t, k, _ in jobs if t == text) for text in texts}
         assert len(owners) == 1  # one set of search options per decode call

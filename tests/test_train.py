@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aiayn.train.checkpoint import CheckpointError, average_checkpoints, list_checkpoints, read_checkpoint
+from aiayn.io.checkpoint import CheckpointError, average_checkpoints, list_checkpoints, read_checkpoint
 from aiayn.train.config import TrainConfig, load_config, parse_overrides
 from aiayn.train.loss import label_smoothed_nll
 from aiayn.train.schedule import inverse_sqrt_lr, paper_lr
@@ -22,7 +22,7 @@ from aiayn.train.trainer import Trainer, TrainingError
 
 # a small, fast recipe for tests
 FAST = {
-    "model": {"preset": "tiny", "d_model": 64, "d_ff": 128, "n_heads": 4, "n_encoder_layers": 1, "n_decoder_layers": 1, "dropout": 0.1},
+    "model": {"preset": "tiny", "pre_norm": False, "d_model": 64, "d_ff": 128, "n_heads": 4, "n_encoder_layers": 1, "n_decoder_layers": 1, "dropout": 0.1},
     "max_tokens": 400, "lr_schedule": "inverse_sqrt", "lr": 0.003, "warmup_steps": 20, "log_every": 1000,
     "validate_every": 0, "valid_bleu": False, "save_every": 10, "threads": 1,
 }
@@ -251,14 +251,17 @@ def test_compiled_layers_train_like_eager(small_dataset, tmp_path):
 
 
 def test_nan_loss_is_skipped_and_counted(small_dataset, tmp_path, monkeypatch):
+    from aiayn.tasks.translation import LossModel
+
     calls = {"n": 0}
-    original = Trainer._inject
+    original = LossModel.forward
 
-    def inject(self, loss):
+    def inject(self, *batch):  # the third batch's loss is NaN
         calls["n"] += 1
-        return loss * float("nan") if calls["n"] == 3 else original(self, loss)
+        loss, nll = original(self, *batch)
+        return (loss * float("nan") if calls["n"] == 3 else loss), nll
 
-    monkeypatch.setattr(Trainer, "_inject", inject)
+    monkeypatch.setattr(LossModel, "forward", inject)
     summary = train(small_dataset, tmp_path / "run", max_updates=6)
     assert summary["nonfinite"] == 1 and summary["updates"] == 6
     state = torch.load(tmp_path / "run" / "checkpoints" / "step-00000006.state.pt", weights_only=True)
@@ -268,7 +271,10 @@ def test_nan_loss_is_skipped_and_counted(small_dataset, tmp_path, monkeypatch):
 
 
 def test_nan_losses_in_a_row_stop_with_a_clear_message(small_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(Trainer, "_inject", lambda self, loss: loss * float("nan"))
+    from aiayn.tasks.translation import LossModel
+
+    original = LossModel.forward
+    monkeypatch.setattr(LossModel, "forward", lambda self, *batch: (original(self, *batch)[0] * float("nan"), original(self, *batch)[1]))
     with pytest.raises(TrainingError, match="5 non-finite losses in a row at update 1: training has diverged"):
         train(small_dataset, tmp_path / "run", max_updates=10)
 

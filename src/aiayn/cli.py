@@ -106,7 +106,6 @@ def _add_train(sub):
 
 
 def _run_train(args, extra):
-    import dataclasses
 
     import yaml
 
@@ -150,7 +149,7 @@ def _add_average(sub):
 
 
 def _run_average(args):
-    from aiayn.train.checkpoint import average_checkpoints, list_checkpoints
+    from aiayn.io.checkpoint import average_checkpoints, list_checkpoints
 
     if args.checkpoints:
         paths = args.checkpoints
@@ -191,30 +190,37 @@ def _add_search_options(p):
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision for decoding")
 
 
-def _translator(args, models: list[str]):
-    import torch
+def _search_options(args):
+    from aiayn.generate.translate import SearchOptions
 
-    from aiayn.decode.translate import SearchOptions, Translator
-    from aiayn.train.checkpoint import load_model
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    loaded = [load_model(m, device) for m in models]
-    first = loaded[0][1]
-    for _, ckpt in loaded[1:]:
-        if ckpt.src_tokenizer.sha256 != first.src_tokenizer.sha256 or ckpt.tgt_tokenizer.sha256 != first.tgt_tokenizer.sha256:
-            raise UserError(f"{ckpt.path} has another vocabulary than {first.path}: an ensemble needs one vocabulary")
-    options = SearchOptions(
+    return SearchOptions(
         beam=args.beam, alpha=args.alpha, lp_style=args.lp_style, max_len_a=args.max_len_a, max_len_b=args.max_len_b, min_len=args.min_len,
         nbest=args.nbest, early_stop=args.early_stop or False, sampling=args.sampling, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )
-    return Translator([m for m, _ in loaded], *first.tokenizers, options=options, max_tokens=args.max_tokens,
-                      device=device, precision=args.precision, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _translator(args, models: list[str]):
+    from aiayn import runtime
+    from aiayn.generate.translate import Translator
+    from aiayn.io.checkpoint import load_model
+    from aiayn.tasks.translation import vocabulary_id
+
+    device = runtime.device(args.device)
+    loaded = [load_model(m, device) for m in models]
+    first = loaded[0][1]
+    for _, ckpt in loaded[1:]:
+        if vocabulary_id(*ckpt.tokenizers) != vocabulary_id(*first.tokenizers):
+            raise UserError(f"{ckpt.path} has another vocabulary than {first.path}: an ensemble needs one vocabulary")
+    return Translator([m for m, _ in loaded], *first.tokenizers, options=_search_options(args), max_tokens=args.max_tokens,
+                      device=device, precision=args.precision, warn=_warn)
 
 
 def _ctranslate2_translator(args):
-    from aiayn.decode.translate import SearchOptions
-
     try:
         from aiayn.interop.ctranslate2 import CTranslate2Translator
     except ImportError as e:
@@ -223,13 +229,9 @@ def _ctranslate2_translator(args):
         raise UserError("--engine ctranslate2 translates with one model, not an ensemble")
     if args.print_alignment is not None:
         raise UserError("--print-alignment is not available with --engine ctranslate2")
-    options = SearchOptions(
-        beam=args.beam, alpha=args.alpha, lp_style=args.lp_style, max_len_a=args.max_len_a, max_len_b=args.max_len_b, min_len=args.min_len,
-        nbest=args.nbest, sampling=args.sampling, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-    )
     compute_type = {"fp32": "default", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
-    return CTranslate2Translator(args.model[0], options=options, device=args.device, compute_type=compute_type, max_tokens=args.max_tokens or 4096,
-                                 warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    return CTranslate2Translator(args.model[0], options=_search_options(args), device=args.device, compute_type=compute_type,
+                                 max_tokens=args.max_tokens or 4096, warn=_warn)
 
 
 def _add_translate(sub):
@@ -348,9 +350,9 @@ def _add_attention(sub):
 def _run_attention(args):
     import json
 
-    from aiayn.attention import attention_maps, render
-    from aiayn.decode.translate import Translator
-    from aiayn.train.checkpoint import load_model
+    from aiayn.generate.translate import Translator
+    from aiayn.heatmaps import attention_maps, render
+    from aiayn.io.checkpoint import load_model
 
     model, ckpt = load_model(args.model, args.device)
     translator = Translator(model, *ckpt.tokenizers, beam=args.beam, device=args.device)

@@ -14,12 +14,12 @@ EXAMPLE = "In the beginning God created the heavens and the earth."
 
 
 def quickstart(out: str | Path = "quickstart", minutes: float = 3.0, test_sentences: int = 500, log=print) -> dict:
-    from aiayn.attention import attention_maps, render
     from aiayn.data.binarize import PrepareOptions, prepare
     from aiayn.data.shipped import write_shipped_corpus
-    from aiayn.decode.translate import Translator
     from aiayn.evaluate import evaluate
-    from aiayn.train.checkpoint import average_checkpoints, list_checkpoints, load_model
+    from aiayn.generate.translate import Translator
+    from aiayn.heatmaps import attention_maps, render
+    from aiayn.io.checkpoint import average_checkpoints, list_checkpoints, load_model
     from aiayn.train.config import load_config
     from aiayn.train.trainer import Trainer
 

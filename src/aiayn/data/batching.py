@@ -36,6 +36,21 @@ class Batch:
     def __len__(self) -> int:
         return self.src.size(0)
 
+    @property
+    def inputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """What the task's loss model takes."""
+        return self.src, self.tgt_in, self.tgt_out
+
+    @property
+    def loss_tokens(self) -> int:
+        """The tokens the loss is summed over (it is normalised by their number)."""
+        return self.tgt_tokens
+
+    @property
+    def tokens(self) -> int:
+        """Real tokens, both sides (for throughput)."""
+        return self.src_tokens + self.tgt_tokens
+
 
 def collate(pairs: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int], pad: int, start: int, eos: int) -> Batch:
     """Pad a list of (source ids, target ids) into a Batch (EOS appended, start symbol prepended)."""
@@ -150,17 +165,6 @@ class TokenBucketSampler:
             batch = mine[self.position]
             self.position += 1
             yield batch
-
-    def state_dict(self) -> dict:
-        """Where this rank is: epoch and batches yielded so far (exact when batches are consumed as
-        they are yielded; with prefetching workers, set position to the batches really used)."""
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "max_tokens": self.max_tokens, "world_size": self.world_size}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "max_tokens", "world_size"):
-            if state.get(key, getattr(self, key)) != getattr(self, key):
-                raise ValueError(f"cannot resume: the sampler's {key} was {state[key]}, now {getattr(self, key)}")
-        self.set_epoch(state["epoch"], state["position"])
 
 
 class BatchDataset(torch.utils.data.Dataset):

@@ -61,7 +61,7 @@ def vocabulary_from(path: str | Path) -> tuple[Tokenizer, Tokenizer]:
     if path.is_file() and path.suffix != ".safetensors":
         tok = Tokenizer.from_file(path)
         return tok, tok
-    from aiayn.train.checkpoint import read_checkpoint, resolve_model_path  # a model: late import (no cycle)
+    from aiayn.io.checkpoint import read_checkpoint, resolve_model_path  # a model: late import (no cycle)
 
     return read_checkpoint(resolve_model_path(path)).tokenizers
 

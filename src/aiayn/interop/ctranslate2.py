@@ -37,8 +37,10 @@ import numpy as np
 import torch
 
 from aiayn.data.tokenizer import Tokenizer
-from aiayn.decode.translate import SearchOptions, Translation
-from aiayn.model import Transformer, sinusoid_table
+from aiayn.generate.translate import SearchOptions, Translation
+from aiayn.interop.weight_names import block_weights
+from aiayn.models import Transformer
+from aiayn.nn import sinusoid_table
 
 FORMAT = "aiayn-ctranslate2/1"
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
@@ -68,9 +70,10 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def transformer_spec(model: Transformer, tokenizers: tuple[Tokenizer, Tokenizer]):
     """CTranslate2's TransformerSpec holding this model's weights, vocabularies and special tokens."""
     _ct2()
-    from ctranslate2.specs import common_spec, transformer_spec as ts
+    from ctranslate2.specs import common_spec
+    from ctranslate2.specs import transformer_spec as ts
 
-    from aiayn.train.checkpoint import unique_tensors
+    from aiayn.io.checkpoint import unique_tensors
 
     cfg = model.config
     activations = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU, "swish": common_spec.Activation.SWISH,
@@ -104,26 +107,11 @@ def transformer_spec(model: Transformer, tokenizers: tuple[Tokenizer, Tokenizer]
     if cfg.pre_norm:
         norm(spec.encoder.layer_norm, "encoder_norm")
         norm(spec.decoder.layer_norm, "decoder_norm")
-    for i, layer in enumerate(spec.encoder.layer):
-        p = f"encoder_layers.{i}."
-        linear(layer.self_attention.linear[0], p + "self_attn.qkv_proj")  # fused q;k;v, as CTranslate2's
-        linear(layer.self_attention.linear[1], p + "self_attn.out_proj")
-        norm(layer.self_attention.layer_norm, p + "self_attn_norm")
-        linear(layer.ffn.linear_0, p + "ffn.w1")
-        linear(layer.ffn.linear_1, p + "ffn.w2")
-        norm(layer.ffn.layer_norm, p + "ffn_norm")
-    for i, layer in enumerate(spec.decoder.layer):
-        p = f"decoder_layers.{i}."
-        linear(layer.self_attention.linear[0], p + "self_attn.qkv_proj")
-        linear(layer.self_attention.linear[1], p + "self_attn.out_proj")
-        norm(layer.self_attention.layer_norm, p + "self_attn_norm")
-        linear(layer.attention.linear[0], p + "cross_attn.q_proj")
-        linear(layer.attention.linear[1], p + "cross_attn.kv_proj")  # fused k;v, as CTranslate2's
-        linear(layer.attention.linear[2], p + "cross_attn.out_proj")
-        norm(layer.attention.layer_norm, p + "cross_attn_norm")
-        linear(layer.ffn.linear_0, p + "ffn.w1")
-        linear(layer.ffn.linear_1, p + "ffn.w2")
-        norm(layer.ffn.layer_norm, p + "ffn_norm")
+    for side, i, ours, _marian, attr in block_weights(cfg):
+        target = getattr(spec, side).layer[i]
+        for part in attr.split("."):  # e.g. self_attention.linear.0
+            target = target[int(part)] if part.isdigit() else getattr(target, part)
+        (norm if ours.endswith("_norm") else linear)(target, ours)
     spec.decoder.projection.weight = w.get("output_proj.weight", emb_tgt)
     bias = w["final_logits_bias"].copy() if cfg.output_bias else np.zeros(cfg.tgt_vocab_size, dtype=np.float32)
     bias[cfg.pad_id] = PAD_LOGIT_BIAS
@@ -167,7 +155,7 @@ def _write_tokenizers(out: Path, model: Transformer, tokenizers: tuple[Tokenizer
 def export_ctranslate2(model_path: str | Path, out: str | Path, quantization: str | None = None, force: bool = False) -> Path:
     """`aiayn export MODEL --format ctranslate2 --out OUT [--quantization int8|int8_float32|float16|...]`."""
     ct2 = _ct2()
-    from aiayn.train.checkpoint import read_checkpoint, resolve_model_path
+    from aiayn.io.checkpoint import read_checkpoint, resolve_model_path
 
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r} (one of {', '.join(QUANTIZATIONS)})")

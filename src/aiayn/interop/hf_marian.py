@@ -34,7 +34,9 @@ import torch
 from torch import Tensor
 
 from aiayn.data.tokenizer import Tokenizer
-from aiayn.model import Transformer, TransformerConfig, sinusoid_table
+from aiayn.interop.weight_names import block_weights
+from aiayn.models import Transformer, TransformerConfig
+from aiayn.nn import ACTIVATIONS, sinusoid_table
 
 
 class InteropError(ValueError):
@@ -43,8 +45,8 @@ class InteropError(ValueError):
 
 MARIAN_FILES = ("config.json", "source.spm", "target.spm", "vocab.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu"}  # HF name -> aiayn (HF "gelu" is erf GELU)
-HF_ACTIVATION = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu"}  # aiayn name -> HF
+HF_ACTIVATION = {name: hf for name, (_, hf) in ACTIVATIONS.items()}  # aiayn name -> HF ("gelu" is the erf GELU in both)
+FROM_HF_ACTIVATION = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "swish": "swish", "silu": "swish"}  # HF name -> aiayn
 GENERATION_KEYS = ("num_beams", "max_length", "length_penalty", "early_stopping", "no_repeat_ngram_size", "min_length")
 LAYER_NORM_EPS = 1e-5  # HF's MarianMTModel uses nn.LayerNorm's default
 # BART-era switches some OPUS-MT config.json files still carry; MarianMTModel ignores them, so a
@@ -56,26 +58,8 @@ MARIAN_SWITCHES = {"normalize_before": False, "normalize_embedding": False, "add
 # ---------------------------------------------------------------- weight names
 def _layer_map(cfg: TransformerConfig):
     """(aiayn module, [HF modules]) per linear / layer norm; several HF modules are fused in order (q;k;v)."""
-    for i in range(cfg.n_encoder_layers):
-        a, h = f"encoder_layers.{i}.", f"encoder.layers.{i}."
-        yield a + "self_attn.qkv_proj", [h + "self_attn.q_proj", h + "self_attn.k_proj", h + "self_attn.v_proj"]
-        yield a + "self_attn.out_proj", [h + "self_attn.out_proj"]
-        yield a + "self_attn_norm", [h + "self_attn_layer_norm"]
-        yield a + "ffn.w1", [h + "fc1"]
-        yield a + "ffn.w2", [h + "fc2"]
-        yield a + "ffn_norm", [h + "final_layer_norm"]
-    for i in range(cfg.n_decoder_layers):
-        a, h = f"decoder_layers.{i}.", f"decoder.layers.{i}."
-        yield a + "self_attn.qkv_proj", [h + "self_attn.q_proj", h + "self_attn.k_proj", h + "self_attn.v_proj"]
-        yield a + "self_attn.out_proj", [h + "self_attn.out_proj"]
-        yield a + "self_attn_norm", [h + "self_attn_layer_norm"]
-        yield a + "cross_attn.q_proj", [h + "encoder_attn.q_proj"]
-        yield a + "cross_attn.kv_proj", [h + "encoder_attn.k_proj", h + "encoder_attn.v_proj"]
-        yield a + "cross_attn.out_proj", [h + "encoder_attn.out_proj"]
-        yield a + "cross_attn_norm", [h + "encoder_attn_layer_norm"]
-        yield a + "ffn.w1", [h + "fc1"]
-        yield a + "ffn.w2", [h + "fc2"]
-        yield a + "ffn_norm", [h + "final_layer_norm"]
+    for _side, _i, ours, marian, _ct2 in block_weights(cfg):
+        yield ours, marian
 
 
 def residual_permutation(d_model: int, layout: str) -> Tensor | None:
@@ -164,13 +148,13 @@ def marian_config(hf: dict, source: str = "config.json") -> dict:
         if hf.get(enc, 16 if "heads" in enc else 4096) != hf.get(dec, 16 if "heads" in dec else 4096):
             raise InteropError(f"{source}: {enc}={hf.get(enc)} differs from {dec}={hf.get(dec)}; aiayn needs them equal")
     activation = hf.get("activation_function", "gelu")
-    if activation not in ACTIVATIONS:
-        raise InteropError(f"{source}: activation_function {activation!r} is not supported (one of {', '.join(ACTIVATIONS)})")
+    if activation not in FROM_HF_ACTIVATION:
+        raise InteropError(f"{source}: activation_function {activation!r} is not supported (one of {', '.join(FROM_HF_ACTIVATION)})")
     return dict(
         d_model=int(hf.get("d_model", 1024)), n_heads=int(hf.get("encoder_attention_heads", 16)), d_ff=int(hf.get("encoder_ffn_dim", 4096)),
         n_encoder_layers=int(hf.get("encoder_layers", 12)), n_decoder_layers=int(hf.get("decoder_layers", 12)),
         dropout=float(hf.get("dropout", 0.1)), attn_dropout=float(hf.get("attention_dropout", 0.0)),
-        activation_dropout=float(hf.get("activation_dropout", 0.0)), activation=ACTIVATIONS[activation],
+        activation_dropout=float(hf.get("activation_dropout", 0.0)), activation=FROM_HF_ACTIVATION[activation],
         pre_norm=False, positional="sinusoidal", positional_layout="concat", max_positions=int(hf.get("max_position_embeddings", 1024)),
         scale_embedding=bool(hf.get("scale_embedding", False)), output_bias=True, bias=True, layer_norm_eps=LAYER_NORM_EPS,
     )
@@ -277,7 +261,7 @@ def read_marian(directory: str | Path) -> tuple[Transformer, tuple[Tokenizer, To
             if stored.shape != ours.shape or not torch.allclose(stored.float(), ours, atol=1e-4):
                 raise InteropError(f"{d}: {side}.embed_positions.weight is not Marian's sinusoid table")
     model = Transformer(cfg)
-    from aiayn.train.checkpoint import load_weights
+    from aiayn.io.checkpoint import load_weights
 
     try:
         load_weights(model, {k: v.float() for k, v in state.items()}, str(d))
@@ -294,7 +278,8 @@ def read_marian(directory: str | Path) -> tuple[Transformer, tuple[Tokenizer, To
 def import_marian(src: str | Path, out: str | Path) -> Path:
     """`aiayn import-hf SRC --out OUT`: write SRC (a Marian directory or hub name) as an aiayn weights file:
     OUT itself if it ends in .safetensors, else OUT/model.safetensors. Returns that path."""
-    from aiayn.train.checkpoint import save_model
+    from aiayn.io.checkpoint import save_model
+    from aiayn.tasks.translation import tokenizer_assets
 
     directory = resolve_source(src)
     model, tokenizers, extra = read_marian(directory)
@@ -303,7 +288,7 @@ def import_marian(src: str | Path, out: str | Path) -> Path:
     out = Path(out)
     path = out if out.suffix == ".safetensors" else out / "model.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(path, model, tokenizers, extra)
+    save_model(path, model, tokenizer_assets(*tokenizers), extra)
     return path
 
 
@@ -337,7 +322,7 @@ def check_exportable(cfg: TransformerConfig, what: str = "Marian") -> None:
 
 def marian_state(model: Transformer) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """aiayn weights as (HF Marian state dict without the "model." prefix, the embeddings by role)."""
-    from aiayn.train.checkpoint import unique_tensors
+    from aiayn.io.checkpoint import unique_tensors
 
     cfg = model.config
     tensors = unique_tensors(model)
@@ -434,7 +419,7 @@ def write_marian_tokenizer(out: Path, tokenizers: tuple[Tokenizer, Tokenizer]) -
 
 def export_marian(model_path: str | Path, out: str | Path, force: bool = False) -> Path:
     """`aiayn export MODEL --format hf --out OUT`: a directory MarianMTModel / MarianTokenizer load."""
-    from aiayn.train.checkpoint import read_checkpoint, resolve_model_path
+    from aiayn.io.checkpoint import read_checkpoint, resolve_model_path
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:

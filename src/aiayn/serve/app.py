@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiayn import __version__
-from aiayn.decode.translate import Translation, Translator
+from aiayn.generate.translate import Translation, Translator
 from aiayn.serve.batcher import Batcher, BatcherClosed, DecodeKey, QueueFull
 
 log = logging.getLogger("aiayn.serve")
@@ -205,7 +205,7 @@ class BodyLimit:
 def load_translator(model: str | Path, device: str = "auto", precision: str = "fp32") -> Translator:
     import torch
 
-    from aiayn.train.checkpoint import load_model
+    from aiayn.io.checkpoint import load_model
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -369,7 +369,7 @@ def _translation_out(translator: Translator, tr: Translation, req: TranslateRequ
 
 def _attention_json(translator: Translator, req: AttentionRequest) -> bytes:
     """On the model thread: the attention maps, rounded, already serialized (they can be large)."""
-    from aiayn.attention import attention_maps
+    from aiayn.heatmaps import attention_maps
 
     own = copy.copy(translator)
     own.options = DecodeKey(beam=req.beam).options(translator.options)

@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, TypeVar
 
-from aiayn.decode.search import SearchCancelled
-from aiayn.decode.translate import SearchOptions, Translation, Translator
+from aiayn.generate.search import SearchCancelled
+from aiayn.generate.translate import SearchOptions, Translation, Translator
 
 log = logging.getLogger("aiayn.serve")
 T = TypeVar("T")

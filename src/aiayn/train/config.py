@@ -45,7 +45,7 @@ class TrainConfig:
     # machinery
     seed: int = 1
     precision: str = "auto"  # auto (bf16 on CUDA/AMX, else fp32) | fp32 | bf16 | fp16 (CUDA, with a grad scaler)
-    compile: bool = False  # torch.compile each encoder/decoder layer (Transformer.compile_layers)
+    compile: bool = False  # torch.compile each encoder/decoder layer (Stack.compile_blocks)
     device: str = "auto"  # auto | cpu | cuda
     cudnn_attention: bool = False  # allow cuDNN's attention kernel on CUDA (it builds a plan per batch shape: slow here)
     threads: int = 0  # CPU threads for torch (0: torch's default)

@@ -1,9 +1,13 @@
-"""Search over the decoder's next-token distributions: greedy, beam search (§6.1), and sampling.
+"""Search over a model's next-token distributions: greedy, beam search (§6.1), and sampling.
+
+Any autoregressive model can be searched: it needs `start(inputs) -> state` (e.g. encode the
+sources) and `step(tokens [N, L], state) -> logits [N, V]` (the logits after the last of L new
+tokens: L = 1 at every step, more for a prompt), and its state follows nn.DecodingState
+(`reorder(order)`, `select(sentences)`). Special ids and per-sentence length caps are passed in.
 
 Every search works on a whole batch of sentences at once, and beam search on all their beams
 in one tensor: the only Python loop runs over output positions. Sentences that are finished
-leave the batch (their cache rows are dropped), so a long sentence never makes short ones pay.
-The decoder runs incrementally with its KV cache (`Transformer.decode_step`).
+leave the batch (their state rows are dropped), so a long sentence never makes short ones pay.
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-
-from aiayn.model import Transformer
 
 NEG_INF = float("-inf")
 Stop = Callable[[], bool] | None  # asked before every step; True gives up (e.g. every caller has gone)
@@ -48,30 +50,31 @@ def length_penalty(length: Tensor | float, alpha: float, style: str = "gnmt"):
     raise ValueError(f"unknown length penalty style {style!r} (gnmt or power)")
 
 
-def max_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
-    """Per sentence: at most a·(source length) + b output tokens, EOS included ([B], long)."""
-    src_len = src.ne(model.config.pad_id).sum(1) - 1  # without the source EOS
-    limit = (max_len_a * src_len.double()).floor().long() + max_len_b
-    if model.config.positional == "learned":
-        limit = limit.clamp(max=model.config.max_positions)
-    return limit.clamp(min=1)
+@dataclass(frozen=True)
+class SpecialTokens:
+    pad: int  # never produced
+    eos: int  # ends a hypothesis
+    start: int  # the first decoder input
 
 
-def _start(model: Transformer, n: int, device) -> Tensor:
-    return torch.full((n,), model.config.decoder_start_id, dtype=torch.long, device=device)
-
-
-@torch.no_grad()
-def greedy_search(model: Transformer, src: Tensor, *, max_len_a: float = 1.0, max_len_b: int = 50,
-                  alpha: float = 0.0, lp_style: str = "gnmt", min_len: int = 0, stop: Stop = None) -> list[Hypothesis]:
-    """Take the most probable token at each step until EOS (or the length cap)."""
-    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, lambda lprobs: lprobs.argmax(-1), stop)
+def _first_tokens(special: SpecialTokens, prompt: Tensor | None, n: int, rows_per: int, device) -> Tensor:
+    """The decoder's first input [n·rows_per, P]: the start symbol, or a prompt [n, P] per sentence."""
+    if prompt is None:
+        return torch.full((n * rows_per, 1), special.start, dtype=torch.long, device=device)
+    return prompt.to(device).repeat_interleave(rows_per, dim=0)
 
 
 @torch.no_grad()
-def sample(model: Transformer, src: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           generator: torch.Generator | None = None, max_len_a: float = 1.0, max_len_b: int = 50,
-           alpha: float = 0.0, lp_style: str = "gnmt", min_len: int = 0, stop: Stop = None) -> list[Hypothesis]:
+def greedy_search(model, inputs, *, special: SpecialTokens, max_len: Tensor, alpha: float = 0.0, lp_style: str = "gnmt",
+                  min_len: int = 0, prompt: Tensor | None = None, stop: Stop = None) -> list[Hypothesis]:
+    """Take the most probable token at each step until EOS or the sentence's cap `max_len` ([B], EOS included)."""
+    return _one_per_sentence(model, inputs, special, max_len, alpha, lp_style, min_len, prompt, lambda lprobs: lprobs.argmax(-1), stop)
+
+
+@torch.no_grad()
+def sample(model, inputs, *, special: SpecialTokens, max_len: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           generator: torch.Generator | None = None, alpha: float = 0.0, lp_style: str = "gnmt", min_len: int = 0,
+           prompt: Tensor | None = None, stop: Stop = None) -> list[Hypothesis]:
     """Draw each token from the model's distribution (softened by temperature, cut to the top_k
     tokens and/or the smallest set with probability ≥ top_p). The log-probabilities reported are
     the model's own (before temperature and cuts)."""
@@ -90,39 +93,39 @@ def sample(model: Transformer, src: Tensor, *, temperature: float = 1.0, top_k: 
             logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, NEG_INF))
         return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
-    return _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick, stop)
+    return _one_per_sentence(model, inputs, special, max_len, alpha, lp_style, min_len, prompt, pick, stop)
 
 
-def _ancestral(model, src, max_len_a, max_len_b, alpha, lp_style, min_len, pick, stop: Stop = None) -> list[Hypothesis]:
-    """One hypothesis per sentence, extended by `pick` (argmax or a draw) until EOS."""
-    cfg = model.config
-    B, device = src.size(0), src.device
-    cache = model.init_cache(model.encode(src))
-    limit = max_lengths(model, src, max_len_a, max_len_b)
+def _one_per_sentence(model, inputs, special: SpecialTokens, limit: Tensor, alpha, lp_style, min_len, prompt, pick,
+                      stop: Stop = None) -> list[Hypothesis]:
+    """Greedy search and sampling: one hypothesis per sentence, extended by `pick` (argmax or a draw) until EOS."""
+    B, device = limit.size(0), limit.device
+    state = model.start(inputs)
     active = torch.arange(B, device=device)
-    token = _start(model, B, device)
-    out = torch.full((B, int(limit.max())), cfg.pad_id, dtype=torch.long, device=device)
+    token = _first_tokens(special, prompt, B, 1, device)
+    out = torch.full((B, int(limit.max())), special.pad, dtype=torch.long, device=device)
     logprob = torch.zeros(B, dtype=torch.float64, device=device)
     length = torch.zeros(B, dtype=torch.long, device=device)
     for t in range(int(limit.max())):
         _check(stop)
-        lprobs = model.decode_step(token, cache).float().log_softmax(-1)  # [n, V]
-        lprobs[:, cfg.pad_id] = NEG_INF
+        lprobs = model.step(token, state).float().log_softmax(-1)  # [n, V]
+        lprobs[:, special.pad] = NEG_INF
         if t < min_len:
-            lprobs[:, cfg.eos_id] = NEG_INF
+            lprobs[:, special.eos] = NEG_INF
         at_cap = t + 1 >= limit[active]
-        lprobs[at_cap] = torch.where(torch.arange(lprobs.size(1), device=device) == cfg.eos_id, lprobs[at_cap], NEG_INF)
-        token = pick(lprobs)
-        out[active, t] = token
-        logprob[active] += lprobs.gather(1, token[:, None]).squeeze(1).double()
-        done = token.eq(cfg.eos_id)
+        lprobs[at_cap] = torch.where(torch.arange(lprobs.size(1), device=device) == special.eos, lprobs[at_cap], NEG_INF)
+        picked = pick(lprobs)
+        out[active, t] = picked
+        logprob[active] += lprobs.gather(1, picked[:, None]).squeeze(1).double()
+        done = picked.eq(special.eos)
         length[active[done]] = t + 1
+        token = picked[:, None]
         if done.any():
             keep = (~done).nonzero().squeeze(1)
             active, token = active[keep], token[keep]
             if not len(active):
                 break
-            cache.select(keep)
+            state.select(keep)
     lp = length_penalty(length.double(), alpha, lp_style)
     return [Hypothesis(out[i, : length[i] - 1].tolist(), (logprob[i] / lp[i]).item(), logprob[i].item()) for i in range(B)]
 
@@ -144,9 +147,9 @@ def _slots(parent: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float = 0.6, lp_style: str = "gnmt",
-                max_len_a: float = 1.0, max_len_b: int = 50, nbest: int = 1, early_stop: bool | str = False,
-                min_len: int = 0, stop: Stop = None) -> list[list[Hypothesis]]:
+def beam_search(model, inputs, *, special: SpecialTokens, max_len: Tensor, beam: int = 4, alpha: float = 0.6,
+                lp_style: str = "gnmt", nbest: int = 1, early_stop: bool | str = False, min_len: int = 0,
+                prompt: Tensor | None = None, stop: Stop = None) -> list[list[Hypothesis]]:
     """Beam search with length penalty (§6.1: beam size 4, α = 0.6), batched over sentences and beams.
 
     Each step extends the `beam` live hypotheses of every sentence, keeps the 2·beam best
@@ -167,8 +170,10 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
         hypothesis, scored at its current length (logprob / lp(t)), does not beat the worst of
         them — a heuristic, not a bound. At the length cap EOS is forced with log-probability 0,
         as HF's forced_eos_token_id does (set in every Marian config).
-    Returns, per sentence, `nbest` hypotheses, best first. `stop` (any search) is asked before
-    every step; when it says True the search raises SearchCancelled.
+    `max_len` ([B]) caps each sentence's output, EOS included; `prompt` ([B, P]) replaces the start
+    symbol as the first decoder input (a prefill). Returns, per sentence, `nbest` hypotheses, best
+    first. `stop` (any search) is asked before every step; when it says True the search raises
+    SearchCancelled.
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size ({beam}), got {nbest}")
@@ -176,22 +181,20 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
         raise ValueError(f"unknown stopping rule {early_stop!r} (False/'exact', True/'nbest', 'beam' or 'hf')")
     stopping = STOPPING[early_stop]
     pool_size = beam if stopping in ("beam", "hf") else nbest
-    cfg = model.config
-    B, K, device = src.size(0), beam, src.device
-    cache = model.init_cache(model.encode(src))  # encoder keys/values once per sentence, never per beam
-    limit = max_lengths(model, src, max_len_a, max_len_b)  # [B]
+    limit = max_len  # [B]
+    B, K, device = limit.size(0), beam, limit.device
+    state = model.start(inputs)  # e.g. the encoder's keys/values, once per sentence, never per beam
     T = int(limit.max())
     active = torch.arange(B, device=device)  # original index of each sentence still being decoded
     scores = torch.full((B, K), NEG_INF, device=device)
     scores[:, 0] = 0.0  # all beams start identical: only the first one may expand at step 0
     hyps = torch.empty((B * K, 0), dtype=torch.long, device=device)  # tokens so far
-    token = _start(model, B * K, device)
+    token = _first_tokens(special, prompt, B, K, device)
     pool_score = torch.full((B, pool_size), NEG_INF, device=device)  # finished hypotheses, best first
     pool_logp = torch.zeros((B, pool_size), device=device)
-    pool_tokens = torch.full((B, pool_size, T), cfg.pad_id, dtype=torch.long, device=device)
+    pool_tokens = torch.full((B, pool_size, T), special.pad, dtype=torch.long, device=device)
     pool_len = torch.zeros((B, pool_size), dtype=torch.long, device=device)
     result = [None] * B
-    eos_column = torch.arange(model.config.tgt_vocab_size, device=device) == cfg.eos_id
 
     def finish(rows: Tensor) -> None:
         for r in rows.tolist():  # bookkeeping per finished sentence: no model work here
@@ -204,11 +207,12 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
     for t in range(T):
         _check(stop)
         n = active.numel()
-        lprobs = model.decode_step(token, cache).float().log_softmax(-1)  # [n·K, V]
+        lprobs = model.step(token, state).float().log_softmax(-1)  # [n·K, V]
         V = lprobs.size(1)
-        lprobs[:, cfg.pad_id] = NEG_INF
+        eos_column = torch.arange(V, device=device) == special.eos
+        lprobs[:, special.pad] = NEG_INF
         if t < min_len:  # at least min_len tokens before EOS
-            lprobs[:, cfg.eos_id] = NEG_INF
+            lprobs[:, special.eos] = NEG_INF
         at_cap = (t + 1 >= limit[active]).repeat_interleave(K)  # the last allowed position: EOS only
         lprobs[at_cap] = lprobs[at_cap].masked_fill(~eos_column, NEG_INF)
         if stopping == "hf":  # HF's ForcedEOSTokenLogitsProcessor gives the forced EOS log-probability 0
@@ -216,14 +220,14 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
         candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
         top, flat = candidates.topk(2 * K, dim=1)  # [n, 2K], best first
         from_beam, new_token = flat // V, flat % V
-        is_eos = new_token.eq(cfg.eos_id)
+        is_eos = new_token.eq(special.eos)
 
         # finished candidates (EOS among the best K) join the pool
         ends = is_eos & (torch.arange(2 * K, device=device) < K) & top.gt(NEG_INF)
         if ends.any():
             length = t + 1
             prefix = hyps.view(n, K, t).gather(1, from_beam[:, :, None].expand(n, 2 * K, t))  # [n, 2K, t]
-            new_tokens = torch.cat([prefix, new_token[:, :, None], torch.full((n, 2 * K, T - t - 1), cfg.pad_id, dtype=torch.long, device=device)], 2)
+            new_tokens = torch.cat([prefix, new_token[:, :, None], torch.full((n, 2 * K, T - t - 1), special.pad, dtype=torch.long, device=device)], 2)
             new_score = torch.where(ends, top / length_penalty(float(length), alpha, lp_style), NEG_INF)
             all_score = torch.cat([pool_score, new_score], 1)  # [n, pool_size + 2K]
             pool_score, pick = all_score.topk(pool_size, dim=1)
@@ -236,10 +240,10 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
         parent = from_beam.gather(1, pick)
         slot = _slots(parent)
         scores = torch.empty_like(live_score).scatter_(1, slot, live_score)
-        token = torch.empty_like(parent).scatter_(1, slot, new_token.gather(1, pick)).view(-1)
+        token = torch.empty_like(parent).scatter_(1, slot, new_token.gather(1, pick)).view(-1, 1)
         order = (torch.empty_like(parent).scatter_(1, slot, parent) + K * torch.arange(n, device=device)[:, None]).view(-1)
-        hyps = torch.cat([hyps[order], token[:, None]], 1)
-        cache.reorder(order)  # copies only the rows whose hypothesis changed
+        hyps = torch.cat([hyps[order], token], 1)
+        state.reorder(order)  # copies only the rows whose hypothesis changed
 
         # which sentences are done?
         full = pool_score[:, -1].gt(NEG_INF)
@@ -262,5 +266,5 @@ def beam_search(model: Transformer, src: Tensor, *, beam: int = 4, alpha: float 
             rows = (keep[:, None] * K + torch.arange(K, device=device)).view(-1)
             active, scores, hyps, token = active[keep], scores[keep], hyps[rows], token[rows]
             pool_score, pool_logp, pool_len, pool_tokens = pool_score[keep], pool_logp[keep], pool_len[keep], pool_tokens[keep]
-            cache.select(keep)
+            state.select(keep)
     return result

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from aiayn.decode.translate import Translator
+from aiayn.generate.translate import Translator
 
 
 @dataclass

@@ -7,16 +7,15 @@ input order. Empty lines give empty lines; over-long lines are truncated with a 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from aiayn import runtime
 from aiayn.data.tokenizer import Tokenizer
-from aiayn.decode.search import Hypothesis, Stop, beam_search, greedy_search, sample
-from aiayn.model import DecoderCache, EncoderOut, Transformer
-from aiayn.model.attention import avoid_cudnn_attention
+from aiayn.generate.search import Hypothesis, SpecialTokens, Stop, beam_search, greedy_search, sample
+from aiayn.models import Transformer
 
 
 @dataclass
@@ -36,6 +35,22 @@ def source_batch(seqs: list[list[int]], pad: int, eos: int) -> Tensor:
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         out[i, len(s)] = eos
     return out
+
+
+def special_tokens(model) -> SpecialTokens:
+    """The ids a search needs, from an encoder-decoder's config."""
+    c = model.config
+    return SpecialTokens(pad=c.pad_id, eos=c.eos_id, start=c.decoder_start_id)
+
+
+def max_lengths(model, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
+    """Per sentence: at most a·(source length) + b output tokens, EOS included ([B], long), and no
+    more than the model's learned positions reach."""
+    src_len = src.ne(model.config.pad_id).sum(1) - 1  # without the source EOS
+    limit = (max_len_a * src_len.double()).floor().long() + max_len_b
+    if model.config.positional == "learned":
+        limit = limit.clamp(max=model.config.max_positions)
+    return limit.clamp(min=1)
 
 
 @dataclass
@@ -63,48 +78,28 @@ class Ensemble(torch.nn.Module):
         self.models = torch.nn.ModuleList(models)
         self.config = models[0].config
         for m in models[1:]:
-            c = m.config
-            if (c.tgt_vocab_size, c.pad_id, c.eos_id, c.decoder_start_id) != (self.config.tgt_vocab_size, self.config.pad_id, self.config.eos_id, self.config.decoder_start_id):
+            if special_tokens(m) != special_tokens(self) or m.config.tgt_vocab_size != self.config.tgt_vocab_size:
                 raise ValueError("ensemble members need the same target vocabulary and special ids")
 
-    def encode(self, src: Tensor) -> list[EncoderOut]:
-        return [m.encode(src) for m in self.models]
+    def start(self, inputs: Tensor) -> "EnsembleState":
+        return EnsembleState([m.start(inputs) for m in self.models])
 
-    def init_cache(self, encs: list[EncoderOut]) -> "EnsembleCache":
-        return EnsembleCache([m.init_cache(e) for m, e in zip(self.models, encs)])
-
-    def decode_step(self, tokens: Tensor, cache: "EnsembleCache") -> Tensor:
-        lprobs = [m.decode_step(tokens, c).float().log_softmax(-1) for m, c in zip(self.models, cache.caches)]
+    def step(self, tokens: Tensor, state: "EnsembleState") -> Tensor:
+        lprobs = [m.step(tokens, s).float().log_softmax(-1) for m, s in zip(self.models, state.states)]
         return torch.stack(lprobs).mean(0)
 
 
 @dataclass
-class EnsembleCache:
-    caches: list[DecoderCache]
+class EnsembleState:
+    states: list
 
     def reorder(self, order: Tensor) -> None:
-        for c in self.caches:
-            c.reorder(order)
+        for s in self.states:
+            s.reorder(order)
 
     def select(self, sentences: Tensor) -> None:
-        for c in self.caches:
-            c.select(sentences)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), as oneDNN sees it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def default_max_tokens(device: torch.device) -> int:
-    """Source tokens × beam per batch where none is given. A CPU is busy with a small batch. A GPU
-    needs many hypotheses per step: on an H200 (base, beam 4, fp32) 256 sentences a batch decoded
-    2.6× as many tokens per second as 64 (benchmarks/results/h200-2026-11-30). 32,768 holds ~256
-    sentences of 30 subwords at beam 4."""
-    return 32768 if device.type == "cuda" else 4096
+        for s in self.states:
+            s.select(sentences)
 
 
 class Translator:
@@ -125,20 +120,12 @@ class Translator:
         cfg = models[0].config
         self.max_input_len = max_input_len or (cfg.max_positions - 1 if cfg.positional == "learned" else 1024)
         self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
-        self.max_tokens = max_tokens or default_max_tokens(self.device)
-        if self.device.type == "cuda" and not cudnn_attention:
-            avoid_cudnn_attention()  # each decoding step has a new key length (as in training; not timed for decoding)
+        self.max_tokens = max_tokens or runtime.default_max_tokens(self.device)
+        runtime.configure_attention(self.device, cudnn_attention)  # each decoding step has a new key length
         self.precision = precision
         self.warn = warn or (lambda message: None)
-        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
+        if precision == "bf16" and self.device.type == "cpu" and not runtime.cpu_has_bf16():
             self.warn("this CPU has no bf16 units: bf16 autocast will be slower than fp32 (4x on an AVX2-only AMD EPYC)")
-
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        if self.precision == "fp16":
-            return torch.autocast(self.device.type, dtype=torch.float16)
-        return contextlib.nullcontext()
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         ids = self.src_tok.encode(texts)
@@ -170,8 +157,9 @@ class Translator:
 
     def search(self, src: Tensor, stop: Stop = None) -> list[list[Hypothesis]]:
         o = self.options
-        common = dict(max_len_a=o.max_len_a, max_len_b=o.max_len_b, min_len=o.min_len, alpha=o.alpha, lp_style=o.lp_style, stop=stop)
-        with self._autocast():
+        common = dict(special=special_tokens(self.model), max_len=max_lengths(self.models[0], src, o.max_len_a, o.max_len_b),
+                      min_len=o.min_len, alpha=o.alpha, lp_style=o.lp_style, stop=stop)
+        with runtime.autocast(self.precision, self.device):
             if o.sampling:
                 generator = torch.Generator(device=self.device).manual_seed(o.seed)
                 return [[h] for h in sample(self.model, src, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, generator=generator, **common)]
@@ -214,10 +202,10 @@ class Translator:
         tgt_in[:, 0] = cfg.decoder_start_id
         for i, o in enumerate(outputs):
             tgt_in[i, 1 : len(o) + 1] = torch.tensor(o, dtype=torch.long)
-        with self._autocast():
+        with runtime.autocast(self.precision, self.device):
             enc = model.encode(src, need_weights=True)
             _, cross = model.decode(tgt_in, enc, need_weights=True)
-        return [w.float() for w in cross], [w.float() for w in enc.self_attn], tgt_in
+        return [w.float() for w in cross], [w.float() for w in enc.attention_weights], tgt_in
 
     def align(self, src: Tensor, outputs: list[list[int]], layer: int = -1) -> list[list[int]]:
         """Per output subword (EOS excluded), the source subword (EOS excluded) attended to most."""

@@ -1,24 +1,23 @@
-"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017): the encoder-decoder of §3.
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017): the encoder-decoder of §3,
+assembled from the block set.
 
-    src tokens ─► embed·√d_model + PE ─► N × EncoderLayer ─────────────┐ (keys, values)
-    tgt tokens ─► embed·√d_model + PE ─► N × DecoderLayer(causal, cross) ─► Linear (tied) ─► logits
+    src tokens ─► embed·√d_model + PE ─► Stack of N Block ───────────────────┐ (keys, values)
+    tgt tokens ─► embed·√d_model + PE ─► Stack of N Block(causal, cross) ─► Linear (tied) ─► logits
 
-Read top to bottom: the config (Table 3), then the model: embeddings (§3.4, §3.5), the
-stacks (§3.1), the output projection (§3.4), and incremental decoding with a KV cache.
+Read top to bottom: the config (Table 3), then the model: embeddings (§3.4, §3.5), the stacks
+(§3.1), the output projection (§3.4), and incremental decoding (`start`, `step`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from aiayn.model.attention import KVCache, Packing
-from aiayn.model.layers import DecoderLayer, Dropout, EncoderLayer, PositionalEncoding
-from aiayn.model.linear import Linear
+from aiayn import runtime
+from aiayn.nn import Block, Dropout, KVCache, Linear, Packing, PositionalEncoding, Stack, TokenEmbedding
 
 
 @dataclass
@@ -52,15 +51,6 @@ class TransformerConfig:
     eos_id: int = 3
     decoder_start_id: int = -1  # first decoder input; -1 means bos_id (Marian starts with pad)
 
-    PRESETS = {
-        # Table 3 of the paper.
-        "base": dict(d_model=512, n_heads=8, d_ff=2048, n_encoder_layers=6, n_decoder_layers=6, dropout=0.1),
-        "big": dict(d_model=1024, n_heads=16, d_ff=4096, n_encoder_layers=6, n_decoder_layers=6, dropout=0.3),
-        # Sized for CPUs: `small` trains a usable model in half an hour, `tiny` in minutes.
-        "small": dict(d_model=256, n_heads=4, d_ff=1024, n_encoder_layers=4, n_decoder_layers=4, dropout=0.1),
-        "tiny": dict(d_model=128, n_heads=4, d_ff=512, n_encoder_layers=2, n_decoder_layers=2, dropout=0.1),
-    }
-
     def __post_init__(self):
         if self.decoder_start_id < 0:
             self.decoder_start_id = self.bos_id
@@ -72,10 +62,13 @@ class TransformerConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "TransformerConfig":
-        """A named configuration (base, big, small, tiny) with overrides; `vocab_size=` sets both vocabularies."""
-        if name not in cls.PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
-        values = dict(cls.PRESETS[name])
+        """A named configuration (models.presets: base, big, small, tiny) with overrides; `vocab_size=` sets both vocabularies."""
+        from aiayn.models.presets import PRESETS
+
+        if name not in PRESETS or PRESETS[name][0] != "transformer":
+            names = [n for n, (arch, _) in PRESETS.items() if arch == "transformer"]
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(names)}")
+        values = dict(PRESETS[name][1])
         if "vocab_size" in overrides:
             vocab = overrides.pop("vocab_size")
             values.update(src_vocab_size=vocab, tgt_vocab_size=vocab)
@@ -98,45 +91,43 @@ class TransformerConfig:
 class EncoderOut:
     states: Tensor  # [B, S, d_model] (zeros at padding)
     mask: Tensor  # [B, 1, 1, S], True at real (non-padding) source tokens
-    self_attn: list = field(default_factory=list)  # with need_weights: per layer [B, h, S, S]
+    attention_weights: list = field(default_factory=list)  # with need_weights: per layer [B, h, S, S]
     packed: Tensor | None = None  # the real tokens' states [n, d_model] where the batch has padding
     packing: Packing | None = None
 
-    def memory_kv(self, attention) -> tuple[Tensor, Tensor]:
-        """An encoder-decoder attention's keys and values for these states (from the real tokens alone)."""
+    def keys_values(self, block: Block) -> tuple[Tensor, Tensor]:
+        """A decoder block's cross-attention keys and values for these states (from the real tokens alone)."""
         if self.packing is not None:
-            return attention.memory_kv(self.packed, self.packing)
-        return attention.memory_kv(self.states)
+            return block.cross_attn.keys_values(self.packed, self.packing)
+        return block.cross_attn.keys_values(self.states)
 
 
 @dataclass
-class DecoderCache:
-    """State of incremental decoding for N = B·G hypotheses (G per source sentence, sentence-major).
+class Seq2SeqState:
+    """Incremental decoding of N = B·G hypotheses (G per source sentence, sentence-major); follows
+    nn.DecodingState. kv_caches[l]: decoder layer l's own keys/values so far; cross_kv[l]: its
+    encoder-decoder keys/values, 2 × [B, h, S, d_k], computed once per source."""
 
-    self_attn[l]: the decoder's own keys/values of the steps so far (a KVCache, N rows).
-    memory_kv[l]: 2 × [B, h, S, d_k], encoder-decoder keys/values, computed once per source.
-    """
-
-    self_attn: list
-    memory_kv: list
+    kv_caches: list[KVCache]
+    cross_kv: list[tuple[Tensor, Tensor]]
     memory_mask: Tensor
     length: int = 0
 
     def reorder(self, order: Tensor) -> None:
         """Beam search: hypothesis n now continues hypothesis order[n] (of the same sentence)."""
         plan = KVCache.plan(order)
-        for c in self.self_attn:
+        for c in self.kv_caches:
             c.reorder(order, plan)
 
     def select(self, sentences: Tensor) -> None:
         """Keep only the given source sentences (with all their hypotheses), e.g. the unfinished ones."""
         B = self.memory_mask.size(0)
-        group = self.self_attn[0].rows // B if self.self_attn else 0
+        group = self.kv_caches[0].rows // B if self.kv_caches else 0
         if group:
             rows = (sentences[:, None] * group + torch.arange(group, device=sentences.device)).reshape(-1)
-            for c in self.self_attn:
+            for c in self.kv_caches:
                 c.select(rows)
-        self.memory_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.memory_kv]
+        self.cross_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.cross_kv]
         self.memory_mask = self.memory_mask.index_select(0, sentences)
 
 
@@ -147,15 +138,16 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg = config
         # §3.4 Embeddings and Softmax
-        self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
-        self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.tgt_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
-        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
+        self.src_embed = TokenEmbedding(cfg.src_vocab_size, cfg.d_model, cfg.pad_id, cfg.scale_embedding)
+        self.tgt_embed = self.src_embed if cfg.share_embeddings else TokenEmbedding(cfg.tgt_vocab_size, cfg.d_model, cfg.pad_id, cfg.scale_embedding)
         # §3.5 Positional Encoding
         self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.positional, cfg.positional_layout)
         self.dropout = Dropout(cfg.dropout)
         # §3.1 Encoder and Decoder Stacks
-        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
-        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        block = dict(pre_norm=cfg.pre_norm, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, activation=cfg.activation,
+                     activation_dropout=cfg.activation_dropout, bias=cfg.bias, norm_eps=cfg.layer_norm_eps)
+        self.encoder_layers = Stack(Block(cfg.d_model, cfg.n_heads, cfg.d_ff, **block) for _ in range(cfg.n_encoder_layers))
+        self.decoder_layers = Stack(Block(cfg.d_model, cfg.n_heads, cfg.d_ff, causal=True, cross=True, **block) for _ in range(cfg.n_decoder_layers))
         # pre-norm stacks end with a LayerNorm (post-norm layers already end with one)
         self.encoder_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
@@ -165,8 +157,7 @@ class Transformer(nn.Module):
         self.reset_parameters()
         if cfg.tie_output:
             self.output_proj.weight = self.tgt_embed.weight
-        self.compiled_layers: dict = {}  # filled by compile_layers()
-        self.skip_padding: bool | None = None  # None: on the CPU only (see packing())
+        self.skip_padding: bool | None = None  # None: as runtime.skip_padding says (the CPU); see packing()
 
     def reset_parameters(self) -> None:
         """Xavier-uniform projections (as tensor2tensor and fairseq), N(0, d_model^-0.5) embeddings."""
@@ -175,19 +166,25 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        for layer in [*self.encoder_layers, *self.decoder_layers]:  # fused Q/K/V: init each d×d block alone
-            for proj in (getattr(layer.self_attn, "qkv_proj", None), getattr(getattr(layer, "cross_attn", None), "kv_proj", None)):
+        for block in [*self.encoder_layers, *self.decoder_layers]:  # fused Q/K/V: init each d×d block alone
+            for proj in (block.self_attn.qkv_proj, block.cross_attn.kv_proj if block.has_cross else None):
                 if proj is not None:
-                    for block in proj.weight.data.chunk(proj.weight.size(0) // proj.weight.size(1)):
-                        nn.init.xavier_uniform_(block)
+                    for part in proj.weight.data.chunk(proj.weight.size(0) // proj.weight.size(1)):
+                        nn.init.xavier_uniform_(part)
         for embedding in {self.src_embed, self.tgt_embed}:
             nn.init.normal_(embedding.weight, mean=0.0, std=self.config.d_model**-0.5)
             nn.init.zeros_(embedding.weight[self.config.pad_id])
 
     # ----- §3.4 + §3.5: token embedding · √d_model + positional encoding, then dropout (§5.4)
-    def embed(self, tokens: Tensor, table: nn.Embedding, offset: int = 0) -> Tensor:
-        x = table(tokens) * self.embed_scale + self.positions(tokens.size(1), offset)  # [B, L, d_model]
-        return self.dropout(x)
+    def embed(self, tokens: Tensor, table: TokenEmbedding, offset: int = 0) -> Tensor:
+        return self.dropout(table(tokens) + self.positions(tokens.size(1), offset))  # [B, L, d_model]
+
+    def packing(self, mask: Tensor) -> Packing | None:
+        """How the position-wise layers skip the padding of a batch (mask: [B, L], True at real
+        tokens), or None to run them on the padded batch. `skip_padding` decides; None (the
+        default) leaves it to runtime.skip_padding (the CPU only)."""
+        skip = self.skip_padding if self.skip_padding is not None else runtime.skip_padding(mask.device)
+        return Packing.of(mask) if skip else None
 
     # ----- §3.1 Encoder
     def encode(self, src_tokens: Tensor, src_mask: Tensor | None = None, need_weights: bool = False) -> EncoderOut:
@@ -195,18 +192,16 @@ class Transformer(nn.Module):
         if src_mask is None:
             src_mask = src_tokens.ne(self.config.pad_id)
         mask = src_mask[:, None, None, :]  # [B, 1, 1, S]: broadcast over heads and queries
-        packing = self.packing(src_mask)  # position-wise work skips padding (on the CPU)
+        packing = self.packing(src_mask)
         x = self.embed(src_tokens, self.src_embed)  # [B, S, d_model]
         if packing is not None:
             x = packing.pack(x)  # [n, d_model]
-        weights = []
-        for layer in self.encoder_layers:
-            x, w = self.compiled(layer)(x, mask, need_weights, packing)
-            weights.append(w)
+        x, weights = self.encoder_layers(x, mask=mask, need_weights=need_weights, packing=packing)
         x = self.encoder_norm(x)
+        weights = weights if need_weights else []
         if packing is None:
-            return EncoderOut(x, mask, weights if need_weights else [])
-        return EncoderOut(packing.unpack(x), mask, weights if need_weights else [], packed=x, packing=packing)
+            return EncoderOut(x, mask, weights)
+        return EncoderOut(packing.unpack(x), mask, weights, packed=x, packing=packing)
 
     # ----- §3.1 Decoder (training / forced decoding: all target positions at once)
     def decode(self, tgt_in: Tensor, enc: EncoderOut, need_weights: bool = False) -> tuple[Tensor, list]:
@@ -218,14 +213,12 @@ class Transformer(nn.Module):
         """
         real = tgt_in.ne(self.config.pad_id)
         real[:, 0] = True  # the start symbol (which may be pad_id, as in Marian)
-        packing = self.packing(real)  # position-wise work skips padding (on the CPU)
+        packing = self.packing(real)
         x = self.embed(tgt_in, self.tgt_embed)  # [B, T, d_model]
         if packing is not None:
             x = packing.pack(x)  # [n, d_model]
-        weights = []
-        for layer in self.decoder_layers:
-            x, w = self.compiled(layer)(x, enc.memory_kv(layer.cross_attn), enc.mask, need_weights=need_weights, packing=packing)
-            weights.append(w)
+        memories = [enc.keys_values(block) for block in self.decoder_layers]
+        x, weights = self.decoder_layers(x, memories=memories, memory_mask=enc.mask, need_weights=need_weights, packing=packing)
         x = self.decoder_norm(x)
         return (x if packing is None else packing.unpack(x)), weights
 
@@ -239,52 +232,23 @@ class Transformer(nn.Module):
         hidden, _ = self.decode(tgt_in, self.encode(src_tokens))
         return self.project(hidden)
 
-    # ----- Incremental decoding (one target position per call, with a KV cache)
-    def init_cache(self, enc: EncoderOut) -> DecoderCache:
-        memory_kv = [enc.memory_kv(layer.cross_attn) for layer in self.decoder_layers]
-        return DecoderCache([KVCache() for _ in self.decoder_layers], memory_kv, enc.mask)
+    # ----- Incremental decoding (generate.search's protocol): start, then step
+    def start(self, src_tokens: Tensor, enc: EncoderOut | None = None) -> Seq2SeqState:
+        """Encode the sources (or take their `enc`) and set up the decoder's state."""
+        enc = enc if enc is not None else self.encode(src_tokens)
+        cross_kv = [enc.keys_values(block) for block in self.decoder_layers]
+        return Seq2SeqState([KVCache() for _ in self.decoder_layers], cross_kv, enc.mask)
 
-    def decode_step(self, tokens: Tensor, cache: DecoderCache, need_weights: bool = False):
-        """tokens: [N] the newest target token of each hypothesis, N = B·G. Returns logits [N, tgt_vocab]
-        (and with need_weights the encoder-decoder attention per layer, [N, h, 1, S])."""
-        x = self.embed(tokens[:, None], self.tgt_embed, offset=cache.length)  # [N, 1, d_model]
-        weights = []
-        for layer, layer_cache, memory_kv in zip(self.decoder_layers, cache.self_attn, cache.memory_kv):
-            x, w = layer(x, memory_kv, cache.memory_mask, cache=layer_cache, need_weights=need_weights)
-            weights.append(w)
-        cache.length += 1
-        logits = self.project(self.decoder_norm(x[:, 0]))
+    def step(self, tokens: Tensor, state: Seq2SeqState, need_weights: bool = False):
+        """tokens: [N, L], the next L target tokens of each hypothesis (L = 1 in a search; more for a
+        prefill of a given prefix), N = B·G. Returns the logits after the last of them, [N, tgt_vocab]
+        (and with need_weights the encoder-decoder attention per layer, [N, h, L, S])."""
+        x = self.embed(tokens, self.tgt_embed, offset=state.length)  # [N, L, d_model]
+        x, weights = self.decoder_layers(x, caches=state.kv_caches, memories=state.cross_kv, memory_mask=state.memory_mask,
+                                         need_weights=need_weights)
+        state.length += tokens.size(1)
+        logits = self.project(self.decoder_norm(x[:, -1]))
         return (logits, weights) if need_weights else logits
-
-    def packing(self, mask: Tensor) -> Packing | None:
-        """How the position-wise layers skip the padding of a batch (mask: [B, L], True at real
-        tokens), or None to run them on the padded batch. `skip_padding` decides; None (the
-        default) skips it on the CPU only. There the saved matmul work wins (1.06-1.10× at 10-30%
-        padding); on an H200 in bf16 the gathers and scatters cost more than the padding they
-        save: base and big training steps ran 0.92× as fast with padding skipped
-        (benchmarks/gpu_throughput.py, 256×64 tokens, ~10% padding)."""
-        skip = self.skip_padding if self.skip_padding is not None else mask.device.type == "cpu"
-        return Packing.of(mask) if skip else None
-
-    # ----- torch.compile, one layer at a time
-    def compile_layers(self) -> None:
-        """Compile each encoder and decoder layer with torch.compile ("regional compilation"), for
-        training: the N layers of a stack share one graph, compiled once with dynamic shapes, so
-        token-bucket batches of any size run without recompiling (whether padding is skipped is
-        worked out outside the graphs). Inside a layer the compiler fuses what eager
-        PyTorch runs as separate kernels: dropout, residual add and layer norm, bias and ReLU,
-        and the dtype casts of mixed precision. Evaluation and incremental decoding (whose
-        KV cache is Python state) stay eager. The parameters and state-dict keys are unchanged."""
-        self.compiled_layers = {layer: torch.compile(layer, dynamic=True) for layer in [*self.encoder_layers, *self.decoder_layers]}
-
-    def compiled(self, layer: nn.Module) -> nn.Module:
-        """The layer's compiled form while training, where compile_layers() made one; else the layer."""
-        return self.compiled_layers.get(layer, layer) if self.training else layer
-
-    def __getstate__(self) -> dict:  # copies and pickles leave the compiled forms behind (they hold dynamo's state)
-        state = self.__dict__.copy()
-        state["compiled_layers"] = {}
-        return state
 
     # ----- Bookkeeping
     def num_parameters(self) -> int:

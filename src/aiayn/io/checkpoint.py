@@ -1,16 +1,18 @@
 """Checkpoints: weights in safetensors, everything needed to resume in a separate state file.
 
-A weights file (`*.safetensors`) is self-contained: its metadata holds the model config and
-the sentencepiece model(s), so `translate`, `serve` and `export` need nothing else and a
-model can never meet the wrong vocabulary. Training state (`*.state.pt`: optimizer, step,
-sampler position, RNG states) is loaded with `torch.load(weights_only=True)`.
-Every file is written to a temporary name in the same directory, then renamed: a crash or
-a full disk never leaves a half-written checkpoint under a real name.
+A weights file (`*.safetensors`) is self-contained. Its metadata names the model's architecture
+(models.ARCHITECTURES) and config, the task it was trained for, and the task's assets (for
+translation: the sentencepiece model(s)), so `translate`, `serve` and `export` need nothing else
+and a model can never meet the wrong vocabulary. Files of the first format, `aiayn-transformer/1`
+(an encoder-decoder and its tokenizers), still load. Training state (`*.state.pt`: optimizer,
+step, sampler position, RNG states) is loaded with `torch.load(weights_only=True)`. Every file is
+written to a temporary name in the same directory, then renamed: a crash or a full disk never
+leaves a half-written checkpoint under a real name.
 """
 
 from __future__ import annotations
 
-import base64
+import functools
 import json
 import os
 import re
@@ -21,11 +23,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from aiayn import __version__
-from aiayn.data.tokenizer import Tokenizer
-from aiayn.model import Transformer, TransformerConfig
+from aiayn import __version__, models
 
-FORMAT = "aiayn-transformer/1"
+FORMAT = "aiayn/2"
+FORMAT_1 = "aiayn-transformer/1"  # architecture "transformer", task "translation"; assets at the metadata's top level
+ASSET_KEYS_1 = ("spm_src", "spm_tgt", "vocab_src", "vocab_tgt")
 STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
 
 
@@ -83,30 +85,20 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, Tensor], source: str
     model.load_state_dict(tensors, strict=False)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def save_model(path: str | Path, model: Transformer, tokenizers: tuple[Tokenizer, Tokenizer], extra: dict | None = None) -> None:
-    """Write weights + model config + vocabulary to one safetensors file, atomically."""
+def save_model(path: str | Path, model: torch.nn.Module, assets: dict[str, str], extra: dict | None = None, task: str | None = None) -> None:
+    """Write weights + architecture + config + the task's assets (strings) to one safetensors file, atomically."""
     from safetensors.torch import save_file
 
-    src, tgt = tokenizers
-    same = tgt is src or tgt.sha256 == src.sha256
+    arch = models.architecture_of(model)
     metadata = {
         "format": FORMAT,
         "aiayn_version": __version__,
-        "model_config": json.dumps(model.config.to_dict()),
-        "spm_src": _b64(src.proto),
-        "spm_tgt": "" if same else _b64(tgt.proto),
+        "architecture": arch.name,
+        "config": json.dumps(model.config.to_dict()),
+        "task": task or arch.task,
+        "assets": json.dumps(assets),
         "extra": json.dumps(extra or {}),
     }
-    if (src.vocab is None) != (tgt.vocab is None):
-        raise ValueError("the source and target tokenizers must both carry a vocabulary mapping, or neither")
-    if src.vocab is not None:  # piece -> id mappings (imported Marian models): only when present
-        metadata["vocab_src"] = src.vocab_json()
-        if not same and tgt.vocab_json() != metadata["vocab_src"]:
-            metadata["vocab_tgt"] = tgt.vocab_json()
     tensors = unique_tensors(model)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
@@ -114,20 +106,34 @@ def save_model(path: str | Path, model: Transformer, tokenizers: tuple[Tokenizer
 @dataclass
 class Checkpoint:
     path: Path
-    config: TransformerConfig
+    architecture: str
+    config: object  # the architecture's config dataclass
     tensors: dict[str, Tensor]
-    src_tokenizer: Tokenizer
-    tgt_tokenizer: Tokenizer
+    task: str
+    assets: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
-    def build(self, device: str | torch.device = "cpu") -> Transformer:
-        model = Transformer(self.config)
+    def build(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        model = models.build(self.architecture, self.config)
         load_weights(model, self.tensors, str(self.path))
         return model.to(device).eval()
 
+    @functools.cached_property
+    def tokenizers(self):
+        """(source, target) tokenizers of a translation checkpoint."""
+        from aiayn.tasks.translation import tokenizers_from_assets
+
+        if self.task != "translation":
+            raise CheckpointError(f"{self.path} is a {self.task} model, not a translation model")
+        return tokenizers_from_assets(self.assets, str(self.path))
+
     @property
-    def tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
-        return self.src_tokenizer, self.tgt_tokenizer
+    def src_tokenizer(self):
+        return self.tokenizers[0]
+
+    @property
+    def tgt_tokenizer(self):
+        return self.tokenizers[1]
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -142,7 +148,7 @@ def read_metadata(path: str | Path) -> dict:
     except Exception as e:  # safetensors raises its own error types for damaged files
         size = path.stat().st_size
         raise CheckpointError(f"{path} ({size} bytes) is not a readable safetensors file: it is truncated, damaged or of another format ({e})") from None
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in (FORMAT, FORMAT_1):
         hint = " (a Hugging Face model? convert it with 'aiayn import-hf')" if "format" in metadata and metadata["format"] == "pt" else ""
         raise CheckpointError(f"{path} is not an aiayn checkpoint: its metadata has no '{FORMAT}' format tag{hint}")
     return metadata
@@ -159,18 +165,20 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     except Exception as e:
         raise CheckpointError(f"{path} is damaged: {e}") from None
     try:
-        config = TransformerConfig.from_dict(json.loads(metadata["model_config"]))
-        vocab_src = json.loads(metadata["vocab_src"]) if metadata.get("vocab_src") else None
-        vocab_tgt = json.loads(metadata["vocab_tgt"]) if metadata.get("vocab_tgt") else vocab_src
-        src = Tokenizer(base64.b64decode(metadata["spm_src"]), vocab_src)
-        tgt = Tokenizer(base64.b64decode(metadata["spm_tgt"]), vocab_tgt) if metadata.get("spm_tgt") else src
+        if metadata["format"] == FORMAT_1:
+            arch, task, config = "transformer", "translation", json.loads(metadata["model_config"])
+            assets = {k: metadata[k] for k in ASSET_KEYS_1 if metadata.get(k)}
+        else:
+            arch, task, config = metadata["architecture"], metadata["task"], json.loads(metadata["config"])
+            assets = json.loads(metadata["assets"])
+        config = models.architecture(arch).config.from_dict(config)
         extra = json.loads(metadata.get("extra") or "{}")
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged aiayn metadata ({e})") from None
-    return Checkpoint(path, config, tensors, src, tgt, extra)
+    return Checkpoint(path, arch, config, tensors, task, assets, extra)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Checkpoint]:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Checkpoint]:
     """A ready model (eval mode) from a weights file or a run directory."""
     ckpt = read_checkpoint(resolve_model_path(path))
     return ckpt.build(device), ckpt
@@ -227,20 +235,20 @@ def resolve_model_path(path: str | Path) -> Path:
 
 def average_checkpoints(paths: list[str | Path], out: str | Path) -> None:
     """§6.1: "a single model obtained by averaging the last 5 checkpoints": the element-wise mean
-    of the weights (accumulated in float64), with the config and vocabulary of the last one."""
+    of the weights (accumulated in float64), with the config and assets of the last one."""
     if not paths:
         raise CheckpointError("no checkpoints to average")
     first = read_checkpoint(paths[-1])
     total = {k: v.double() for k, v in first.tensors.items()}
     for p in paths[:-1]:
         ckpt = read_checkpoint(p)
-        if ckpt.src_tokenizer.sha256 != first.src_tokenizer.sha256 or ckpt.config != first.config:
+        if (ckpt.architecture, ckpt.config, ckpt.assets) != (first.architecture, first.config, first.assets):
             raise CheckpointError(f"{p} has another model config or vocabulary than {paths[-1]}; only checkpoints of one run can be averaged")
         if set(ckpt.tensors) != set(total):
             raise CheckpointError(f"{p} holds other tensors than {paths[-1]}")
         for k, v in ckpt.tensors.items():
             total[k] += v.double()
-    model = Transformer(first.config)
+    model = models.build(first.architecture, first.config)
     load_weights(model, {k: (v / len(paths)).to(first.tensors[k].dtype) for k, v in total.items()}, str(paths[-1]))
     extra = {**first.extra, "averaged": [str(p) for p in paths]}
-    save_model(out, model, first.tokenizers, extra)
+    save_model(out, model, first.assets, extra, first.task)

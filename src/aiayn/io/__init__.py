@@ -1,0 +1,1 @@
+"""Reading and writing what aiayn keeps on disk: checkpoints (io.checkpoint)."""

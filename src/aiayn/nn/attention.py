@@ -1,0 +1,213 @@
+"""§3.2 Attention: scaled dot-product attention, multi-head self- and cross-attention, and
+additive attention (Bahdanau et al. 2014, the mechanism the paper's replaces).
+
+Inputs are either a padded batch [N, L, d_model] or, with a `Packing`, only its real tokens
+[n, d_model]: attention is the one place that needs the batch layout, so it unpacks its
+projected queries, keys and values and packs its output again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aiayn.nn.cache import KVCache
+from aiayn.nn.linear import Linear
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """§3.2.1, Eq. (1): Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V.
+
+    q: [B, h, Lq, d_k]; k: [B, h, Lk, d_k]; v: [B, h, Lk, d_v]
+    mask: bool, broadcastable to [B, h, Lq, Lk]; True where a query may attend.
+    is_causal: query i sees keys ≤ i + (Lk − Lq) (the decoder's masking of §3.2.3).
+
+    The default path is PyTorch's fused kernel (flash / memory-efficient on GPU, a fused
+    CPU kernel otherwise). `need_weights=True` spells Eq. (1) out and also returns the
+    attention probabilities [B, h, Lq, Lk], for alignments and heat maps.
+    """
+    if is_causal:
+        Lq, Lk = q.size(-2), k.size(-2)
+        if Lq == 1:  # one new query (incremental decoding) sees every key so far
+            is_causal = False
+        elif mask is not None or Lq != Lk or need_weights:
+            causal = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)
+            mask = causal if mask is None else mask & causal
+            is_causal = False
+    if not need_weights:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        return out, None
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # [B, h, Lq, Lk]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    out = F.dropout(weights, dropout_p) @ v  # [B, h, Lq, d_v]
+    return out, weights
+
+
+class Packing:
+    """Where the real tokens of a right-padded batch are, so that everything position-wise (the
+    projections, the feed-forward network, layer norms, dropout) runs on those tokens alone,
+    packed as rows [n, ...], and never on padding. Only attention needs the batch layout: it pads
+    its queries, keys and values out to [B, L, ...] (zeros at padding, which the masks hide) and
+    packs its output again. On real data this skips the padding's share of the matmul work (about
+    7% in token-bucket batches of the Bible corpus). Used where `runtime.skip_padding` says so (the CPU).
+    """
+
+    def __init__(self, shape: torch.Size, index: Tensor):
+        self.shape = shape  # [B, L]
+        self.index = index  # [n]: flat positions of the real tokens
+
+    @staticmethod
+    def of(mask: Tensor) -> "Packing | None":
+        """A Packing for `mask` ([B, L], True at real tokens), or None where there is no padding
+        (or while torch.compile traces it: a whole compiled model keeps the padded layout, since the
+        number of real tokens is data-dependent; Stack.compile works out the packing
+        outside its graphs)."""
+        if torch.compiler.is_compiling():
+            return None
+        index = mask.reshape(-1).nonzero().squeeze(1)  # the one host sync (on a GPU)
+        return Packing(mask.shape, index) if index.numel() < mask.numel() else None
+
+    def pack(self, x: Tensor) -> Tensor:
+        """[B, L, ...] -> [n, ...]: the real positions, in order."""
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """[n, ...] -> [B, L, ...] with zeros at padding."""
+        out = x.new_zeros(self.shape.numel(), *x.shape[1:]).index_copy(0, self.index, x)
+        return out.view(*self.shape, *x.shape[1:])
+
+
+class _MultiHead(nn.Module):
+    """§3.2.2 Multi-Head Attention: MultiHead(Q, K, V) = Concat(head_1, …, head_h) W^O with
+    head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V) and d_k = d_v = d_model / h. The h per-head
+    projections of one kind form one d_model × d_model matrix."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads, self.d_head, self.attn_dropout = n_heads, d_model // n_heads, dropout
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """[B, L, d_model] -> [B, h, L, d_k]"""
+        B, L, _ = x.shape
+        return x.view(B, L, self.n_heads, self.d_head).transpose(1, 2)
+
+    def _dropout_p(self) -> float:
+        return self.attn_dropout if self.training else 0.0
+
+
+class SelfAttention(_MultiHead):
+    """Multi-head self-attention, W^Q, W^K and W^V fused into one d_model × 3·d_model product.
+
+    causal=True is the decoder's masking of §3.2.3 (position i attends to positions ≤ i); with a
+    `cache` the new keys and values are appended to those of the earlier steps (incremental
+    decoding: one step, or several at once as a prefill).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, causal: bool = False, dropout: float = 0.0, bias: bool = True):
+        super().__init__(d_model, n_heads, dropout)
+        self.causal = causal
+        self.qkv_proj = Linear(d_model, 3 * d_model, bias=bias)
+        self.out_proj = Linear(d_model, d_model, bias=bias)
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,
+                need_weights: bool = False, packing: Packing | None = None) -> tuple[Tensor, Tensor | None]:
+        """x: [N, L, d_model], or its real tokens [n, d_model] with their `packing` (the output is
+        then packed too); mask: bool, broadcastable to [N, h, L, keys], True where a query may attend.
+        Returns the output and, with need_weights, the attention weights [N, h, L, keys]."""
+        (N, L), d = (packing.shape if packing is not None else x.shape[:2]), x.size(-1)
+        qkv = self.qkv_proj(x)
+        if packing is not None:
+            qkv = packing.unpack(qkv)  # [n, 3·d_model] -> [N, L, 3·d_model]
+        q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))  # 3 × [N, h, L, d_k]
+        if cache is not None:
+            k, v = cache.append(k, v)  # [N, h, T, d_k]: every step so far
+        out, w = scaled_dot_product_attention(q, k, v, mask, self.causal, self._dropout_p(), need_weights)
+        out = out.transpose(1, 2).reshape(N, L, d)  # [N, h, L, d_k] -> [N, L, d_model]
+        if packing is not None:
+            out = packing.pack(out)  # [N, L, d_model] -> [n, d_model]
+        return self.out_proj(out), w
+
+
+class CrossAttention(_MultiHead):
+    """Multi-head encoder-decoder attention (§3.2.3): queries from the decoder, keys and values
+    from the encoder's output ("memory"), W^K and W^V fused into one product computed once per
+    source (`keys_values`).
+
+    The query batch N may be B·G: G hypotheses per source sentence (the beams of beam search),
+    sentence-major. The G queries of a sentence attend to the same keys, so the encoder's keys
+    and values are never copied G times or reordered.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, dropout: float = 0.0, bias: bool = True):
+        super().__init__(d_model, n_heads, dropout)
+        self.q_proj = Linear(d_model, d_model, bias=bias)
+        self.kv_proj = Linear(d_model, 2 * d_model, bias=bias)
+        self.out_proj = Linear(d_model, d_model, bias=bias)
+
+    def keys_values(self, memory: Tensor, packing: Packing | None = None) -> tuple[Tensor, Tensor]:
+        """Keys and values of the memory, 2 × [B, h, S, d_k]. memory: [B, S, d_model], or its real
+        tokens [n, d_model] with their `packing`."""
+        kv = self.kv_proj(memory)
+        if packing is not None:
+            kv = packing.unpack(kv)  # [n, 2·d_model] -> [B, S, 2·d_model]
+        k, v = kv.chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], *, mask: Tensor | None = None,
+                need_weights: bool = False, packing: Packing | None = None) -> tuple[Tensor, Tensor | None]:
+        """x: queries [N, L, d_model] (or packed); keys_values from `keys_values()`, [B, h, S, d_k]
+        with N = B·G; mask: [B, 1, 1, S]. Returns the output and, with need_weights, [N, h, L, S]."""
+        (N, L), d = (packing.shape if packing is not None else x.shape[:2]), x.size(-1)
+        k, v = keys_values
+        B = k.size(0)
+        q = self.q_proj(x)
+        if packing is not None:
+            q = packing.unpack(q)  # [n, d_model] -> [N, L, d_model]
+        q = q.view(B, (N // B) * L, self.n_heads, self.d_head).transpose(1, 2)  # [B, h, G·L, d_k]
+        out, w = scaled_dot_product_attention(q, k, v, mask, False, self._dropout_p(), need_weights)
+        out = out.transpose(1, 2).reshape(N, L, d)  # [B, G·L, h, d_k] -> [N, L, d_model]
+        if w is not None:
+            w = w.view(B, self.n_heads, N // B, L, -1).transpose(1, 2).reshape(N, self.n_heads, L, -1)
+        if packing is not None:
+            out = packing.pack(out)
+        return self.out_proj(out), w
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau et al. (2014), §3.1 and Appendix A.1.2: e_ij = vᵀ tanh(W s_{i-1} + U h_j),
+    α_ij = softmax_j(e_ij), c_i = Σ_j α_ij h_j — the attention of the recurrent encoder-decoders
+    that the Transformer replaced. U h_j is computed once per source (`keys`)."""
+
+    def __init__(self, d_query: int, d_memory: int, d_attn: int):
+        super().__init__()
+        self.query_proj = Linear(d_query, d_attn, bias=False)  # W
+        self.key_proj = Linear(d_memory, d_attn, bias=True)  # U (its bias stands for the energy's bias)
+        self.v = Linear(d_attn, 1, bias=False)
+
+    def keys(self, memory: Tensor) -> Tensor:
+        """U h_j for every source position: [B, S, d_attn]."""
+        return self.key_proj(memory)
+
+    def forward(self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """query: [B, d_query] (the previous decoder state); keys: `keys(memory)`; memory: [B, S, d_memory];
+        mask: [B, S], True at real tokens. Returns the context [B, d_memory] and the weights [B, S]."""
+        energy = self.v(torch.tanh(self.query_proj(query)[:, None, :] + keys)).squeeze(-1)  # [B, S]
+        if mask is not None:
+            energy = energy.masked_fill(~mask, float("-inf"))
+        weights = energy.softmax(-1)
+        return torch.bmm(weights[:, None, :], memory).squeeze(1), weights

@@ -1,0 +1,219 @@
+"""The Transformer block of §3.1 and what it is made of: the feed-forward network (§3.3), dropout
+(§5.4), the residual connection with its layer norm, written once, and the stack of N blocks.
+
+One `Block` serves every model of the family: the paper's encoder layer (self-attention, FFN),
+its decoder layer (causal self-attention, cross-attention, FFN), a GPT block (causal, no
+cross-attention), a ViT or CLIP block (pre-norm), and a DiT block (a norm whose shift, scale and
+gate come from a conditioning vector: `Residual`'s modulation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aiayn import runtime
+from aiayn.nn.attention import CrossAttention, Packing, SelfAttention
+from aiayn.nn.cache import KVCache
+from aiayn.nn.linear import Linear
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+# name -> (function, Hugging Face's name for it). relu is the paper's; swish/silu is Marian's (OPUS-MT),
+# gelu the erf form (BERT, ViT), gelu_tanh GPT-2's approximation ("gelu_new" in Hugging Face).
+ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], str]] = {
+    "relu": (F.relu, "relu"),
+    "gelu": (F.gelu, "gelu"),
+    "gelu_tanh": (_gelu_tanh, "gelu_new"),
+    "swish": (F.silu, "swish"),
+    "silu": (F.silu, "swish"),
+}
+
+
+class Dropout(nn.Module):
+    """§5.4 dropout: zero each element with probability p, scale the rest by 1/(1−p).
+
+    Where `runtime.int16_dropout` says so (the CPU) the keep-mask comes from 16-bit random
+    integers, about twice as fast as Bernoulli sampling forward and backward (p is exact to
+    1/32768); elsewhere it is `F.dropout`.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p, self.threshold = p, round(p * 32768)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if not runtime.int16_dropout(x):
+            return F.dropout(x, self.p, training=True)
+        keep = torch.empty(x.shape, dtype=torch.int16).random_() >= self.threshold  # random_ draws from [0, 32767]
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class FeedForward(nn.Module):
+    """§3.3 Position-wise Feed-Forward Network, Eq. (2): FFN(x) = max(0, x W1 + b1) W2 + b2.
+
+    relu is the paper's activation; the others of ACTIVATIONS are options. `activation_dropout`
+    (tensor2tensor's relu_dropout) is off in the paper presets.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", activation_dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r} (one of {', '.join(ACTIVATIONS)})")
+        self.w1 = Linear(d_model, d_ff, bias=bias)
+        self.w2 = Linear(d_ff, d_model, bias=bias)
+        self.activation = ACTIVATIONS[activation][0]
+        self.dropout = Dropout(activation_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(self.dropout(self.activation(self.w1(x))))  # [.., d_model] -> [.., d_ff] -> [.., d_model]
+
+
+Modulation = tuple[Tensor, Tensor, Tensor]  # (shift, scale, gate), each broadcastable to x
+
+
+class Residual(nn.Module):
+    """§3.1: "the output of each sub-layer is LayerNorm(x + Sublayer(x))", with dropout on the
+    sub-layer's output (§5.4 "Residual Dropout"). pre_norm=True is x + Dropout(Sublayer(LayerNorm(x)))
+    (Wang et al. 2019; GPT-2, ViT): it trains stably at higher learning rates.
+
+    The hook for a conditioned norm: `modulation` = (shift, scale, gate) computed from a
+    conditioning vector gives DiT's adaLN-Zero (Peebles & Xie 2023, §3.2),
+    x + gate · Sublayer(LayerNorm(x) · (1 + scale) + shift), pre-norm only.
+    Holds no parameters: the norm belongs to the block, so its state-dict key stays the block's.
+    """
+
+    def __init__(self, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.dropout = Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: Tensor, norm: nn.Module, sublayer: Callable, modulation: Modulation | None = None):
+        """sublayer(h) returns a tensor, or (tensor, extra); returns (new x, extra or None)."""
+        if not self.pre_norm:
+            if modulation is not None:
+                raise ValueError("a conditioned norm (modulation) needs pre_norm=True")
+            out, extra = _split(sublayer(x))
+            return norm(x + self.dropout(out)), extra
+        h = norm(x)
+        if modulation is not None:
+            shift, scale, gate = modulation
+            h = h * (1 + scale) + shift
+        out, extra = _split(sublayer(h))
+        if modulation is not None:
+            out = gate * out
+        return x + self.dropout(out), extra
+
+
+def _split(out):
+    return out if isinstance(out, tuple) else (out, None)
+
+
+class Block(nn.Module):
+    """§3.1 one layer of a stack: self-attention (causal in a decoder, §3.2.3), encoder-decoder
+    attention when `cross` (§3.2.3), and the feed-forward network (§3.3), each wrapped by `Residual`.
+
+    The paper's encoder layer is Block(causal=False, cross=False), its decoder layer
+    Block(causal=True, cross=True); a GPT block is Block(causal=True, pre_norm=True).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, *, causal: bool = False, cross: bool = False,
+                 pre_norm: bool = False, dropout: float = 0.0, attn_dropout: float = 0.0, activation: str = "relu",
+                 activation_dropout: float = 0.0, bias: bool = True, norm_eps: float = 1e-5, norm_affine: bool = True):
+        super().__init__()
+
+        def norm() -> nn.LayerNorm:
+            return nn.LayerNorm(d_model, eps=norm_eps, elementwise_affine=norm_affine)
+
+        self.self_attn = SelfAttention(d_model, n_heads, causal=causal, dropout=attn_dropout, bias=bias)
+        self.self_attn_norm = norm()
+        if cross:
+            self.cross_attn = CrossAttention(d_model, n_heads, dropout=attn_dropout, bias=bias)
+            self.cross_attn_norm = norm()
+        self.ffn = FeedForward(d_model, d_ff, activation, activation_dropout, bias)
+        self.ffn_norm = norm()
+        self.residual = Residual(dropout, pre_norm)
+
+    @property
+    def has_cross(self) -> bool:
+        return hasattr(self, "cross_attn")
+
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, memory: tuple[Tensor, Tensor] | None = None,
+                memory_mask: Tensor | None = None, cache: KVCache | None = None, need_weights: bool = False,
+                packing: Packing | None = None, modulation: Sequence[Modulation] | None = None) -> tuple[Tensor, Tensor | None]:
+        """x: [N, L, d_model], or its real tokens [n, d_model] with their `packing`.
+        mask: self-attention mask (e.g. [B, 1, 1, L], True at real tokens); memory: the cross-attention's
+        keys and values (`CrossAttention.keys_values`), memory_mask: [B, 1, 1, S]; cache: this layer's
+        KV cache (incremental decoding); modulation: one (shift, scale, gate) per sub-layer.
+
+        Returns the new x and, with need_weights, the attention weights: the cross-attention's
+        where the block has one ([N, h, L, S]), else the self-attention's ([N, h, L, L])."""
+        mod = modulation or (None, None, None)
+        x, weights = self.residual(
+            x, self.self_attn_norm,
+            lambda h: self.self_attn(h, mask=mask, cache=cache, need_weights=need_weights and not self.has_cross, packing=packing),
+            mod[0],
+        )
+        if self.has_cross:
+            x, weights = self.residual(
+                x, self.cross_attn_norm,
+                lambda h: self.cross_attn(h, memory, mask=memory_mask, need_weights=need_weights, packing=packing),
+                mod[1] if len(mod) > 2 else None,
+            )
+        x, _ = self.residual(x, self.ffn_norm, self.ffn, mod[-1])
+        return x, weights
+
+
+class Stack(nn.ModuleList):
+    """§3.1: "a stack of N identical layers". A ModuleList of blocks (state-dict keys `0.…`, `1.…`)
+    that runs them in turn; `compile_blocks()` compiles each for training."""
+
+    def __init__(self, blocks):
+        super().__init__(blocks)
+        self._compiled: dict = {}
+
+    def forward(self, x: Tensor, *, caches: Sequence[KVCache] | None = None, memories: Sequence | None = None,
+                **kwargs) -> tuple[Tensor, list]:
+        """Run every block on x; `caches` and `memories` give each block its own KV cache and
+        cross-attention keys/values; other keyword arguments go to every block. Returns x and the
+        per-block attention weights (with need_weights)."""
+        weights = []
+        for i, block in enumerate(self):
+            if caches is not None:
+                kwargs["cache"] = caches[i]
+            if memories is not None:
+                kwargs["memory"] = memories[i]
+            x, w = self._run(block)(x, **kwargs)
+            weights.append(w)
+        return x, weights
+
+    def compile_blocks(self) -> None:
+        """Compile each block with torch.compile ("regional compilation"), for training: the blocks
+        share one graph, compiled once with dynamic shapes, so token-bucket batches of any size run
+        without recompiling (whether padding is skipped is worked out outside the graphs). Inside a
+        block the compiler fuses what eager PyTorch runs as separate kernels: dropout, residual add
+        and layer norm, bias and ReLU, the casts of mixed precision. Evaluation and incremental
+        decoding (whose KV cache is Python state) stay eager; parameters and keys are unchanged."""
+        self._compiled = {block: torch.compile(block, dynamic=True) for block in self}
+
+    def _run(self, block: nn.Module) -> nn.Module:
+        """The block's compiled form while training, where compile_blocks() made one; else the block."""
+        return self._compiled.get(block, block) if self.training else block
+
+    def __getstate__(self) -> dict:  # copies and pickles leave the compiled forms behind (they hold dynamo's state)
+        state = self.__dict__.copy()
+        state["_compiled"] = {}
+        return state

@@ -1,0 +1,103 @@
+"""Incremental decoding state: the protocol every searchable model's state follows, and the
+decoder self-attention's KV cache (§3.2.3: at step t the decoder attends to steps ≤ t, whose
+keys and values never change, so they are computed once and kept)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class DecodingState(Protocol):
+    """What beam search, greedy search and sampling need of a model's incremental state.
+
+    Rows are hypotheses, G per sentence, sentence-major (G = the beam; 1 for greedy and sampling).
+    A KV cache, a recurrent network's hidden state, or an ensemble of either all qualify.
+    """
+
+    def reorder(self, order: Tensor) -> None:
+        """Row n continues the hypothesis that was row order[n] (of the same sentence)."""
+
+    def select(self, sentences: Tensor) -> None:
+        """Keep only these sentences (all their rows), e.g. the unfinished ones."""
+
+
+class KVCache:
+    """The keys and values of one decoder self-attention layer for the steps decoded so far.
+
+    Stored time-major, [T, N, h, d_k], in a buffer that grows by doubling: a new step is written
+    in place (no concatenation), attention reads a [N, h, t, d_k] view, and beam search's
+    reordering of the N hypotheses is one gather into a spare buffer that then takes over.
+    """
+
+    def __init__(self):
+        self.k: Tensor | None = None  # [capacity, N, h, d_k]
+        self.v: Tensor | None = None
+        self.length = 0
+        self._spare: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.k is None else self.k.size(1)
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the keys/values of L new steps ([N, h, L, d_k]); return all of them as [N, h, t, d_k] views."""
+        end = self.length + k.size(2)
+        if self.k is None or end > self.k.size(0):
+            capacity = max(end, 2 * (self.k.size(0) if self.k is not None else 16))
+            grown = [t.new_empty((capacity, *t.shape[:2], t.size(3))) for t in (k, v)]
+            if self.k is not None:
+                grown[0][: self.length], grown[1][: self.length] = self.k[: self.length], self.v[: self.length]
+            self.k, self.v = grown
+            self._spare = None
+        self.k[self.length : end] = k.permute(2, 0, 1, 3)
+        self.v[self.length : end] = v.permute(2, 0, 1, 3)
+        self.length = end
+        return self.k[:end].permute(1, 2, 0, 3), self.v[:end].permute(1, 2, 0, 3)
+
+    @staticmethod
+    def plan(order: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """How to apply `order` (the same for every layer, so worked out once per step): the rows
+        that change, the rows they copy from, and whether copying just those is enough (they are
+        few and copy only from rows that stay, as beam search arranges it)."""
+        moved = order.ne(torch.arange(order.numel(), device=order.device))
+        changed = moved.nonzero().squeeze(1)
+        sources = order[changed]
+        return changed, sources, 2 * changed.numel() <= order.numel() and not bool(moved[sources].any())
+
+    def reorder(self, order: Tensor, plan: tuple[Tensor, Tensor, bool] | None = None) -> None:
+        """Row n continues the hypothesis that was row order[n]; `plan` is `KVCache.plan(order)`.
+
+        Rows that keep their own hypothesis are not touched; with a partial plan only the rows
+        that change are copied."""
+        if self.k is None:
+            return
+        if self.k.requires_grad:  # decoding under autograd (unusual): a plain gather
+            self.k, self.v = self.k.index_select(1, order), self.v.index_select(1, order)
+            return
+        changed, sources, partial = plan if plan is not None else self.plan(order)
+        if changed.numel() == 0:
+            return
+        if partial:
+            for buf in (self.k, self.v):
+                live = buf[: self.length]
+                live.index_copy_(1, changed, live.index_select(1, sources))
+            return
+        if self._spare is None:
+            self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
+        k2, v2 = self._spare
+        torch.index_select(self.k[: self.length], 1, order, out=k2[: self.length])
+        torch.index_select(self.v[: self.length], 1, order, out=v2[: self.length])
+        self._spare = (self.k, self.v)
+        self.k, self.v = k2, v2
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only these rows (their number may shrink)."""
+        if self.k is None:
+            return
+        self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+        self._spare = None
+
+

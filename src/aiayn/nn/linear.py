@@ -1,0 +1,49 @@
+"""The affine map of every projection, x Wᵀ + b, with the matrix product done by the faster library."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aiayn import runtime
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state-dict keys) whose no-grad fp32 CPU product may use
+    oneDNN (`runtime.onednn_inference`: on CPUs that are not Intel's; the results agree with MKL's
+    to rounding, ~1e-6 relative).
+
+    In eval mode the weight is also kept in oneDNN's packed layout (made on first use, made again
+    whenever the weight changes in place, dropped by `train()`): 1.3× faster at the 32 rows of
+    greedy decoding, 1.1× at the 128 of beam search, for a second copy of the weights in memory.
+    """
+
+    _packed: tuple | None = None  # (weight identity, packed weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and runtime.onednn_inference()
+        ):
+            weight = self.weight
+            if not self.training:
+                key = (weight.data_ptr(), weight._version, weight.shape)
+                if self._packed is None or self._packed[0] != key:
+                    self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+                weight = self._packed[1]
+            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+    def train(self, mode: bool = True) -> "Linear":
+        self._packed = None
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:  # copies and pickles leave the packed weight behind (it cannot be copied)
+        state = self.__dict__.copy()
+        state.pop("_packed", None)
+        return state

@@ -1,0 +1,179 @@
+"""Every choice that depends on the machine (CPU or GPU, which CPU), in one place.
+
+The blocks, models, trainer and decoders ask these functions and never test the device
+themselves, the way timm keeps `use_fused_attn()` in one module. Each switch says what it was
+measured on.
+
+- device: `device(choice)` ("auto" is CUDA where there is one).
+- precision: `resolve_precision`, `autocast`, `cpu_has_bf16`.
+- matrix products: `onednn_inference` (AIAYN_GEMM=auto|mkl|onednn), `gemm_library`.
+- attention kernels: `configure_attention` (cuDNN's kernel off on CUDA).
+- padding: `skip_padding(device)` (position-wise work on the real tokens only, on the CPU).
+- dropout: `int16_dropout(x)` (the CPU's cheaper keep-mask).
+- memory: `reuse_freed_memory()` (glibc keeps large blocks on the heap, CPU training).
+- batch size: `default_max_tokens(device)` for decoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+
+# ---------------------------------------------------------------- device
+
+
+def device(choice: str | torch.device | None = "auto") -> torch.device:
+    """The device for `choice`: "auto" (or None) is the first CUDA GPU where there is one, else the CPU."""
+    if choice is None or choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+# ---------------------------------------------------------------- precision
+
+
+def resolve_precision(precision: str, where: torch.device) -> str:
+    """fp32, bf16 or fp16 for training on `where`; "auto" is bf16 on CUDA (fp16 where bf16 is missing), fp32 on a CPU."""
+    if precision == "auto":
+        if where.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {precision!r} (auto, fp32, bf16, fp16)")
+    if precision == "fp16" and where.type != "cuda":
+        raise ValueError("fp16 training needs CUDA; on a CPU use bf16 or fp32")
+    return precision
+
+
+def autocast(precision: str, where: torch.device):
+    """torch.autocast for bf16/fp16, nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(where.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), as oneDNN sees it. Where it
+    does not, bf16 autocast runs at about 0.25× fp32 (2-core AMD EPYC, AVX2 only)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# ---------------------------------------------------------------- matrix products (CPU)
+
+
+@functools.cache
+def cpu_info(field: str) -> str:
+    """A field of /proc/cpuinfo for the first CPU ("vendor_id", "model name", ...); "" where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == field:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN's linear kernel."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@functools.cache
+def _resolve_gemm(choice: str) -> bool:
+    if choice == "auto":
+        return onednn_available() and cpu_info("vendor_id") not in ("GenuineIntel", "")
+    if choice not in ("mkl", "onednn"):
+        raise ValueError(f"AIAYN_GEMM={choice!r}: expected auto, mkl or onednn")
+    if choice == "onednn" and not onednn_available():
+        raise RuntimeError("AIAYN_GEMM=onednn, but this PyTorch build has no oneDNN linear kernel")
+    return choice == "onednn"
+
+
+_gemm_choice = os.environ.get("AIAYN_GEMM", "auto").lower()
+
+
+def onednn_inference() -> bool:
+    """Whether fp32 CPU products without gradients go through oneDNN rather than MKL.
+
+    PyTorch's CPU build sends fp32 products to MKL, tuned for Intel's cores. On other x86 CPUs
+    oneDNN is faster at the shapes of decoding: on a 2-core AMD EPYC, 128 × 512 × 1536 ran at 63
+    GFLOP/s through oneDNN and 50 through MKL (CTranslate2 makes the same choice). For training
+    both are within a few percent, so oneDNN serves only decoding and evaluation.
+    AIAYN_GEMM=mkl|onednn|auto (default auto: oneDNN on CPUs that are not Intel's)."""
+    return _resolve_gemm(_gemm_choice)
+
+
+@contextlib.contextmanager
+def gemm_library(choice: str):
+    """Within this block, use `choice` (auto, mkl or onednn) as AIAYN_GEMM would."""
+    global _gemm_choice
+    saved, _gemm_choice = _gemm_choice, choice
+    try:
+        onednn_inference()  # checks the choice
+        yield
+    finally:
+        _gemm_choice = saved
+
+
+# ---------------------------------------------------------------- attention kernels (CUDA)
+
+
+def configure_attention(where: torch.device, allow_cudnn: bool = False) -> None:
+    """Keep scaled_dot_product_attention off cuDNN's kernel on CUDA (process-wide) unless allowed.
+
+    cuDNN builds an execution plan for each exact input shape (hundreds of ms each, then cached).
+    Token-bucket batches meet a new shape nearly every update, and incremental decoding every
+    step, so the flash and memory-efficient kernels serve better. On an H200 (bf16, Bible corpus,
+    25k target tokens per update) `base` training ran at 118k tokens/s with cuDNN's kernel and
+    719k without it."""
+    if where.type == "cuda" and not allow_cudnn and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+# ---------------------------------------------------------------- padding, dropout, memory
+
+
+def skip_padding(where: torch.device) -> bool:
+    """Whether position-wise layers run on the real tokens alone (nn.attention.Packing) by default.
+
+    On the CPU the saved products win (1.06-1.10× at 10-30% padding). On an H200 in bf16 the
+    gathers and scatters cost more than the padding they save: fixed-shape base and big training
+    steps ran 0.89-0.92× as fast with padding skipped."""
+    return where.type == "cpu"
+
+
+def int16_dropout(x: torch.Tensor) -> bool:
+    """Whether dropout draws its keep-mask from 16-bit random integers (about twice as fast as
+    Bernoulli sampling on the CPU, forward and backward) rather than with F.dropout."""
+    return x.device.type == "cpu"
+
+
+def reuse_freed_memory() -> None:
+    """Every CPU training step allocates and frees the same large activations. glibc serves big
+    blocks with mmap and unmaps them on free, so each step page-faults them in again; keeping
+    them on the heap (no mmap, no trimming) makes steps a few percent faster. Linux/glibc only."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        libc.mallopt(m_mmap_max, 0)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
+def default_max_tokens(where: torch.device) -> int:
+    """Source tokens × beam per decoding batch where none is given. A CPU is busy with a small
+    batch. A GPU needs many hypotheses per step: on an H200 (base, beam 4, fp32) 256 sentences a
+    batch decoded 2.6× as many tokens per second as 64. 32,768 holds ~256 sentences of 30
+    subwords at beam 4."""
+    return 32768 if where.type == "cuda" else 4096

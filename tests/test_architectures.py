@@ -1,0 +1,78 @@
+"""Every registered architecture, at every preset: forward, backward, incremental decoding equal to
+the full forward pass, a save -> load round trip, and state-dict keys that stay what they were.
+A new model gets these by registering in aiayn.models (ARCHITECTURES and presets.PRESETS)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from aiayn import models
+from aiayn.io.checkpoint import load_model, save_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# made with the code before the block set (commit 5bd5497), for vocabulary 64
+KEYS = json.loads((FIXTURES / "state_dict_keys.json").read_text())
+VOCAB = 64
+CASES = [(arch, name) for name, (arch, _) in models.PRESETS.items()]
+
+
+def build(arch: str, name: str, **overrides):
+    torch.manual_seed(0)
+    _, cfg = models.preset_config(name, vocab_size=VOCAB, dropout=0.0, **overrides)
+    return models.build(arch, cfg)
+
+
+def batch(seed=0, lengths=(5, 3)):
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        out[i, :n] = torch.randint(4, VOCAB, (n,), generator=g)
+    return out
+
+
+def test_every_architecture_has_presets_and_every_preset_an_architecture():
+    assert set(models.ARCHITECTURES) <= {arch for arch, _ in models.PRESETS.values()}
+    for arch, name in CASES:
+        assert models.architecture(arch).name == arch and arch in KEYS and name in KEYS[arch], (arch, name)
+
+
+@pytest.mark.parametrize("arch,name", CASES)
+def test_forward_and_backward(arch, name):
+    model = build(arch, name).train()
+    src, tgt = batch(), batch(seed=1, lengths=(4, 4))
+    logits = model(src, tgt)
+    assert logits.shape == (2, 4, VOCAB) and torch.isfinite(logits).all()
+    logits.log_softmax(-1).mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(bool(g.abs().sum() > 0) for g in grads) >= 0.9 * len(grads)  # nearly every parameter learns
+
+
+@pytest.mark.parametrize("arch,name", CASES)
+def test_incremental_decoding_equals_the_full_forward_pass(arch, name):
+    model = build(arch, name).eval()
+    src, tgt = batch(), batch(seed=1, lengths=(4, 4))
+    with torch.no_grad():
+        full = model(src, tgt)
+        state = model.start(src)
+        steps = torch.stack([model.step(tgt[:, t : t + 1], state) for t in range(tgt.size(1))], 1)
+        state = model.start(src)
+        prefilled = model.step(tgt[:, :3], state)
+    scale = full.abs().max().item()
+    torch.testing.assert_close(steps, full, atol=1e-5 * scale, rtol=0)
+    torch.testing.assert_close(prefilled, full[:, 2], atol=1e-5 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("arch,name", CASES)
+def test_state_dict_keys_stay_and_a_checkpoint_round_trips(arch, name, tmp_path):
+    model = build(arch, name).eval()
+    state = model.state_dict()
+    assert {k: list(v.shape) for k, v in state.items()} == KEYS[arch][name]
+    save_model(tmp_path / "m.safetensors", model, {"note": "no assets needed here"}, task="test")
+    loaded, ckpt = load_model(tmp_path / "m.safetensors")
+    assert (ckpt.architecture, ckpt.task, ckpt.assets) == (arch, "test", {"note": "no assets needed here"})
+    assert ckpt.config == model.config and type(loaded) is type(model)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, state[k]), k
