@@ -43,7 +43,7 @@ def main() -> None:
     from model_throughput import measure_peak
     from torch.profiler import profile
 
-    from aiayn.generate.search import beam_search
+    from aiayn.generate import beam_search, special_tokens
     from aiayn.models import Transformer, TransformerConfig
     from aiayn.runtime import cpu_info, onednn_inference
 
@@ -55,7 +55,7 @@ def main() -> None:
     src[:, -1] = cfg.eos_id
 
     def search():
-        return beam_search(model, src, beam=K, min_len=L - 1, max_len_a=0.0, max_len_b=L)
+        return beam_search(model, src, special=special_tokens(model), max_len=torch.full((B,), L), beam=K, min_len=L - 1)
 
     search()  # warm-up (packs the weights)
     seconds = float("inf")

@@ -111,7 +111,7 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=HERE / "results" / "translate_throughput.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from aiayn.generate.search import beam_search, greedy_search
+    from aiayn.generate import beam_search, greedy_search, special_tokens
     from aiayn.runtime import cpu_info, gemm_library, onednn_inference
 
     work = Path(tempfile.mkdtemp(prefix="aiayn-translate-bench-"))
@@ -124,14 +124,15 @@ def main() -> None:
     cuda = device.type == "cuda"
     tensors = [tuple(t.to(device) for t in padded(b, cfg.pad_id, cfg.eos_id)) for b in batches]
     results = {}
+    special = special_tokens(model)
 
     def aiayn(beam):
         total = 0
         for src, _ in tensors:
             if beam == 1:
-                hyps = greedy_search(model, src, max_len_a=0, max_len_b=L, min_len=L - 1)
+                hyps = greedy_search(model, src, special=special, max_len=torch.full((src.size(0),), L, device=src.device), min_len=L - 1)
             else:
-                hyps = [h[0] for h in beam_search(model, src, beam=beam, max_len_a=0, max_len_b=L, min_len=L - 1)]
+                hyps = [h[0] for h in beam_search(model, src, special=special, max_len=torch.full((src.size(0),), L, device=src.device), beam=beam, min_len=L - 1)]
             total += sum(len(h.tokens) + 1 for h in hyps)
         return total
 

@@ -14,7 +14,7 @@ PAD = 0
 
 def tiny(vocab=50, **overrides):
     torch.manual_seed(0)
-    cfg = TransformerConfig.preset("tiny", pre_norm=False, vocab_size=vocab, dropout=0.0, **overrides)
+    cfg = TransformerConfig.preset("tiny", vocab_size=vocab, dropout=0.0, **{"pre_norm": False, **overrides})  # post-norm (the paper) unless asked
     return Transformer(cfg).eval()
 
 

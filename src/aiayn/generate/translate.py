@@ -37,6 +37,16 @@ def source_batch(seqs: list[list[int]], pad: int, eos: int) -> Tensor:
     return out
 
 
+def encode_lines(tokenizer: Tokenizer, texts: list[str], max_input_len: int, warn) -> list[list[int]]:
+    """Subword ids of each line, truncated to max_input_len with a warning that names the line."""
+    ids = tokenizer.encode(texts)
+    for i, seq in enumerate(ids):
+        if len(seq) > max_input_len:
+            warn(f"line {i + 1}: {len(seq)} subwords, truncated to {max_input_len}")
+            ids[i] = seq[:max_input_len]
+    return ids
+
+
 def special_tokens(model) -> SpecialTokens:
     """The ids a search needs, from an encoder-decoder's config."""
     c = model.config
@@ -128,12 +138,7 @@ class Translator:
             self.warn("this CPU has no bf16 units: bf16 autocast will be slower than fp32 (4x on an AVX2-only AMD EPYC)")
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        ids = self.src_tok.encode(texts)
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_input_len:
-                self.warn(f"line {i + 1}: {len(seq)} subwords, truncated to {self.max_input_len}")
-                ids[i] = seq[: self.max_input_len]
-        return ids
+        return encode_lines(self.src_tok, texts, self.max_input_len, self.warn)
 
     def batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices sorted by length, cut so that sentences × (longest + 1) × beam ≤ max_tokens."""

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from aiayn.data.tokenizer import Tokenizer
-from aiayn.generate.translate import SearchOptions, Translation
+from aiayn.generate.translate import SearchOptions, Translation, encode_lines
+from aiayn.interop import export_directory
 from aiayn.interop.weight_names import block_weights
 from aiayn.models import Transformer
 from aiayn.nn import sinusoid_table
@@ -159,9 +160,7 @@ def export_ctranslate2(model_path: str | Path, out: str | Path, quantization: st
 
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r} (one of {', '.join(QUANTIZATIONS)})")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --force")
+    out = export_directory(out, force)
     ckpt = read_checkpoint(resolve_model_path(model_path))
     model = ckpt.build()
     spec = transformer_spec(model, ckpt.tokenizers)
@@ -224,12 +223,7 @@ class CTranslate2Translator:
             ct2.set_random_seed(o.seed)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        ids = self.src_tok.encode(texts)
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_input_len:
-                self.warn(f"line {i + 1}: {len(seq)} subwords, truncated to {self.max_input_len}")
-                ids[i] = seq[: self.max_input_len]
-        return ids
+        return encode_lines(self.src_tok, texts, self.max_input_len, self.warn)
 
     def _decode_options(self) -> dict:
         o = self.options

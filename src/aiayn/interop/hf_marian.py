@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from aiayn.data.tokenizer import Tokenizer
+from aiayn.interop import export_directory
 from aiayn.interop.weight_names import block_weights
 from aiayn.models import Transformer, TransformerConfig
 from aiayn.nn import ACTIVATIONS, sinusoid_table
@@ -45,8 +46,9 @@ class InteropError(ValueError):
 
 MARIAN_FILES = ("config.json", "source.spm", "target.spm", "vocab.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-HF_ACTIVATION = {name: hf for name, (_, hf) in ACTIVATIONS.items()}  # aiayn name -> HF ("gelu" is the erf GELU in both)
-FROM_HF_ACTIVATION = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "swish": "swish", "silu": "swish"}  # HF name -> aiayn
+# What MarianMTModel computes, by its config's name -> aiayn's ("gelu" is the erf GELU in both); and back
+FROM_HF_ACTIVATION = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "swish"}
+HF_ACTIVATION = {name: hf for name, (_, hf) in ACTIVATIONS.items() if hf in FROM_HF_ACTIVATION}
 GENERATION_KEYS = ("num_beams", "max_length", "length_penalty", "early_stopping", "no_repeat_ngram_size", "min_length")
 LAYER_NORM_EPS = 1e-5  # HF's MarianMTModel uses nn.LayerNorm's default
 # BART-era switches some OPUS-MT config.json files still carry; MarianMTModel ignores them, so a
@@ -421,9 +423,7 @@ def export_marian(model_path: str | Path, out: str | Path, force: bool = False) 
     """`aiayn export MODEL --format hf --out OUT`: a directory MarianMTModel / MarianTokenizer load."""
     from aiayn.io.checkpoint import read_checkpoint, resolve_model_path
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --force")
+    out = export_directory(out, force)
     ckpt = read_checkpoint(resolve_model_path(model_path))
     model = ckpt.build()
     hf = to_marian_model(model, ckpt.extra)

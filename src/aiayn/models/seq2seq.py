@@ -179,6 +179,13 @@ class Transformer(nn.Module):
     def embed(self, tokens: Tensor, table: TokenEmbedding, offset: int = 0) -> Tensor:
         return self.dropout(table(tokens) + self.positions(tokens.size(1), offset))  # [B, L, d_model]
 
+    def _inputs(self, tokens: Tensor, table: TokenEmbedding, real: Tensor) -> tuple[Tensor, Packing | None]:
+        """A stack's input: the embedded tokens ([B, L, d_model]), or their real tokens alone
+        ([n, d_model]) with their packing where padding is skipped."""
+        packing = self.packing(real)
+        x = self.embed(tokens, table)
+        return (x if packing is None else packing.pack(x)), packing
+
     def packing(self, mask: Tensor) -> Packing | None:
         """How the position-wise layers skip the padding of a batch (mask: [B, L], True at real
         tokens), or None to run them on the padded batch. `skip_padding` decides; None (the
@@ -192,10 +199,7 @@ class Transformer(nn.Module):
         if src_mask is None:
             src_mask = src_tokens.ne(self.config.pad_id)
         mask = src_mask[:, None, None, :]  # [B, 1, 1, S]: broadcast over heads and queries
-        packing = self.packing(src_mask)
-        x = self.embed(src_tokens, self.src_embed)  # [B, S, d_model]
-        if packing is not None:
-            x = packing.pack(x)  # [n, d_model]
+        x, packing = self._inputs(src_tokens, self.src_embed, src_mask)
         x, weights = self.encoder_layers(x, mask=mask, need_weights=need_weights, packing=packing)
         x = self.encoder_norm(x)
         weights = weights if need_weights else []
@@ -213,10 +217,7 @@ class Transformer(nn.Module):
         """
         real = tgt_in.ne(self.config.pad_id)
         real[:, 0] = True  # the start symbol (which may be pad_id, as in Marian)
-        packing = self.packing(real)
-        x = self.embed(tgt_in, self.tgt_embed)  # [B, T, d_model]
-        if packing is not None:
-            x = packing.pack(x)  # [n, d_model]
+        x, packing = self._inputs(tgt_in, self.tgt_embed, real)
         memories = [enc.keys_values(block) for block in self.decoder_layers]
         x, weights = self.decoder_layers(x, memories=memories, memory_mask=enc.mask, need_weights=need_weights, packing=packing)
         x = self.decoder_norm(x)
