@@ -67,8 +67,20 @@ def run_aiayn(dataset: Path, work: Path, args) -> dict:
             import shutil
 
             shutil.rmtree(run)
-        train_args = ["train", "--data", dataset, "--config", args.config, "--out", run, "--max-time", args.minutes,
-                      "--threads", args.threads, *args.aiayn_overrides]
+        train_args = [
+            "train",
+            "--data",
+            dataset,
+            "--config",
+            args.config,
+            "--out",
+            run,
+            "--max-time",
+            args.minutes,
+            "--threads",
+            args.threads,
+            *args.aiayn_overrides,
+        ]
         started = time.time()
         sh(train_args, work / "aiayn-train.log")
         train_seconds = round(time.time() - started, 1)
@@ -84,12 +96,20 @@ def run_aiayn(dataset: Path, work: Path, args) -> dict:
 
     scores = evaluate_files(hyp, dataset / "test.tgt.txt")
     return {
-        "system": "aiayn", "config": args.config, "overrides": args.aiayn_overrides,
-        "bleu": scores["bleu"], "chrf": scores["chrf"], "bleu_signature": scores["bleu_signature"],
-        "updates": end["updates"], "tokens_seen": end["tokens_seen"],
-        "tokens_per_s": end["tokens_seen"] / end["time"], "train_seconds_logged": end["time"],
-        "train_wall_seconds": train_seconds, "translate_seconds": round(translate_seconds, 1),
-        "averaged_last": args.average, "curves_png": str(run / "curves.png"),
+        "system": "aiayn",
+        "config": args.config,
+        "overrides": args.aiayn_overrides,
+        "bleu": scores["bleu"],
+        "chrf": scores["chrf"],
+        "bleu_signature": scores["bleu_signature"],
+        "updates": end["updates"],
+        "tokens_seen": end["tokens_seen"],
+        "tokens_per_s": end["tokens_seen"] / end["time"],
+        "train_seconds_logged": end["time"],
+        "train_wall_seconds": train_seconds,
+        "translate_seconds": round(translate_seconds, 1),
+        "averaged_last": args.average,
+        "curves_png": str(run / "curves.png"),
         "valid": [e for e in log if e.get("type") == "valid"],
     }
 
@@ -114,8 +134,16 @@ def run_hf(dataset: Path, work: Path, args) -> dict:
     model_config = hf_marian.marian_config(cfg)
     out = work / "hf-run"
     torch.set_num_threads(args.threads)
-    result = hf_marian.train_hf(dataset, out, model_config, minutes=args.minutes, tgt_tokens_per_update=args.hf_tokens_per_update,
-                                lr=args.hf_lr, warmup_steps=args.hf_warmup, threads=args.threads)
+    result = hf_marian.train_hf(
+        dataset,
+        out,
+        model_config,
+        minutes=args.minutes,
+        tgt_tokens_per_update=args.hf_tokens_per_update,
+        lr=args.hf_lr,
+        warmup_steps=args.hf_warmup,
+        threads=args.threads,
+    )
     tokenizer = hf_marian.marian_tokenizer(dataset, out / "tokenizer")
     src = (dataset / "test.src.txt").read_text(encoding="utf-8").splitlines()
     ref = (dataset / "test.tgt.txt").read_text(encoding="utf-8").splitlines()
@@ -126,10 +154,17 @@ def run_hf(dataset: Path, work: Path, args) -> dict:
     from aiayn.evaluate import evaluate
 
     scores = evaluate(hyps, ref)
-    return {"system": "Hugging Face Seq2SeqTrainer + MarianMTModel", "bleu": scores["bleu"], "chrf": scores["chrf"],
-            "bleu_signature": scores["bleu_signature"], "updates": result["updates"], "tokens_seen": result["src_tokens"] + result["tgt_tokens"],
-            "tokens_per_s": result["tokens_per_s"], "translate_seconds": round(translate_seconds, 1),
-            **{k: v for k, v in result.items() if k not in ("updates", "tokens_per_s")}}
+    return {
+        "system": "Hugging Face Seq2SeqTrainer + MarianMTModel",
+        "bleu": scores["bleu"],
+        "chrf": scores["chrf"],
+        "bleu_signature": scores["bleu_signature"],
+        "updates": result["updates"],
+        "tokens_seen": result["src_tokens"] + result["tgt_tokens"],
+        "tokens_per_s": result["tokens_per_s"],
+        "translate_seconds": round(translate_seconds, 1),
+        **{k: v for k, v in result.items() if k not in ("updates", "tokens_per_s")},
+    }
 
 
 def main() -> None:
@@ -142,8 +177,9 @@ def main() -> None:
     p.add_argument("--config", default="tiny", help="aiayn config (tiny: chosen on valid, see the docstring)")
     p.add_argument("--average", type=int, default=5, help="average the last K checkpoints")
     p.add_argument("--aiayn-overrides", nargs=argparse.REMAINDER, default=[], help="extra '--key value' for aiayn train (last on the line)")
-    p.add_argument("--reuse-aiayn-run", action="store_true",
-                   help="do not train: average, translate and score the finished run in WORK/aiayn-run")
+    p.add_argument(
+        "--reuse-aiayn-run", action="store_true", help="do not train: average, translate and score the finished run in WORK/aiayn-run"
+    )
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-aiayn", action="store_true")
     p.add_argument("--hf-preset", help="model preset for HF when there is no aiayn run to copy the model from (default small)")
@@ -173,9 +209,15 @@ def main() -> None:
     for r in results:
         tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else "-"
         print(f"{r['system']:<46} {r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['updates']:>8} {tps:>9}")
-    record = {"command": " ".join(sys.argv), "minutes": args.minutes, "threads": args.threads, "vocab_size": args.vocab_size,
-              "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-              "results": results, "date": time.strftime("%Y-%m-%d %H:%M")}
+    record = {
+        "command": " ".join(sys.argv),
+        "minutes": args.minutes,
+        "threads": args.threads,
+        "vocab_size": args.vocab_size,
+        "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "results": results,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     out = HERE / "results" / "bible_en_es.json"
     out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out}")

@@ -138,10 +138,12 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
         def aiayn(**options):
             return OnDevice(AiaynRunner(size, args.vocab, 0), device, dtype, **options)
 
-        runners = {"aiayn": aiayn(),
-                   **({other: aiayn(skip_padding=not skips_padding)} if args.packing_ab else {}),
-                   **({"aiayn_compiled": aiayn(compiled=True)} if args.compiled_ab else {}),
-                   "hf": OnDevice(HFRunner(size, args.vocab, 0, 512, "ce", ""), device, dtype)}
+        runners = {
+            "aiayn": aiayn(),
+            **({other: aiayn(skip_padding=not skips_padding)} if args.packing_ab else {}),
+            **({"aiayn_compiled": aiayn(compiled=True)} if args.compiled_ab else {}),
+            "hf": OnDevice(HFRunner(size, args.vocab, 0, 512, "ce", ""), device, dtype),
+        }
         fwd = runners["aiayn"].runner.model.forward_flops(batch["n_src"], batch["n_tgt"], batch["src_len"], batch["tgt_len"])
         for mode in args.modes.split(","):
             active = {name: r for name, r in runners.items() if mode == "train" or name != "aiayn_compiled"}  # compiled: training only
@@ -169,9 +171,15 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
             row = {"size": size, "mode": mode, "tokens_per_step": tokens, "flops_per_step": flops}
             for name in active:
                 med = statistics.median(times[name])
-                row[name] = {"step_ms": med * 1e3, "tokens_per_s": tokens / med, "tflops": flops / med / 1e12,
-                             "mfu": flops / med / 1e12 / peak_tflops, "round_ms": [t * 1e3 for t in times[name]],
-                             "first_step_s": first[name], "step_memory_gib": memory.get(name)}
+                row[name] = {
+                    "step_ms": med * 1e3,
+                    "tokens_per_s": tokens / med,
+                    "tflops": flops / med / 1e12,
+                    "mfu": flops / med / 1e12 / peak_tflops,
+                    "round_ms": [t * 1e3 for t in times[name]],
+                    "first_step_s": first[name],
+                    "step_memory_gib": memory.get(name),
+                }
             row["ratio"] = row["aiayn"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
             if other in row:
                 packed, padded = ("aiayn", other) if skips_padding else (other, "aiayn")
@@ -180,11 +188,18 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
                 row["compile_gain"] = row["aiayn_compiled"]["tokens_per_s"] / row["aiayn"]["tokens_per_s"]
             rows.append(row)
             record["step"] = rows
-            print(f"{size:5s} {mode:5s}  aiayn {row['aiayn']['tokens_per_s']:>10,.0f} tok/s  MFU {100 * row['aiayn']['mfu']:5.1f}%   "
-                  f"HF {row['hf']['tokens_per_s']:>10,.0f} tok/s  MFU {100 * row['hf']['mfu']:5.1f}%   ratio {row['ratio']:.2f}"
-                  + (f"   skipping padding: {row['packing_gain']:.3f}×" if "packing_gain" in row else "")
-                  + (f"   compiled layers: {row['aiayn_compiled']['tokens_per_s']:,.0f} tok/s, MFU {100 * row['aiayn_compiled']['mfu']:.1f}%, "
-                     f"{row['compile_gain']:.3f}× (first step {row['aiayn_compiled']['first_step_s']:.0f} s)" if "compile_gain" in row else ""), flush=True)
+            print(
+                f"{size:5s} {mode:5s}  aiayn {row['aiayn']['tokens_per_s']:>10,.0f} tok/s  MFU {100 * row['aiayn']['mfu']:5.1f}%   "
+                f"HF {row['hf']['tokens_per_s']:>10,.0f} tok/s  MFU {100 * row['hf']['mfu']:5.1f}%   ratio {row['ratio']:.2f}"
+                + (f"   skipping padding: {row['packing_gain']:.3f}×" if "packing_gain" in row else "")
+                + (
+                    f"   compiled layers: {row['aiayn_compiled']['tokens_per_s']:,.0f} tok/s, MFU {100 * row['aiayn_compiled']['mfu']:.1f}%, "
+                    f"{row['compile_gain']:.3f}× (first step {row['aiayn_compiled']['first_step_s']:.0f} s)"
+                    if "compile_gain" in row
+                    else ""
+                ),
+                flush=True,
+            )
         del runners
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -193,7 +208,9 @@ def step_part(args, peak_tflops: float, record: dict) -> list:
 
 def kernel_part(args) -> dict:
     """Profile one base training step, eager and (with --compiled-ab) with compiled layers."""
-    return {name: profile_step(args, compiled) for name, compiled in (("eager", False), ("compiled", True)) if args.compiled_ab or not compiled}
+    return {
+        name: profile_step(args, compiled) for name, compiled in (("eager", False), ("compiled", True)) if args.compiled_ab or not compiled
+    }
 
 
 def profile_step(args, compiled: bool) -> dict:
@@ -218,18 +235,37 @@ def profile_step(args, compiled: bool) -> dict:
     attention = {}
     for e in events:
         k = e.key.lower()
-        kind = ("cudnn" if "cudnn" in k else "flash" if "flash" in k else "memory-efficient" if ("fmha" in k or "efficient" in k or "cutlass" in k and "attention" in k)
-                else "math/softmax" if "softmax" in k else None)
+        kind = (
+            "cudnn"
+            if "cudnn" in k
+            else "flash"
+            if "flash" in k
+            else "memory-efficient"
+            if ("fmha" in k or "efficient" in k or "cutlass" in k and "attention" in k)
+            else "math/softmax"
+            if "softmax" in k
+            else None
+        )
         if kind:
             attention.setdefault(kind, []).append({"kernel": e.key[:120], "calls": e.count, "share": time_of(e) / total})
-    matmul = sum(time_of(e) for e in events if any(w in e.key.lower() for w in ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")) and "fmha" not in e.key.lower())
+    matmul = sum(
+        time_of(e)
+        for e in events
+        if any(w in e.key.lower() for w in ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")) and "fmha" not in e.key.lower()
+    )
     top = sorted(events, key=time_of, reverse=True)[:15]
-    out = {"attention_kernels": attention, "matmul_share": matmul / total, "device_ms": total / 1e3,
-           "top": [{"kernel": e.key[:120], "calls": e.count, "share": time_of(e) / total} for e in top],
-           "kernel_launches": sum(e.count for e in events)}
+    out = {
+        "attention_kernels": attention,
+        "matmul_share": matmul / total,
+        "device_ms": total / 1e3,
+        "top": [{"kernel": e.key[:120], "calls": e.count, "share": time_of(e) / total} for e in top],
+        "kernel_launches": sum(e.count for e in events),
+    }
     label = "compiled layers" if compiled else "eager"
-    print(f"one base training step, {label}: {out['kernel_launches']} kernels, {out['device_ms']:.1f} ms on the device, "
-          f"matrix products {100 * out['matmul_share']:.1f}%")
+    print(
+        f"one base training step, {label}: {out['kernel_launches']} kernels, {out['device_ms']:.1f} ms on the device, "
+        f"matrix products {100 * out['matmul_share']:.1f}%"
+    )
     for kind, ks in attention.items():
         for k in ks:
             print(f"  {kind:17s} {k['calls']:4d} calls {100 * k['share']:5.1f}%  {k['kernel']}")
@@ -259,22 +295,45 @@ def e2e_part(args, peak_tflops: float, record: dict) -> list:
         for variant in args.e2e_variants.split(","):
             cudnn = "+cudnn" in variant or variant == "hf"  # HF as a user runs it: PyTorch's default backends
             if variant.startswith("aiayn"):
-                x = tt.run_aiayn(args.dataset, size, args.updates, args.skip, max_tokens, args.threads, args.work, "bf16",
-                                 device=args.device, extra=("--cudnn-attention", str(cudnn).lower(), "--compile", str("+compile" in variant).lower()),
-                                 name=variant)
+                x = tt.run_aiayn(
+                    args.dataset,
+                    size,
+                    args.updates,
+                    args.skip,
+                    max_tokens,
+                    args.threads,
+                    args.work,
+                    "bf16",
+                    device=args.device,
+                    extra=("--cudnn-attention", str(cudnn).lower(), "--compile", str("+compile" in variant).lower()),
+                    name=variant,
+                )
                 x["tgt_tokens_per_update"] = round(aiayn_tgt, 1)
             else:
                 if args.device == "cuda":
                     torch.backends.cuda.enable_cudnn_sdp(cudnn)
-                x = tt.run_hf(args.dataset, size, args.updates, args.skip, args.tgt_tokens_per_update, args.threads, args.work,
-                              device=args.device, precision="bf16", name=variant)
+                x = tt.run_hf(
+                    args.dataset,
+                    size,
+                    args.updates,
+                    args.skip,
+                    args.tgt_tokens_per_update,
+                    args.threads,
+                    args.work,
+                    device=args.device,
+                    precision="bf16",
+                    name=variant,
+                )
                 if args.device == "cuda":
                     torch.backends.cuda.enable_cudnn_sdp(True)
             x["cudnn_attention"] = cudnn
             x["mfu"] = x["tokens_per_s"] * flops_per_token / 1e12 / peak_tflops
             row[variant] = x
-            print(f"{size:5s} e2e {variant:12s} {x['tokens_per_s']:>10,.0f} tok/s  MFU {100 * x['mfu']:5.1f}%  "
-                  f"src+tgt per update {x['window_tokens'] / x['window_updates']:,.0f}  median update {1e3 * statistics.median(x['update_seconds'][args.skip:]):.0f} ms", flush=True)
+            print(
+                f"{size:5s} e2e {variant:12s} {x['tokens_per_s']:>10,.0f} tok/s  MFU {100 * x['mfu']:5.1f}%  "
+                f"src+tgt per update {x['window_tokens'] / x['window_updates']:,.0f}  median update {1e3 * statistics.median(x['update_seconds'][args.skip :]):.0f} ms",
+                flush=True,
+            )
         if "aiayn" in row and "hf" in row:
             row["ratio"] = row["aiayn"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
             print(f"{size:5s} e2e   aiayn / HF (each with its default attention backends): {row['ratio']:.2f}", flush=True)
@@ -292,15 +351,27 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="base,big")
     p.add_argument("--modes", default="train,infer")
-    p.add_argument("--cudnn-attention", choices=["on", "off"], default="on",
-                   help="for the step and kernels parts: PyTorch's cuDNN attention backend (default on: PyTorch's default)")
+    p.add_argument(
+        "--cudnn-attention",
+        choices=["on", "off"],
+        default="on",
+        help="for the step and kernels parts: PyTorch's cuDNN attention backend (default on: PyTorch's default)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="sentences per random batch (default 256)")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per sentence per side (default 64: 16,384 per side)")
     p.add_argument("--pad-frac", type=float, default=0.1)
-    p.add_argument("--packing-ab", action=argparse.BooleanOptionalAction, default=True,
-                   help="step part: also time aiayn with the other choice of skipping padding (skipped on a GPU, not skipped on a CPU; default on)")
-    p.add_argument("--compiled-ab", action=argparse.BooleanOptionalAction, default=True,
-                   help="step part: also time aiayn's training step with its layers compiled (default on)")
+    p.add_argument(
+        "--packing-ab",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step part: also time aiayn with the other choice of skipping padding (skipped on a GPU, not skipped on a CPU; default on)",
+    )
+    p.add_argument(
+        "--compiled-ab",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step part: also time aiayn's training step with its layers compiled (default on)",
+    )
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="steps timed per round")
@@ -310,8 +381,11 @@ def main() -> None:
     p.add_argument("--tgt-tokens-per-update", type=int, default=25000)
     p.add_argument("--updates", type=int, default=30)
     p.add_argument("--skip", type=int, default=5)
-    p.add_argument("--e2e-variants", default="aiayn,aiayn+compile,aiayn+cudnn,hf,hf-nocudnn",
-                   help="aiayn (its default: no cuDNN attention), aiayn+cudnn, aiayn+compile, hf (PyTorch's defaults), hf-nocudnn (cuDNN attention off)")
+    p.add_argument(
+        "--e2e-variants",
+        default="aiayn,aiayn+compile,aiayn+cudnn,hf,hf-nocudnn",
+        help="aiayn (its default: no cuDNN attention), aiayn+cudnn, aiayn+compile, hf (PyTorch's defaults), hf-nocudnn (cuDNN attention off)",
+    )
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--work", type=Path, default=Path("/tmp/aiayn-gpu-throughput"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_throughput.json")
@@ -320,8 +394,14 @@ def main() -> None:
     if args.device == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention == "on")
     parts = args.parts.split(",")
-    record = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "device": args.device,
-              "torch": torch.__version__, "python": platform.python_version(), "args": {k: str(v) for k, v in vars(args).items()}}
+    record = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "device": args.device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     try:
         import transformers
 
@@ -354,21 +434,31 @@ def main() -> None:
     peak = part("peak", lambda: measure_peak(args.device, args.peak_n)) or {}
     peak_tflops = peak.get("tflops") or 1.0
     if "tflops" in peak:
-        print(f"{peak['device_name']}: {peak['dtype']} {args.peak_n}³ matmul {peak['tflops']:.0f} TFLOP/s (datasheet {peak['datasheet_tflops']})", flush=True)
+        print(
+            f"{peak['device_name']}: {peak['dtype']} {args.peak_n}³ matmul {peak['tflops']:.0f} TFLOP/s (datasheet {peak['datasheet_tflops']})",
+            flush=True,
+        )
     part("step", lambda: step_part(args, peak_tflops, record))
     part("kernels", lambda: kernel_part(args))
     if "e2e" in parts and not args.dataset:
         raise SystemExit("--dataset is needed for the e2e part")
     part("e2e", lambda: e2e_part(args, peak_tflops, record))
 
-    print(f"\nbf16 on {peak.get('device_name')}, MFU against the measured {peak_tflops:.0f} TFLOP/s" if "tflops" in peak
-          else "\nno peak measured (--parts without peak): the MFU columns are against 1 TFLOP/s")
+    print(
+        f"\nbf16 on {peak.get('device_name')}, MFU against the measured {peak_tflops:.0f} TFLOP/s"
+        if "tflops" in peak
+        else "\nno peak measured (--parts without peak): the MFU columns are against 1 TFLOP/s"
+    )
     print(f"{'size':5s} {'what':6s} {'aiayn tok/s':>12s} {'HF tok/s':>10s} {'ratio':>6s} {'aiayn MFU':>10s} {'HF MFU':>7s}")
-    for r in (record.get("step") if isinstance(record.get("step"), list) else []) + (record.get("e2e") if isinstance(record.get("e2e"), list) else []):
+    for r in (record.get("step") if isinstance(record.get("step"), list) else []) + (
+        record.get("e2e") if isinstance(record.get("e2e"), list) else []
+    ):
         if "hf" not in r or "aiayn" not in r:
             continue
-        print(f"{r['size']:5s} {r.get('mode', 'e2e'):6s} {r['aiayn']['tokens_per_s']:>12,.0f} {r['hf']['tokens_per_s']:>10,.0f} {r['ratio']:>6.2f} "
-              f"{100 * r['aiayn']['mfu']:>9.1f}% {100 * r['hf']['mfu']:>6.1f}%")
+        print(
+            f"{r['size']:5s} {r.get('mode', 'e2e'):6s} {r['aiayn']['tokens_per_s']:>12,.0f} {r['hf']['tokens_per_s']:>10,.0f} {r['ratio']:>6.2f} "
+            f"{100 * r['aiayn']['mfu']:>9.1f}% {100 * r['hf']['mfu']:>6.1f}%"
+        )
     print(f"wrote {args.out}")
 
 

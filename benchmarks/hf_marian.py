@@ -174,8 +174,12 @@ def marian_tokenizer(dataset_dir: str | Path, out_dir: str | Path):
     with warnings.catch_warnings():  # "Recommended: pip install sacremoses": Marian never calls it when encoding
         warnings.filterwarnings("ignore", message=".*sacremoses.*")
         tokenizer = MarianTokenizer(
-            source_spm=str(out_dir / "source.spm"), target_spm=str(out_dir / "target.spm"), vocab=str(out_dir / "vocab.json"),
-            pad_token=names["pad"], unk_token=names["unk"], eos_token=names["eos"],
+            source_spm=str(out_dir / "source.spm"),
+            target_spm=str(out_dir / "target.spm"),
+            vocab=str(out_dir / "vocab.json"),
+            pad_token=names["pad"],
+            unk_token=names["unk"],
+            eos_token=names["eos"],
             bos_token=names["bos"],  # never inserted by Marian; declared so that decoding skips it
             model_max_length=1024,
         )
@@ -293,8 +297,10 @@ def _time_budget_callback(minutes: float, counter: TokenCountingCollator, log):
                 return
             elapsed = time.perf_counter() - self.started
             src, tgt = counter.tokens(state.global_step)
-            log(f"step {state.global_step:6d}  loss {logs['loss']:.4f}  lr {logs.get('learning_rate', 0):.3g}  "
-                f"grad_norm {logs.get('grad_norm', float('nan')):.3g}  {elapsed / 60:5.1f} min  {(src + tgt) / elapsed:,.0f} tok/s")
+            log(
+                f"step {state.global_step:6d}  loss {logs['loss']:.4f}  lr {logs.get('learning_rate', 0):.3g}  "
+                f"grad_norm {logs.get('grad_norm', float('nan')):.3g}  {elapsed / 60:5.1f} min  {(src + tgt) / elapsed:,.0f} tok/s"
+            )
 
     return TimeBudget()
 
@@ -381,15 +387,21 @@ def train_hf(
     )
     budget = _time_budget_callback(minutes, collator, log)
     trainer = Seq2SeqTrainer(
-        model=model, args=args, data_collator=collator, train_dataset=train_data, processing_class=tokenizer,
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train_data,
+        processing_class=tokenizer,
         callbacks=[budget],
     )
     trainer.remove_callback(PrinterCallback)
     torch.set_num_threads(threads)  # in case anything above changed it
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"HF MarianMTModel: {n_params / 1e6:.1f}M parameters, {batch_size} sentences per update "
+    log(
+        f"HF MarianMTModel: {n_params / 1e6:.1f}M parameters, {batch_size} sentences per update "
         f"(≈{batch_size * mean_tgt:.0f} target tokens), {torch.get_num_threads()} threads, "
-        f"{f'{minutes:g} min budget' if minutes is not None else f'{max_steps} updates'}")
+        f"{f'{minutes:g} min budget' if minutes is not None else f'{max_steps} updates'}"
+    )
 
     result = trainer.train()
     train_seconds = budget.ended - budget.started
@@ -457,7 +469,9 @@ def translate_hf(
             batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
             longest = int(batch["attention_mask"].sum(1).max()) - 1  # without the source EOS
             generated = model.generate(
-                **batch, num_beams=beam, length_penalty=length_penalty,
+                **batch,
+                num_beams=beam,
+                length_penalty=length_penalty,
                 max_new_tokens=max(1, math.floor(max_len_a * longest) + max_len_b),
             )
             texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
@@ -508,12 +522,28 @@ def main(argv=None) -> dict:
     print(f"tokenizer: HF MarianTokenizer ids match aiayn's on {check['sentences_checked']} valid/test sentences (both sides)")
 
     config = marian_config(
-        args.d_model, args.layers, args.layers, args.heads, args.d_ff, meta["vocab"]["tgt"]["size"], args.dropout,
-        pad_id=meta["special_ids"]["pad"], bos_id=meta["special_ids"]["bos"], eos_id=meta["special_ids"]["eos"],
+        args.d_model,
+        args.layers,
+        args.layers,
+        args.heads,
+        args.d_ff,
+        meta["vocab"]["tgt"]["size"],
+        args.dropout,
+        pad_id=meta["special_ids"]["pad"],
+        bos_id=meta["special_ids"]["bos"],
+        eos_id=meta["special_ids"]["eos"],
     )
     train = train_hf(
-        args.data, out / "model", config, args.minutes, args.tgt_tokens_per_update, args.lr, args.warmup,
-        threads=args.threads, seed=args.seed, batch_size=args.batch_size,
+        args.data,
+        out / "model",
+        config,
+        args.minutes,
+        args.tgt_tokens_per_update,
+        args.lr,
+        args.warmup,
+        threads=args.threads,
+        seed=args.seed,
+        batch_size=args.batch_size,
     )
 
     test = ParallelDataset(args.data, "test")
@@ -521,8 +551,9 @@ def main(argv=None) -> dict:
     if args.test_sentences:
         sources, refs = sources[: args.test_sentences], refs[: args.test_sentences]
     started = time.perf_counter()
-    hyps = translate_hf(train["model_dir"], out / "model", sources, beam=args.beam, batch_size=args.translate_batch_size,
-                        length_penalty=args.length_penalty)
+    hyps = translate_hf(
+        train["model_dir"], out / "model", sources, beam=args.beam, batch_size=args.translate_batch_size, length_penalty=args.length_penalty
+    )
     translate_seconds = time.perf_counter() - started
     (out / "test.hyp.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     scores = score(hyps, refs)
@@ -533,24 +564,45 @@ def main(argv=None) -> dict:
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
         "data": str(Path(args.data).resolve()),
         "tokenizer_check": check,
-        "model": {"d_model": args.d_model, "layers": args.layers, "heads": args.heads, "d_ff": args.d_ff,
-                  "dropout": args.dropout, "vocab_size": config.vocab_size},
-        "training": {"minutes": args.minutes, "lr": args.lr, "warmup_steps": args.warmup, "label_smoothing": 0.1,
-                     "tgt_tokens_per_update": args.tgt_tokens_per_update, **train},
-        "translation": {"beam": args.beam, "length_penalty": args.length_penalty, "max_len": "src_len + 50 (per batch)",
-                        "sentences": len(hyps), "seconds": round(translate_seconds, 1),
-                        "sentences_per_s": round(len(hyps) / translate_seconds, 2)},
+        "model": {
+            "d_model": args.d_model,
+            "layers": args.layers,
+            "heads": args.heads,
+            "d_ff": args.d_ff,
+            "dropout": args.dropout,
+            "vocab_size": config.vocab_size,
+        },
+        "training": {
+            "minutes": args.minutes,
+            "lr": args.lr,
+            "warmup_steps": args.warmup,
+            "label_smoothing": 0.1,
+            "tgt_tokens_per_update": args.tgt_tokens_per_update,
+            **train,
+        },
+        "translation": {
+            "beam": args.beam,
+            "length_penalty": args.length_penalty,
+            "max_len": "src_len + 50 (per batch)",
+            "sentences": len(hyps),
+            "seconds": round(translate_seconds, 1),
+            "sentences_per_s": round(len(hyps) / translate_seconds, 2),
+        },
         "test": scores,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
     t = summary["training"]
-    print(f"\ntrained {t['updates']} updates ({t['epochs']} epochs) in {t['train_seconds']:.0f} s, "
-          f"{t['batch_size']} sentences/update (≈{t['mean_tgt_tokens_per_update']:.0f} target tokens), "
-          f"{t['tokens_per_s']:,.0f} src+tgt tok/s, label-smoothed loss {t['mean_loss']} (mean), "
-          f"{t['final_loss'] if t['final_loss'] is not None else 'n/a'} (last log)")
-    print(f"test ({len(hyps)} sentences, beam {args.beam}, {translate_seconds:.1f} s): "
-          f"BLEU {scores['bleu']}  chrF {scores['chrf']}\n  {scores['bleu_signature']}")
+    print(
+        f"\ntrained {t['updates']} updates ({t['epochs']} epochs) in {t['train_seconds']:.0f} s, "
+        f"{t['batch_size']} sentences/update (≈{t['mean_tgt_tokens_per_update']:.0f} target tokens), "
+        f"{t['tokens_per_s']:,.0f} src+tgt tok/s, label-smoothed loss {t['mean_loss']} (mean), "
+        f"{t['final_loss'] if t['final_loss'] is not None else 'n/a'} (last log)"
+    )
+    print(
+        f"test ({len(hyps)} sentences, beam {args.beam}, {translate_seconds:.1f} s): "
+        f"BLEU {scores['bleu']}  chrF {scores['chrf']}\n  {scores['bleu_signature']}"
+    )
     print(f"wrote {out / 'summary.json'}")
     return summary
 

@@ -96,10 +96,15 @@ def make_batch(batch_size: int, seq_len: int, vocab: int, pad_frac: float, seed:
     tgt_in = tgt_in.masked_fill(tgt_out.eq(PAD), PAD)
     labels = tgt_out.masked_fill(tgt_out.eq(PAD), -100)
     return dict(
-        src=src, tgt_in=tgt_in, tgt_out=tgt_out,
-        attention_mask=src.ne(PAD).long(), labels=labels,
-        n_src=int(src_len.sum()), n_tgt=int(tgt_len.sum()),
-        src_len=float(src_len.float().mean()), tgt_len=float(tgt_len.float().mean()),
+        src=src,
+        tgt_in=tgt_in,
+        tgt_out=tgt_out,
+        attention_mask=src.ne(PAD).long(),
+        labels=labels,
+        n_src=int(src_len.sum()),
+        n_tgt=int(tgt_len.sum()),
+        src_len=float(src_len.float().mean()),
+        tgt_len=float(tgt_len.float().mean()),
     )
 
 
@@ -210,8 +215,17 @@ def measure_peak(threads: int, sizes=(2048, 4096), seconds: float = 2.0) -> dict
     return {"gflops_by_n": best, "gflops": max(best.values()), "best_cpu_share_by_n": shares, "gflops_by_library": by_lib}
 
 
-def interleaved(steps: dict, *, seconds: float, min_steps: int, warmup: int, chunk_seconds: float,
-                threads: int, min_cpu_share: float, max_seconds: float) -> dict:
+def interleaved(
+    steps: dict,
+    *,
+    seconds: float,
+    min_steps: int,
+    warmup: int,
+    chunk_seconds: float,
+    threads: int,
+    min_cpu_share: float,
+    max_seconds: float,
+) -> dict:
     """Run each callable in `steps` alternately in chunks (≥1 step, ≈chunk_seconds) until each has
     ≥ min_steps clean steps adding up to ≥ seconds, or `max_seconds` of wall time have passed.
 
@@ -262,11 +276,20 @@ def summarize(record: list, tokens: int, flops: float, peak_gflops: float, threa
     times = [t for t, _ in record] if noisy else good
     med, best = statistics.median(times), min(times)
     return dict(
-        steps=len(record), clean_steps=len(good), noisy=noisy, median_s=med, min_s=best, max_s=max(times),
-        tokens_per_s=tokens / med, gflops=flops / med / 1e9, mfu=flops / med / (peak_gflops * 1e9),
-        best_tokens_per_s=tokens / best, best_mfu=flops / best / (peak_gflops * 1e9),
+        steps=len(record),
+        clean_steps=len(good),
+        noisy=noisy,
+        median_s=med,
+        min_s=best,
+        max_s=max(times),
+        tokens_per_s=tokens / med,
+        gflops=flops / med / 1e9,
+        mfu=flops / med / (peak_gflops * 1e9),
+        best_tokens_per_s=tokens / best,
+        best_mfu=flops / best / (peak_gflops * 1e9),
         cpu_share_median=statistics.median(shares),
-        step_times_s=[round(t, 5) for t, _ in record], step_cpu_s=[round(c, 5) for _, c in record],
+        step_times_s=[round(t, 5) for t, _ in record],
+        step_cpu_s=[round(c, 5) for _, c in record],
     )
 
 
@@ -278,9 +301,18 @@ CATEGORIES = [
     ("layer_norm", r"layer_norm"),
     ("dropout (bernoulli/mask)", r"dropout|bernoulli"),
     ("embedding / gather / index", r"embedding|index|gather|scatter|masked_select|nonzero|take"),
-    ("copies / layout (copy_, clone, cat, contiguous)", r"^aten::(copy_|clone|contiguous|cat|_to_copy|to|stack|empty_like|zeros_like|fill_|zero_|t|transpose|view|reshape|_reshape_alias|as_strided|expand|permute|unsqueeze|squeeze|split|chunk|narrow|slice|select|detach|_unsafe_view|alias|resize_|empty|empty_strided|zeros|ones|full|new_zeros|new_empty|unbind|split_with_sizes)$"),
-    ("optimizer math (Adam: mul_/add_/addcmul_/addcdiv_/sqrt/lerp_)", r"^aten::(addcmul_|addcdiv_|sqrt|lerp_|_foreach.*|mul_|add_|div_|sqrt_)$"),
-    ("elementwise / reductions (add, mul, relu, sum, mean, ...)", r"^aten::(add|mul|div|sub|relu|threshold_backward|threshold|sum|mean|neg|rsub|where|masked_fill|masked_fill_|ne|eq|gt|lt|ge|le|exp|log|pow|clamp|clamp_min|gelu|silu|abs|sign|max|min|nll_loss.*|cross_entropy.*|ones_like|arange|rsqrt|tanh|fused_dropout|_masked_scale|sum_.*|tril|triu|logical_.*|bitwise_.*|__and__|__or__|any|all|isfinite|item|_local_scalar_dense|lt_|gt_)$"),
+    (
+        "copies / layout (copy_, clone, cat, contiguous)",
+        r"^aten::(copy_|clone|contiguous|cat|_to_copy|to|stack|empty_like|zeros_like|fill_|zero_|t|transpose|view|reshape|_reshape_alias|as_strided|expand|permute|unsqueeze|squeeze|split|chunk|narrow|slice|select|detach|_unsafe_view|alias|resize_|empty|empty_strided|zeros|ones|full|new_zeros|new_empty|unbind|split_with_sizes)$",
+    ),
+    (
+        "optimizer math (Adam: mul_/add_/addcmul_/addcdiv_/sqrt/lerp_)",
+        r"^aten::(addcmul_|addcdiv_|sqrt|lerp_|_foreach.*|mul_|add_|div_|sqrt_)$",
+    ),
+    (
+        "elementwise / reductions (add, mul, relu, sum, mean, ...)",
+        r"^aten::(add|mul|div|sub|relu|threshold_backward|threshold|sum|mean|neg|rsub|where|masked_fill|masked_fill_|ne|eq|gt|lt|ge|le|exp|log|pow|clamp|clamp_min|gelu|silu|abs|sign|max|min|nll_loss.*|cross_entropy.*|ones_like|arange|rsqrt|tanh|fused_dropout|_masked_scale|sum_.*|tril|triu|logical_.*|bitwise_.*|__and__|__or__|any|all|isfinite|item|_local_scalar_dense|lt_|gt_)$",
+    ),
 ]
 
 
@@ -308,10 +340,14 @@ def profile(args) -> None:
     if args.peak is None:
         args.peak = max(measure_peak(args.threads)["gflops"], measure_peak(args.threads)["gflops"])
     report["peak_gflops"] = args.peak
-    log(f"# profile of one training step, size={size}, vocab={args.vocab}, threads={args.threads}, "
-        f"batch {args.batch_size}×{args.seq_len} per side, torch {torch.__version__}")
-    runners = (lambda: AiaynRunner(size, args.vocab, args.seed),
-               lambda: HFRunner(size, args.vocab, args.seed, args.max_positions, args.hf_loss, args.hf_attn))
+    log(
+        f"# profile of one training step, size={size}, vocab={args.vocab}, threads={args.threads}, "
+        f"batch {args.batch_size}×{args.seq_len} per side, torch {torch.__version__}"
+    )
+    runners = (
+        lambda: AiaynRunner(size, args.vocab, args.seed),
+        lambda: HFRunner(size, args.vocab, args.seed, args.max_positions, args.hf_loss, args.hf_attn),
+    )
     train_flops = None
     for make in runners:
         runner = make()
@@ -322,7 +358,8 @@ def profile(args) -> None:
         runner.train_step(batch)
         steps, start = [], time.perf_counter()  # piece timing: clean steps only (as in the benchmark), if we get them
         while sum(sh >= args.min_cpu_share for *_, sh in steps) < args.profile_steps and (
-                len(steps) < args.profile_steps or time.perf_counter() - start < args.max_seconds):
+            len(steps) < args.profile_steps or time.perf_counter() - start < args.max_seconds
+        ):
             c0, t0 = time.process_time(), time.perf_counter()
             loss = runner.forward_loss(batch)
             t1 = time.perf_counter()
@@ -336,9 +373,11 @@ def profile(args) -> None:
         names = ("forward+loss", "backward", "optimizer.step+zero_grad")
         med = {k: statistics.median(st[i] for st in use) for i, k in enumerate(names)}
         total = sum(med.values())
-        log(f"\n## {runner.name}: piece timing (median of {len(use)} {'clean' if use is good else 'NOISY'} steps of {len(steps)}), "
+        log(
+            f"\n## {runner.name}: piece timing (median of {len(use)} {'clean' if use is good else 'NOISY'} steps of {len(steps)}), "
             f"step ≈ {total:.3f} s, {tokens / total:.0f} tokens/s, MFU {100 * train_flops / total / 1e9 / args.peak:.1f}% "
-            f"of {args.peak:.0f} GFLOP/s")
+            f"of {args.peak:.0f} GFLOP/s"
+        )
         for k, v in med.items():
             log(f"  {k:28s} {v:8.3f} s  {100 * v / total:5.1f}%")
 
@@ -358,8 +397,10 @@ def profile(args) -> None:
         cats: dict[str, float] = {}
         for e in events:
             cats[categorize(e.key)] = cats.get(categorize(e.key), 0.0) + e.self_cpu_time_total
-        log(f"\n## {runner.name}: torch.profiler, one step, self CPU time {self_total / 1e6:.3f} s "
-            f"(profiler overhead included; cpu share of that step {share:.2f})")
+        log(
+            f"\n## {runner.name}: torch.profiler, one step, self CPU time {self_total / 1e6:.3f} s "
+            f"(profiler overhead included; cpu share of that step {share:.2f})"
+        )
         log("  by category:")
         for cat, t in sorted(cats.items(), key=lambda kv: -kv[1]):
             log(f"    {100 * t / self_total:5.1f}%  {t / 1e6:7.3f} s  {cat}")
@@ -368,17 +409,26 @@ def profile(args) -> None:
         log(f"    {'share':>6s} {'self s':>8s} {'calls':>6s}  op")
         for e in top:
             log(f"    {100 * e.self_cpu_time_total / self_total:5.1f}% {e.self_cpu_time_total / 1e6:8.3f} {e.count:6d}  {e.key}")
-        by_shape = sorted((e for e in prof.key_averages(group_by_input_shape=True) if e.self_cpu_time_total > 0),
-                          key=lambda e: -e.self_cpu_time_total)[: args.profile_top]
+        by_shape = sorted(
+            (e for e in prof.key_averages(group_by_input_shape=True) if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total
+        )[: args.profile_top]
         log(f"  top {len(by_shape)} (op, input shapes) by self CPU time:")
         for e in by_shape:
-            log(f"    {100 * e.self_cpu_time_total / self_total:5.1f}% {e.self_cpu_time_total / 1e6:8.3f} {e.count:6d}  {e.key} {str(e.input_shapes)[:110]}")
+            log(
+                f"    {100 * e.self_cpu_time_total / self_total:5.1f}% {e.self_cpu_time_total / 1e6:8.3f} {e.count:6d}  {e.key} {str(e.input_shapes)[:110]}"
+            )
         report["libraries"][runner.name] = dict(
-            pieces_median_s=med, step_s=total, tokens_per_s=tokens / total, mfu=train_flops / total / 1e9 / args.peak,
-            profile_self_cpu_s=self_total / 1e6, profiled_step_cpu_share=share,
+            pieces_median_s=med,
+            step_s=total,
+            tokens_per_s=tokens / total,
+            mfu=train_flops / total / 1e9 / args.peak,
+            profile_self_cpu_s=self_total / 1e6,
+            profiled_step_cpu_share=share,
             piece_steps=[dict(zip((*names, "cpu_share"), st)) for st in steps],
             categories={k: v / self_total for k, v in cats.items()},
-            top_ops=[dict(op=e.key, self_s=e.self_cpu_time_total / 1e6, share=e.self_cpu_time_total / self_total, calls=e.count) for e in top],
+            top_ops=[
+                dict(op=e.key, self_s=e.self_cpu_time_total / 1e6, share=e.self_cpu_time_total / self_total, calls=e.count) for e in top
+            ],
         )
         del runner
     out = Path(args.out).parent / f"model_throughput_profile_{size}"
@@ -392,9 +442,14 @@ def profile(args) -> None:
 # --------------------------------------------------------------------------- main
 def shapes(args, batch) -> dict:
     return dict(
-        batch_size=args.batch_size, seq_len=args.seq_len, vocab=args.vocab, pad_frac=args.pad_frac,
-        src_tokens=batch["n_src"], tgt_tokens=batch["n_tgt"],
-        mean_src_len=batch["src_len"], mean_tgt_len=batch["tgt_len"],
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        vocab=args.vocab,
+        pad_frac=args.pad_frac,
+        src_tokens=batch["n_src"],
+        tgt_tokens=batch["n_tgt"],
+        mean_src_len=batch["src_len"],
+        mean_tgt_len=batch["tgt_len"],
     )
 
 
@@ -404,25 +459,41 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--seconds", type=float, default=None, help="timed seconds per library per measurement (default 10; 1 with --quick)")
     ap.add_argument("--min-steps", type=int, default=None, help="at least this many timed steps (default 3; 2 with --quick)")
-    ap.add_argument("--min-cpu-share", type=float, default=0.9,
-                    help="a step counts as clean when the process got ≥ this share of its threads' CPU time (default 0.9; 0 keeps all)")
-    ap.add_argument("--max-seconds", type=float, default=None,
-                    help="give up waiting for clean steps after this many seconds per measurement (default 150; 20 with --quick)")
+    ap.add_argument(
+        "--min-cpu-share",
+        type=float,
+        default=0.9,
+        help="a step counts as clean when the process got ≥ this share of its threads' CPU time (default 0.9; 0 keeps all)",
+    )
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="give up waiting for clean steps after this many seconds per measurement (default 150; 20 with --quick)",
+    )
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per library per measurement (default 2; 1 with --quick)")
     ap.add_argument("--batch-size", type=int, default=128, help="sentences per batch (default 128)")
     ap.add_argument("--seq-len", type=int, default=32, help="tokens per sentence per side (default 32: 4096 tokens per side)")
     ap.add_argument("--vocab", type=int, default=8000, help="joint vocabulary size (default 8000)")
     ap.add_argument("--pad-frac", type=float, default=0.0, help="≈ fraction of padding per side (default 0: no padding)")
     ap.add_argument("--modes", default="train,infer", help="train, infer or both (default)")
-    ap.add_argument("--hf-loss", choices=["ce", "smoother"], default="ce",
-                    help="HF label smoothing: torch CrossEntropyLoss(label_smoothing) (ce) or transformers' LabelSmoother")
+    ap.add_argument(
+        "--hf-loss",
+        choices=["ce", "smoother"],
+        default="ce",
+        help="HF label smoothing: torch CrossEntropyLoss(label_smoothing) (ce) or transformers' LabelSmoother",
+    )
     ap.add_argument("--hf-attn", default="", help="HF attn_implementation (default: HF's default, sdpa)")
     ap.add_argument("--max-positions", type=int, default=512, help="MarianConfig.max_position_embeddings")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny only, short timings")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "model_throughput.json"))
-    ap.add_argument("--profile", metavar="SIZE", default=None,
-                    help="instead of the benchmark: time the pieces of a training step and torch.profile one step, both libraries")
+    ap.add_argument(
+        "--profile",
+        metavar="SIZE",
+        default=None,
+        help="instead of the benchmark: time the pieces of a training step and torch.profile one step, both libraries",
+    )
     ap.add_argument("--peak", type=float, default=None, help="with --profile: fp32 peak GFLOP/s to relate the step time to (else measured)")
     ap.add_argument("--profile-steps", type=int, default=3, help="steps for the piece timing in --profile")
     ap.add_argument("--profile-top", type=int, default=25, help="ops listed in --profile")
@@ -449,17 +520,25 @@ def main(argv=None) -> None:
 
     t_start = time.time()
     load_start = os.getloadavg()
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}, load average {load_start[0]:.2f}", flush=True)
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}, load average {load_start[0]:.2f}",
+        flush=True,
+    )
     peaks = [measure_peak(args.threads, seconds=1.0 if args.quick else 2.0)]
-    print(f"fp32 matmul peak (before): {peaks[0]['gflops']:.1f} GFLOP/s "
-          f"({'; '.join(lib + ' ' + ', '.join(f'{n}²: {g:.1f}' for n, g in by_n.items()) for lib, by_n in peaks[0]['gflops_by_library'].items())})",
-          flush=True)
+    print(
+        f"fp32 matmul peak (before): {peaks[0]['gflops']:.1f} GFLOP/s "
+        f"({'; '.join(lib + ' ' + ', '.join(f'{n}²: {g:.1f}' for n, g in by_n.items()) for lib, by_n in peaks[0]['gflops_by_library'].items())})",
+        flush=True,
+    )
 
     batch = make_batch(args.batch_size, args.seq_len, args.vocab, args.pad_frac, args.seed)
     tokens = batch["n_src"] + batch["n_tgt"]
-    print(f"batch: {args.batch_size} × {args.seq_len} per side, {batch['n_src']} src + {batch['n_tgt']} tgt real tokens, "
-          f"vocab {args.vocab}, pad_frac {args.pad_frac}", flush=True)
+    print(
+        f"batch: {args.batch_size} × {args.seq_len} per side, {batch['n_src']} src + {batch['n_tgt']} tgt real tokens, "
+        f"vocab {args.vocab}, pad_frac {args.pad_frac}",
+        flush=True,
+    )
 
     raw = []  # (size, mode, name, times, flops, extra)
     for size in sizes:
@@ -468,23 +547,36 @@ def main(argv=None) -> None:
         hf = HFRunner(size, args.vocab, args.seed, args.max_positions, args.hf_loss, args.hf_attn)
         fwd_flops = aiayn.model.forward_flops(batch["n_src"], batch["n_tgt"], batch["src_len"], batch["tgt_len"])
         params = {"aiayn": aiayn.trainable_parameters(), "hf": hf.trainable_parameters()}
-        print(f"\n[{size}] trainable parameters: aiayn {params['aiayn']:,}, HF {params['hf']:,}; "
-              f"HF attention: {hf.attn_implementation}; forward FLOPs/step {fwd_flops / 1e9:.1f} G", flush=True)
+        print(
+            f"\n[{size}] trainable parameters: aiayn {params['aiayn']:,}, HF {params['hf']:,}; "
+            f"HF attention: {hf.attn_implementation}; forward FLOPs/step {fwd_flops / 1e9:.1f} G",
+            flush=True,
+        )
         for mode in modes:
             train = mode == "train"
             aiayn.set_mode(train)
             hf.set_mode(train)
             fn = "train_step" if train else "infer_step"
             steps = {"aiayn": (lambda r=aiayn, f=fn: getattr(r, f)(batch)), "hf": (lambda r=hf, f=fn: getattr(r, f)(batch))}
-            record = interleaved(steps, seconds=args.seconds, min_steps=args.min_steps, warmup=args.warmup,
-                                 chunk_seconds=max(args.seconds / 4, 0.25), threads=args.threads,
-                                 min_cpu_share=args.min_cpu_share, max_seconds=args.max_seconds)
+            record = interleaved(
+                steps,
+                seconds=args.seconds,
+                min_steps=args.min_steps,
+                warmup=args.warmup,
+                chunk_seconds=max(args.seconds / 4, 0.25),
+                threads=args.threads,
+                min_cpu_share=args.min_cpu_share,
+                max_seconds=args.max_seconds,
+            )
             flops = fwd_flops * (3 if train else 1)
             for name in steps:
                 raw.append((size, mode, name, record[name], flops, dict(params=params[name], attn=hf.attn_implementation)))
                 r = summarize(record[name], tokens, 1.0, 1.0, args.threads, args.min_cpu_share, args.min_steps)
-                print(f"  {mode:5s} {name:5s}: median {r['median_s']:.4f} s (best {r['min_s']:.4f} s) over {r['clean_steps']} clean of "
-                      f"{r['steps']} steps -> {r['tokens_per_s']:,.0f} tokens/s{'  NOISY (too few clean steps)' if r['noisy'] else ''}", flush=True)
+                print(
+                    f"  {mode:5s} {name:5s}: median {r['median_s']:.4f} s (best {r['min_s']:.4f} s) over {r['clean_steps']} clean of "
+                    f"{r['steps']} steps -> {r['tokens_per_s']:,.0f} tokens/s{'  NOISY (too few clean steps)' if r['noisy'] else ''}",
+                    flush=True,
+                )
         print(f"  ({time.time() - t0:.0f} s for {size})", flush=True)
         del aiayn, hf
         peaks.append(measure_peak(args.threads, seconds=1.0 if args.quick else 2.0))
@@ -503,7 +595,10 @@ def main(argv=None) -> None:
             entry[name]["attn_implementation"] = extra["attn"]
     header = f"{'size':6s} {'mode':6s} {'aiayn tok/s':>12s} {'HF tok/s':>10s} {'aiayn/HF':>9s} {'aiayn MFU':>10s} {'HF MFU':>8s}"
     tables = {}
-    for stat, prefix, title in (("median", "", "median step (headline)"), ("best", "best_", "best step (least disturbed by other processes)")):
+    for stat, prefix, title in (
+        ("median", "", "median step (headline)"),
+        ("best", "best_", "best step (least disturbed by other processes)"),
+    ):
         rows = [f"# {title}", header, "-" * len(header)]
         for size in sizes:
             for mode in modes:
@@ -511,28 +606,48 @@ def main(argv=None) -> None:
                 a, h = e["aiayn"], e["hf"]
                 ratio = a[prefix + "tokens_per_s"] / h[prefix + "tokens_per_s"]
                 e[f"ratio_aiayn_over_hf{'' if stat == 'median' else '_best'}"] = ratio
-                rows.append(f"{size:6s} {mode:6s} {a[prefix + 'tokens_per_s']:12,.0f} {h[prefix + 'tokens_per_s']:10,.0f} {ratio:9.3f} "
-                            f"{100 * a[prefix + 'mfu']:9.1f}% {100 * h[prefix + 'mfu']:7.1f}%"
-                            + ("  (noisy: " + ", ".join(n for n in ("aiayn", "hf") if e[n]["noisy"]) + ")" if a["noisy"] or h["noisy"] else ""))
+                rows.append(
+                    f"{size:6s} {mode:6s} {a[prefix + 'tokens_per_s']:12,.0f} {h[prefix + 'tokens_per_s']:10,.0f} {ratio:9.3f} "
+                    f"{100 * a[prefix + 'mfu']:9.1f}% {100 * h[prefix + 'mfu']:7.1f}%"
+                    + ("  (noisy: " + ", ".join(n for n in ("aiayn", "hf") if e[n]["noisy"]) + ")" if a["noisy"] or h["noisy"] else "")
+                )
         tables[stat] = rows
         print("\n" + "\n".join(rows))
     load_end = os.getloadavg()
-    print(f"\n{tokens} source+target tokens per step; peak {peak:.1f} GFLOP/s; threads {args.threads}; "
-          f"load average {load_start[0]:.2f} -> {load_end[0]:.2f}; {time.time() - t_start:.0f} s in all")
+    print(
+        f"\n{tokens} source+target tokens per step; peak {peak:.1f} GFLOP/s; threads {args.threads}; "
+        f"load average {load_start[0]:.2f} -> {load_end[0]:.2f}; {time.time() - t_start:.0f} s in all"
+    )
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = dict(
         command=" ".join([Path(sys.executable).name, *sys.argv]),
-        torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
-        cpu=cpu_info("model name") or platform.processor(), threads=args.threads, fp32=True,
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        python=platform.python_version(),
+        cpu=cpu_info("model name") or platform.processor(),
+        threads=args.threads,
+        fp32=True,
         peak=dict(measurements=peaks, used_gflops=peak),
-        shapes=shapes(args, batch), tokens_per_step=tokens,
-        settings=dict(seconds=args.seconds, min_steps=args.min_steps, min_cpu_share=args.min_cpu_share, max_seconds=args.max_seconds, warmup=args.warmup, hf_loss=args.hf_loss,
-                      hf_attn=args.hf_attn or "default", label_smoothing=LABEL_SMOOTHING, adam=ADAM,
-                      flops="aiayn Transformer.forward_flops over real tokens; x3 for train; same for both libraries"),
-        load_average=dict(start=load_start, end=load_end), wall_s=time.time() - t_start,
-        tables=tables, results=results,
+        shapes=shapes(args, batch),
+        tokens_per_step=tokens,
+        settings=dict(
+            seconds=args.seconds,
+            min_steps=args.min_steps,
+            min_cpu_share=args.min_cpu_share,
+            max_seconds=args.max_seconds,
+            warmup=args.warmup,
+            hf_loss=args.hf_loss,
+            hf_attn=args.hf_attn or "default",
+            label_smoothing=LABEL_SMOOTHING,
+            adam=ADAM,
+            flops="aiayn Transformer.forward_flops over real tokens; x3 for train; same for both libraries",
+        ),
+        load_average=dict(start=load_start, end=load_end),
+        wall_s=time.time() - t_start,
+        tables=tables,
+        results=results,
     )
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

@@ -239,8 +239,22 @@ class Run:
 
 
 def run_prepare(src: Path, tgt: Path, pairs: int, out: Path, vocab_size: int, workers: int, poll_s: float) -> Run:
-    command = [sys.executable, "-m", "aiayn", "prepare", "--train-src", str(src), "--train-tgt", str(tgt),
-               "--out", str(out), "--vocab-size", str(vocab_size), "--workers", str(workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "aiayn",
+        "prepare",
+        "--train-src",
+        str(src),
+        "--train-tgt",
+        str(tgt),
+        "--out",
+        str(out),
+        "--vocab-size",
+        str(vocab_size),
+        "--workers",
+        str(workers),
+    ]
     run = Run(pairs, workers, command, os.getloadavg())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     marks: dict[str, float] = {}
@@ -251,7 +265,7 @@ def run_prepare(src: Path, tgt: Path, pairs: int, out: Path, vocab_size: int, wo
         while chunk := os.read(fd, 65536):
             output.extend(chunk)
             now = time.perf_counter()
-            while pending and pending[0][1].encode() in output[-(len(chunk) + 64):]:
+            while pending and pending[0][1].encode() in output[-(len(chunk) + 64) :]:
                 sampler.phase = pending[0][0]
                 marks[pending.pop(0)[0]] = now
 
@@ -304,7 +318,9 @@ def machine_info() -> dict:
     return {
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor()),
+        "cpu_model": next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor()
+        ),
         "mem_total_mib": mem_total,
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -317,12 +333,37 @@ def fmt(x, spec: str) -> str:
 
 
 def print_table(runs: list[Run]) -> None:
-    header = ("pairs", "workers", "wall s", "pairs/s", "read s", "spm s", "encode s", "enc pairs/s",
-              "main MiB", "max-proc MiB", "tree RSS MiB", "tree PSS MiB")
-    rows = [(f"{r.pairs:,}", str(r.workers), fmt(r.wall_s, ".1f"), fmt(r.pairs_per_s, ",.0f"),
-             fmt(r.phases_s.get("read"), ".1f"), fmt(r.phases_s.get("spm"), ".1f"), fmt(r.phases_s.get("encode"), ".1f"),
-             fmt(r.encode_pairs_per_s, ",.0f"), fmt(r.main_peak_mib, ".0f"), fmt(r.max_proc_peak_mib, ".0f"),
-             fmt(r.tree_rss_peak_mib, ".0f"), fmt(r.tree_pss_peak_mib, ".0f")) for r in runs]
+    header = (
+        "pairs",
+        "workers",
+        "wall s",
+        "pairs/s",
+        "read s",
+        "spm s",
+        "encode s",
+        "enc pairs/s",
+        "main MiB",
+        "max-proc MiB",
+        "tree RSS MiB",
+        "tree PSS MiB",
+    )
+    rows = [
+        (
+            f"{r.pairs:,}",
+            str(r.workers),
+            fmt(r.wall_s, ".1f"),
+            fmt(r.pairs_per_s, ",.0f"),
+            fmt(r.phases_s.get("read"), ".1f"),
+            fmt(r.phases_s.get("spm"), ".1f"),
+            fmt(r.phases_s.get("encode"), ".1f"),
+            fmt(r.encode_pairs_per_s, ",.0f"),
+            fmt(r.main_peak_mib, ".0f"),
+            fmt(r.max_proc_peak_mib, ".0f"),
+            fmt(r.tree_rss_peak_mib, ".0f"),
+            fmt(r.tree_pss_peak_mib, ".0f"),
+        )
+        for r in runs
+    ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     print(line(header))
@@ -335,8 +376,10 @@ def print_phase_memory(runs: list[Run]) -> None:
     phases = ["startup"] + [name for name, _ in PHASE_MARKS]
     print("sampled peak by phase, MiB: tree PSS (main process RSS); load average 1 min before -> after")
     for r in runs:
-        cells = [f"{ph} {fmt(r.phase_peaks_mib.get(ph, {}).get('tree_pss'), '.0f')} ({fmt(r.phase_peaks_mib.get(ph, {}).get('main_rss'), '.0f')})"
-                 for ph in phases]
+        cells = [
+            f"{ph} {fmt(r.phase_peaks_mib.get(ph, {}).get('tree_pss'), '.0f')} ({fmt(r.phase_peaks_mib.get(ph, {}).get('main_rss'), '.0f')})"
+            for ph in phases
+        ]
         load = f"{r.loadavg_before[0]:.2f} -> {r.loadavg_after[0]:.2f}" if r.loadavg_after else ""
         print(f"  {r.pairs:>10,} pairs, {r.workers}w: " + ", ".join(cells) + f"; load {load}")
 
@@ -347,24 +390,34 @@ def check_goals(size_runs: list[Run], scaling_runs: list[Run]) -> list[dict]:
         small, large = size_runs[0], size_runs[-1]
         for metric, label in (("tree_pss_peak_mib", "tree PSS (total)"), ("max_proc_peak_mib", "max single process")):
             ratio = getattr(large, metric) / getattr(small, metric)
-            goals.append({
-                "goal": f"bounded memory, {label}: peak at {large.pairs:,} pairs <= {MEMORY_GOAL}x peak at {small.pairs:,}",
-                "value": round(ratio, 3), "passed": ratio <= MEMORY_GOAL,
-                "detail": f"{getattr(large, metric):.0f} MiB / {getattr(small, metric):.0f} MiB = {ratio:.2f}x",
-            })
+            goals.append(
+                {
+                    "goal": f"bounded memory, {label}: peak at {large.pairs:,} pairs <= {MEMORY_GOAL}x peak at {small.pairs:,}",
+                    "value": round(ratio, 3),
+                    "passed": ratio <= MEMORY_GOAL,
+                    "detail": f"{getattr(large, metric):.0f} MiB / {getattr(small, metric):.0f} MiB = {ratio:.2f}x",
+                }
+            )
     if len(scaling_runs) >= 2:
         base = scaling_runs[0]
         speedups = [r.pairs_per_s / base.pairs_per_s for r in scaling_runs]
-        encode = [r.encode_pairs_per_s / base.encode_pairs_per_s if r.encode_pairs_per_s and base.encode_pairs_per_s else None
-                  for r in scaling_runs]
+        encode = [
+            r.encode_pairs_per_s / base.encode_pairs_per_s if r.encode_pairs_per_s and base.encode_pairs_per_s else None
+            for r in scaling_runs
+        ]
         grows = all(b.pairs_per_s > a.pairs_per_s for a, b in zip(scaling_runs, scaling_runs[1:]))
-        goals.append({
-            "goal": f"throughput grows with workers ({', '.join(str(r.workers) for r in scaling_runs)}) at {base.pairs:,} pairs",
-            "value": [round(s, 3) for s in speedups], "passed": grows,
-            "detail": "whole-run speedup " + ", ".join(f"{r.workers}w {s:.2f}x" for r, s in zip(scaling_runs, speedups))
-            + "; encode-phase speedup " + ", ".join(f"{r.workers}w {fmt(s, '.2f')}x" for r, s in zip(scaling_runs, encode)),
-            "encode_speedup": [None if s is None else round(s, 3) for s in encode],
-        })
+        goals.append(
+            {
+                "goal": f"throughput grows with workers ({', '.join(str(r.workers) for r in scaling_runs)}) at {base.pairs:,} pairs",
+                "value": [round(s, 3) for s in speedups],
+                "passed": grows,
+                "detail": "whole-run speedup "
+                + ", ".join(f"{r.workers}w {s:.2f}x" for r, s in zip(scaling_runs, speedups))
+                + "; encode-phase speedup "
+                + ", ".join(f"{r.workers}w {fmt(s, '.2f')}x" for r, s in zip(scaling_runs, encode)),
+                "encode_speedup": [None if s is None else round(s, 3) for s in encode],
+            }
+        )
     return goals
 
 
@@ -394,8 +447,10 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     command_line = shlex.join([sys.executable, *sys.argv])
-    print(f"machine: {info['cpu_count']} cpus ({info['cpu_model']}), {info['mem_total_mib']} MiB; python {info['python']}, "
-          f"torch {info['torch']}, sentencepiece {info['sentencepiece']}; load average {os.getloadavg()}")
+    print(
+        f"machine: {info['cpu_count']} cpus ({info['cpu_model']}), {info['mem_total_mib']} MiB; python {info['python']}, "
+        f"torch {info['torch']}, sentencepiece {info['sentencepiece']}; load average {os.getloadavg()}"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="aiayn-prepare-bench-", dir=args.tmp))
     print(f"working in {tmp}")
     started = time.time()
@@ -419,8 +474,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"FAILED (exit {run.returncode})\n{run.output_tail}")
                     failed = True
                     break
-                print(f"{run.wall_s:.1f}s, {run.pairs_per_s:,.0f} pairs/s, tree PSS {run.tree_pss_peak_mib:.0f} MiB "
-                      f"(phases {run.phases_s})")
+                print(
+                    f"{run.wall_s:.1f}s, {run.pairs_per_s:,.0f} pairs/s, tree PSS {run.tree_pss_peak_mib:.0f} MiB (phases {run.phases_s})"
+                )
                 if not args.keep:
                     shutil.rmtree(out)
             if failed:
@@ -455,10 +511,23 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": info,
-        "settings": {"sizes": sizes, "workers": workers, "size_runs_workers": size_workers, "scaling_size": scaling_size,
-                     "vocab_size": args.vocab_size, "poll_ms": args.poll_ms},
-        "runs": [{**asdict(r), "pairs_per_s": round(r.pairs_per_s, 1), "encode_pairs_per_s": r.encode_pairs_per_s and round(r.encode_pairs_per_s, 1),
-                  "output_tail": r.output_tail if r.returncode else ""} for r in runs],
+        "settings": {
+            "sizes": sizes,
+            "workers": workers,
+            "size_runs_workers": size_workers,
+            "scaling_size": scaling_size,
+            "vocab_size": args.vocab_size,
+            "poll_ms": args.poll_ms,
+        },
+        "runs": [
+            {
+                **asdict(r),
+                "pairs_per_s": round(r.pairs_per_s, 1),
+                "encode_pairs_per_s": r.encode_pairs_per_s and round(r.encode_pairs_per_s, 1),
+                "output_tail": r.output_tail if r.returncode else "",
+            }
+            for r in runs
+        ],
         "goals": goals,
         "seconds": round(elapsed, 1),
     }

@@ -83,14 +83,23 @@ def main() -> None:
         "linear_share_of_time": linear_share,
         "linear_gflops": projection_flops / (linear_share * seconds) / 1e9,
     }
-    print(f"\n{args.size}, beam {K}, {B} sentences of {S} source subwords, {L} output tokens, {args.threads} threads, "
-          f"products through {'oneDNN' if onednn_inference() else 'MKL'}")
-    print(f"{summary['tokens_per_s']:.0f} target tok/s; model FLOPs {summary['gflops']:.1f} GFLOP/s = "
-          f"{100 * summary['share_of_peak']:.0f}% of the {peak:.1f} GFLOP/s peak; linear products "
-          f"{100 * linear_share:.0f}% of the time, at {summary['linear_gflops']:.1f} GFLOP/s")
-    record = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_info("model name"),
-              "settings": {k: v for k, v in vars(args).items() if k != "output"}, **summary,
-              "top_ops": [{"op": e.key, "share": e.self_cpu_time_total / total_us, "calls": e.count} for e in ops[:12]]}
+    print(
+        f"\n{args.size}, beam {K}, {B} sentences of {S} source subwords, {L} output tokens, {args.threads} threads, "
+        f"products through {'oneDNN' if onednn_inference() else 'MKL'}"
+    )
+    print(
+        f"{summary['tokens_per_s']:.0f} target tok/s; model FLOPs {summary['gflops']:.1f} GFLOP/s = "
+        f"{100 * summary['share_of_peak']:.0f}% of the {peak:.1f} GFLOP/s peak; linear products "
+        f"{100 * linear_share:.0f}% of the time, at {summary['linear_gflops']:.1f} GFLOP/s"
+    )
+    record = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu_info("model name"),
+        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        **summary,
+        "top_ops": [{"op": e.key, "share": e.self_cpu_time_total / total_us, "calls": e.count} for e in ops[:12]],
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2))
     print(f"wrote {args.output}")

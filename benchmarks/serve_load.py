@@ -70,11 +70,29 @@ def tiny_model(work: Path, updates: int) -> Path:
     log(f"training a tiny model for {updates} updates into {run} (once; pass --model to use your own)")
     shipped = write_shipped_corpus(work / "corpus", limit={"train": 2000, "valid": 200, "test": 200})
     prepare(dict(shipped), work / "data", PrepareOptions(vocab_size=1000, workers=1, progress=False), force=True, log=lambda *a: None)
-    cfg = TrainConfig.from_dict({
-        "model": {"preset": "tiny", "pre_norm": False, "d_model": 96, "d_ff": 256, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 2},
-        "max_tokens": 1500, "lr_schedule": "inverse_sqrt", "lr": 0.004, "warmup_steps": 40, "max_updates": updates,
-        "save_every": updates, "validate_every": 0, "valid_bleu": False, "log_every": 10**6, "threads": os.cpu_count() or 1,
-    })
+    cfg = TrainConfig.from_dict(
+        {
+            "model": {
+                "preset": "tiny",
+                "pre_norm": False,
+                "d_model": 96,
+                "d_ff": 256,
+                "n_heads": 4,
+                "n_encoder_layers": 2,
+                "n_decoder_layers": 2,
+            },
+            "max_tokens": 1500,
+            "lr_schedule": "inverse_sqrt",
+            "lr": 0.004,
+            "warmup_steps": 40,
+            "max_updates": updates,
+            "save_every": updates,
+            "validate_every": 0,
+            "valid_bleu": False,
+            "log_every": 10**6,
+            "threads": os.cpu_count() or 1,
+        }
+    )
     Trainer(cfg, work / "data", run, log=lambda *a: None, progress=False).train()
     return run
 
@@ -97,10 +115,26 @@ class Server:
     def __init__(self, model: Path, extra: list[str], max_wait_ms: float):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "aiayn", "serve", "--model", str(model), "--port", str(self.port), "--log-level", "warning",
-               "--max-wait-ms", str(max_wait_ms), "--max-queue", "100000", *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        cmd = [
+            sys.executable,
+            "-m",
+            "aiayn",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--max-wait-ms",
+            str(max_wait_ms),
+            "--max-queue",
+            "100000",
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        )
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -162,18 +196,29 @@ async def load(url: str, sentences: list[str], clients: int, seconds: float, max
         return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000 if ordered else float("nan")
 
     return {
-        "clients": clients, "requests": len(latencies), "errors": len(errors), "error_samples": errors[:5],
-        "seconds": round(elapsed, 3), "requests_per_s": round(len(latencies) / elapsed, 2),
-        "p50_ms": round(pct(50), 1), "p99_ms": round(pct(99), 1),
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(len(latencies) / elapsed, 2),
+        "p50_ms": round(pct(50), 1),
+        "p99_ms": round(pct(99), 1),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
-        "batches": batches, "requests_per_batch": round((after["requests"] - before["requests"]) / batches, 2) if batches else None,
+        "batches": batches,
+        "requests_per_batch": round((after["requests"] - before["requests"]) / batches, 2) if batches else None,
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="weights file or run directory (default: train a tiny one into --work)")
-    p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "aiayn-serve-load", help="where the default model and sentences go")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path(os.environ.get("TMPDIR", "/tmp")) / "aiayn-serve-load",
+        help="where the default model and sentences go",
+    )
     p.add_argument("--train-updates", type=int, default=150, help="updates for the default tiny model (default 150)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels (default 1 8 32)")
     p.add_argument("--seconds", type=float, default=20.0, help="time limit per mode and level (default 20)")
@@ -203,8 +248,10 @@ def main() -> None:
         for clients in args.clients:
             for mode, server in servers.items():
                 r = asyncio.run(load(server.url, sentences, clients, args.seconds, args.max_requests, args.beam))
-                log(f"{mode:9s} {clients:3d} clients: {r['requests_per_s']:7.2f} req/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-                    f"errors {r['errors']}  requests/batch {r['requests_per_batch']}")
+                log(
+                    f"{mode:9s} {clients:3d} clients: {r['requests_per_s']:7.2f} req/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+                    f"errors {r['errors']}  requests/batch {r['requests_per_batch']}"
+                )
                 results[mode].append(r)
     finally:
         for server in servers.values():
@@ -214,7 +261,9 @@ def main() -> None:
     print(f"\n{'mode':10s} {'clients':>7s} {'requests':>8s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s} {'req/batch':>9s}")
     for mode, rows in results.items():
         for r in rows:
-            print(f"{mode:10s} {r['clients']:7d} {r['requests']:8d} {r['requests_per_s']:8.2f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:6d} {r['requests_per_batch'] or 0:9.2f}")
+            print(
+                f"{mode:10s} {r['clients']:7d} {r['requests']:8d} {r['requests_per_s']:8.2f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['errors']:6d} {r['requests_per_batch'] or 0:9.2f}"
+            )
     print()
     for on, off in zip(results["batching"], results["batch-1"]):
         gain = on["requests_per_s"] / off["requests_per_s"] if off["requests_per_s"] else float("nan")
@@ -224,15 +273,31 @@ def main() -> None:
     print(f"errors: {total_errors}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "what": "aiayn serve on loopback: one-sentence POST /v1/translate requests from N concurrent clients",
-        "model": {k: model_info[k] for k in ("id", "parameters", "config", "device")},
-        "beam": args.beam, "seconds_per_level": args.seconds, "max_requests_per_level": args.max_requests,
-        "max_wait_ms": args.max_wait_ms, "modes": {m: " ".join(e) or "defaults" for m, e in MODES.items()},
-        "results": results, "gain_of_batching": gains, "errors": total_errors,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                    "torch": torch.__version__, "platform": platform.platform()},
-    }, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "what": "aiayn serve on loopback: one-sentence POST /v1/translate requests from N concurrent clients",
+                "model": {k: model_info[k] for k in ("id", "parameters", "config", "device")},
+                "beam": args.beam,
+                "seconds_per_level": args.seconds,
+                "max_requests_per_level": args.max_requests,
+                "max_wait_ms": args.max_wait_ms,
+                "modes": {m: " ".join(e) or "defaults" for m, e in MODES.items()},
+                "results": results,
+                "gain_of_batching": gains,
+                "errors": total_errors,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "platform": platform.platform(),
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}")
     if total_errors:
         sys.exit(1)

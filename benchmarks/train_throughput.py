@@ -73,22 +73,73 @@ def window(ends: list[float], tokens: list[float], skip: int) -> dict:
         raise SystemExit(f"only {len(ends)} updates ran; need more than --skip {skip}")
     seconds = ends[-1] - ends[skip - 1] if skip else ends[-1]
     n_tokens = sum(tokens[skip:])
-    return {"window_updates": len(ends) - skip, "window_seconds": round(seconds, 2), "window_tokens": int(n_tokens),
-            "tokens_per_s": n_tokens / seconds, "first_update_seconds": round(ends[0], 2),
-            "update_seconds": [round(b - a, 3) for a, b in zip([0.0] + ends, ends)]}
+    return {
+        "window_updates": len(ends) - skip,
+        "window_seconds": round(seconds, 2),
+        "window_tokens": int(n_tokens),
+        "tokens_per_s": n_tokens / seconds,
+        "first_update_seconds": round(ends[0], 2),
+        "update_seconds": [round(b - a, 3) for a, b in zip([0.0] + ends, ends)],
+    }
 
 
-def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int, threads: int, work: Path, precision: str,
-              device: str = "cpu", extra: tuple[str, ...] = (), name: str = "") -> dict:
+def run_aiayn(
+    dataset: Path,
+    size: str,
+    updates: int,
+    skip: int,
+    max_tokens: int,
+    threads: int,
+    work: Path,
+    precision: str,
+    device: str = "cpu",
+    extra: tuple[str, ...] = (),
+    name: str = "",
+) -> dict:
     run = work / f"aiayn-{size}{name}"
     if run.exists():
         import shutil
 
         shutil.rmtree(run)
-    cmd = [sys.executable, "-m", "aiayn", "train", "--data", str(dataset), "--config", size, "--out", str(run),
-           "--max-updates", str(updates), "--max-tokens", str(max_tokens), "--update-freq", "1", "--threads", str(threads),
-           "--validate-every", "0", "--valid-bleu", "false", "--save-every", "1000000", "--log-every", "1",
-           "--lr-schedule", "inverse_sqrt", "--lr", "0.001", "--warmup-steps", "400", "--precision", precision, "--device", device, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "aiayn",
+        "train",
+        "--data",
+        str(dataset),
+        "--config",
+        size,
+        "--out",
+        str(run),
+        "--max-updates",
+        str(updates),
+        "--max-tokens",
+        str(max_tokens),
+        "--update-freq",
+        "1",
+        "--threads",
+        str(threads),
+        "--validate-every",
+        "0",
+        "--valid-bleu",
+        "false",
+        "--save-every",
+        "1000000",
+        "--log-every",
+        "1",
+        "--lr-schedule",
+        "inverse_sqrt",
+        "--lr",
+        "0.001",
+        "--warmup-steps",
+        "400",
+        "--precision",
+        precision,
+        "--device",
+        device,
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stdout[-2000:] + proc.stderr[-3000:])
@@ -101,8 +152,18 @@ def run_aiayn(dataset: Path, size: str, updates: int, skip: int, max_tokens: int
     return {"updates": len(train), "max_tokens": max_tokens, **window([e["time"] for e in train], tokens, skip)}
 
 
-def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_update: int, threads: int, work: Path,
-           device: str = "cpu", precision: str = "fp32", name: str = "") -> dict:
+def run_hf(
+    dataset: Path,
+    size: str,
+    updates: int,
+    skip: int,
+    tgt_tokens_per_update: int,
+    threads: int,
+    work: Path,
+    device: str = "cpu",
+    precision: str = "fp32",
+    name: str = "",
+) -> dict:
     import hf_marian
     import torch
 
@@ -111,14 +172,28 @@ def run_hf(dataset: Path, size: str, updates: int, skip: int, tgt_tokens_per_upd
 
     cfg = TransformerConfig.preset(size, pre_norm=False, vocab_size=load_meta(dataset)["vocab"]["src"]["size"])
     torch.set_num_threads(threads)
-    result = hf_marian.train_hf(dataset, work / f"hf-{size}{name}", cfg, minutes=None, max_steps=updates, tgt_tokens_per_update=tgt_tokens_per_update,
-                                lr=1e-3, warmup_steps=400, threads=threads, device=device, precision=precision,
-                                log=lambda *a: None)
+    result = hf_marian.train_hf(
+        dataset,
+        work / f"hf-{size}{name}",
+        cfg,
+        minutes=None,
+        max_steps=updates,
+        tgt_tokens_per_update=tgt_tokens_per_update,
+        lr=1e-3,
+        warmup_steps=400,
+        threads=threads,
+        device=device,
+        precision=precision,
+        log=lambda *a: None,
+    )
     tokens = [src + tgt for src, tgt in result["step_tokens"]]
     window_tgt = sum(tgt for _, tgt in result["step_tokens"][skip:])
-    return {"updates": result["updates"], "batch_size": result["batch_size"],
-            "tgt_tokens_per_update": round(window_tgt / max(1, result["updates"] - skip), 1),
-            **window(result["step_ends"], tokens, skip)}
+    return {
+        "updates": result["updates"],
+        "batch_size": result["batch_size"],
+        "tgt_tokens_per_update": round(window_tgt / max(1, result["updates"] - skip), 1),
+        **window(result["step_ends"], tokens, skip),
+    }
 
 
 def main() -> None:
@@ -137,7 +212,10 @@ def main() -> None:
     dataset = args.work / f"data-bpe{args.vocab_size}"
     if not (dataset / "meta.json").is_file():
         splits = sum(([f"--{s}-src", str(args.data / f"{s}.en"), f"--{s}-tgt", str(args.data / f"{s}.es")] for s in ("train", "valid")), [])
-        subprocess.run([sys.executable, "-m", "aiayn", "prepare", *splits, "--out", str(dataset), "--vocab-size", str(args.vocab_size), "--force"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "aiayn", "prepare", *splits, "--out", str(dataset), "--vocab-size", str(args.vocab_size), "--force"],
+            check=True,
+        )
     max_tokens, aiayn_tgt_per_update = aiayn_max_tokens(dataset, args.tgt_tokens_per_update)
     rows = []
     for size in args.sizes.split(","):
@@ -145,18 +223,33 @@ def main() -> None:
         a["tgt_tokens_per_update"] = round(aiayn_tgt_per_update, 1)  # the epoch's mean (aiayn's log keeps src+tgt per update)
         h = run_hf(dataset, size, args.updates, args.skip, args.tgt_tokens_per_update, args.threads, args.work)
         rows.append({"size": size, "aiayn": a, "hf": h, "ratio": a["tokens_per_s"] / h["tokens_per_s"]})
-        print(f"{size}: aiayn {a['tokens_per_s']:.0f} tok/s ({a['window_updates']} updates in {a['window_seconds']:.0f} s), "
-              f"HF {h['tokens_per_s']:.0f} tok/s ({h['window_updates']} updates in {h['window_seconds']:.0f} s)", flush=True)
-    print(f"\nTraining throughput on the Bible corpus (src+tgt real tokens/s, {args.threads} CPU threads, updates {args.skip + 1}–{args.updates} of each run)")
+        print(
+            f"{size}: aiayn {a['tokens_per_s']:.0f} tok/s ({a['window_updates']} updates in {a['window_seconds']:.0f} s), "
+            f"HF {h['tokens_per_s']:.0f} tok/s ({h['window_updates']} updates in {h['window_seconds']:.0f} s)",
+            flush=True,
+        )
+    print(
+        f"\nTraining throughput on the Bible corpus (src+tgt real tokens/s, {args.threads} CPU threads, updates {args.skip + 1}–{args.updates} of each run)"
+    )
     print(f"{'size':<6} {'aiayn tok/s':>12} {'HF tok/s':>10} {'ratio':>6}   {'src+tgt tok/update aiayn / HF':>30}")
     for r in rows:
-        print(f"{r['size']:<6} {r['aiayn']['tokens_per_s']:>12.0f} {r['hf']['tokens_per_s']:>10.0f} {r['ratio']:>6.2f}   "
-              f"{r['aiayn']['window_tokens'] / r['aiayn']['window_updates']:>16.0f} / {r['hf']['window_tokens'] / r['hf']['window_updates']:<12.0f}")
+        print(
+            f"{r['size']:<6} {r['aiayn']['tokens_per_s']:>12.0f} {r['hf']['tokens_per_s']:>10.0f} {r['ratio']:>6.2f}   "
+            f"{r['aiayn']['window_tokens'] / r['aiayn']['window_updates']:>16.0f} / {r['hf']['window_tokens'] / r['hf']['window_updates']:<12.0f}"
+        )
     goal = all(r["ratio"] >= 1.5 for r in rows)
     print(f"goal ≥ 1.5× HF's tokens/s: {'PASS' if goal else 'FAIL'}")
-    record = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "updates": args.updates, "skip": args.skip,
-              "machine": {"python": platform.python_version(), "platform": platform.platform()}, "precision": args.precision,
-              "rows": rows, "goal_1_5x": goal}
+    record = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "threads": args.threads,
+        "updates": args.updates,
+        "skip": args.skip,
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "precision": args.precision,
+        "rows": rows,
+        "goal_1_5x": goal,
+    }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "train_throughput.json").write_text(json.dumps(record, indent=2))
     print(f"wrote {HERE / 'results' / 'train_throughput.json'}")

@@ -45,7 +45,13 @@ def build(size: str, vocab_size: int, work: Path):
 
     corpus = write_shipped_corpus(work / "corpus", limit={"train": 20000, "test": 1000})
     data = work / "data"
-    prepare({"train": corpus["train"], "test": corpus["test"]}, data, PrepareOptions(vocab_size=vocab_size, progress=False), force=True, log=lambda *a: None)
+    prepare(
+        {"train": corpus["train"], "test": corpus["test"]},
+        data,
+        PrepareOptions(vocab_size=vocab_size, progress=False),
+        force=True,
+        log=lambda *a: None,
+    )
     tokenizers = load_tokenizers(data)
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.preset(size, pre_norm=False, vocab_size=tokenizers[0].vocab_size, dropout=0.0)).eval()
@@ -132,7 +138,12 @@ def main() -> None:
             if beam == 1:
                 hyps = greedy_search(model, src, special=special, max_len=torch.full((src.size(0),), L, device=src.device), min_len=L - 1)
             else:
-                hyps = [h[0] for h in beam_search(model, src, special=special, max_len=torch.full((src.size(0),), L, device=src.device), beam=beam, min_len=L - 1)]
+                hyps = [
+                    h[0]
+                    for h in beam_search(
+                        model, src, special=special, max_len=torch.full((src.size(0),), L, device=src.device), beam=beam, min_len=L - 1
+                    )
+                ]
             total += sum(len(h.tokens) + 1 for h in hyps)
         return total
 
@@ -169,8 +180,15 @@ def main() -> None:
             total = 0
             with torch.no_grad():
                 for src, mask in tensors:
-                    out = hf.generate(input_ids=src, attention_mask=mask, num_beams=beam, do_sample=False,
-                                      max_new_tokens=L, min_new_tokens=L - 1, length_penalty=0.6 if beam > 1 else 1.0)
+                    out = hf.generate(
+                        input_ids=src,
+                        attention_mask=mask,
+                        num_beams=beam,
+                        do_sample=False,
+                        max_new_tokens=L,
+                        min_new_tokens=L - 1,
+                        length_penalty=0.6 if beam > 1 else 1.0,
+                    )
                     total += int(out[:, 1:].ne(cfg.pad_id).sum())
             return total
 
@@ -178,6 +196,7 @@ def main() -> None:
         if cuda:
             systems.append(("HF generate, no cuDNN", with_cudnn_attention(hf_generate, False)))
         if cuda and not args.skip_bf16:
+
             def hf_bf16(beam):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     return hf_generate(beam)
@@ -197,9 +216,15 @@ def main() -> None:
             def ct2(beam, translator=translator):
                 total = 0
                 for pieces in src_pieces:
-                    res = translator.translate_batch(pieces, beam_size=beam, max_decoding_length=L, min_decoding_length=L - 1,
-                                                     return_end_token=True, length_penalty=0.6 if beam > 1 else 0.0,
-                                                     max_batch_size=args.batch_size)
+                    res = translator.translate_batch(
+                        pieces,
+                        beam_size=beam,
+                        max_decoding_length=L,
+                        min_decoding_length=L - 1,
+                        return_end_token=True,
+                        length_penalty=0.6 if beam > 1 else 0.0,
+                        max_batch_size=args.batch_size,
+                    )
                     total += sum(len(r.hypotheses[0]) for r in res)
                 return total
 
@@ -209,9 +234,17 @@ def main() -> None:
         for name, fn in systems:
             tokens = fn(beam)  # warm-up, and the output length check
             seconds = time_it(lambda: fn(beam), args.repeats)
-            results[(name, beam)] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "sentences_per_s": n_sent / seconds,
-                                     "mean_output_tokens": tokens / n_sent}
-            print(f"{name:<22} beam {beam}: {tokens / seconds:8.1f} target tok/s  {n_sent / seconds:6.2f} sent/s  ({tokens / n_sent:.1f} tokens/sentence)", flush=True)
+            results[(name, beam)] = {
+                "tokens": tokens,
+                "seconds": seconds,
+                "tokens_per_s": tokens / seconds,
+                "sentences_per_s": n_sent / seconds,
+                "mean_output_tokens": tokens / n_sent,
+            }
+            print(
+                f"{name:<22} beam {beam}: {tokens / seconds:8.1f} target tok/s  {n_sent / seconds:6.2f} sent/s  ({tokens / n_sent:.1f} tokens/sentence)",
+                flush=True,
+            )
 
     where = torch.cuda.get_device_name() if cuda else f"{args.threads} threads"
     print(f"\n{args.size} dims, {n_sent} test verses in batches of {args.batch_size}, output forced to {L} tokens, {where}")
@@ -221,13 +254,27 @@ def main() -> None:
         ct_r = results.get(("CTranslate2 float32", beam))
         vs_hf = f"{r['tokens_per_s'] / hf_r['tokens_per_s']:.2f}" if hf_r else "-"
         vs_ct = f"{r['tokens_per_s'] / ct_r['tokens_per_s']:.2f}" if ct_r else "-"
-        print(f"{name:<22} {'greedy' if beam == 1 else 'beam 4':<8} {r['tokens_per_s']:>8.1f} {r['sentences_per_s']:>7.2f} {vs_hf:>6} {vs_ct:>11}")
-    record = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "size": args.size, "threads": args.threads,
-              "device": torch.cuda.get_device_name() if cuda else "cpu",
-              "sentences": n_sent, "batch_size": args.batch_size, "length": L, "torch": torch.__version__,
-              "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_info("model name") or platform.processor()},
-              "gemm_library": "oneDNN" if onednn_inference() else "MKL",
-              "results": [{"system": name, "beam": beam, **r} for (name, beam), r in results.items()]}
+        print(
+            f"{name:<22} {'greedy' if beam == 1 else 'beam 4':<8} {r['tokens_per_s']:>8.1f} {r['sentences_per_s']:>7.2f} {vs_hf:>6} {vs_ct:>11}"
+        )
+    record = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "size": args.size,
+        "threads": args.threads,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "sentences": n_sent,
+        "batch_size": args.batch_size,
+        "length": L,
+        "torch": torch.__version__,
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu": cpu_info("model name") or platform.processor(),
+        },
+        "gemm_library": "oneDNN" if onednn_inference() else "MKL",
+        "results": [{"system": name, "beam": beam, **r} for (name, beam), r in results.items()],
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2))
     print(f"wrote {args.output}")

@@ -43,10 +43,28 @@ def trained_run(small_dataset, tmp_path_factory):
     from aiayn.train.trainer import Trainer
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = TrainConfig.from_dict({
-        "model": {"preset": "tiny", "pre_norm": False, "d_model": 96, "d_ff": 256, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 2},
-        "max_tokens": 1500, "lr_schedule": "inverse_sqrt", "lr": 0.004, "warmup_steps": 40, "max_updates": 250,
-        "save_every": 125, "validate_every": 0, "valid_bleu": False, "log_every": 1000, "threads": 2,
-    })
+    cfg = TrainConfig.from_dict(
+        {
+            "model": {
+                "preset": "tiny",
+                "pre_norm": False,
+                "d_model": 96,
+                "d_ff": 256,
+                "n_heads": 4,
+                "n_encoder_layers": 2,
+                "n_decoder_layers": 2,
+            },
+            "max_tokens": 1500,
+            "lr_schedule": "inverse_sqrt",
+            "lr": 0.004,
+            "warmup_steps": 40,
+            "max_updates": 250,
+            "save_every": 125,
+            "validate_every": 0,
+            "valid_bleu": False,
+            "log_every": 1000,
+            "threads": 2,
+        }
+    )
     Trainer(cfg, small_dataset, run, log=lambda *a: None, progress=False).train()
     return run

@@ -47,10 +47,37 @@ def test_an_old_checkpoint_fine_tunes(shipped, tmp_path):
     head = lambda path, n: "\n".join(path.read_text().splitlines()[:n]) + "\n"  # noqa: E731
     (tmp_path / "t.en").write_text(head(src, 200))
     (tmp_path / "t.es").write_text(head(tgt, 200))
-    prep = run("prepare", "--train-src", tmp_path / "t.en", "--train-tgt", tmp_path / "t.es", "--vocab-from", OLD, "--out", tmp_path / "data", "--workers", 1)
+    prep = run(
+        "prepare",
+        "--train-src",
+        tmp_path / "t.en",
+        "--train-tgt",
+        tmp_path / "t.es",
+        "--vocab-from",
+        OLD,
+        "--out",
+        tmp_path / "data",
+        "--workers",
+        1,
+    )
     assert prep.returncode == 0, prep.stderr
-    tuned = run("train", "--data", tmp_path / "data", "--init-from", OLD, "--config", "tiny", "--out", tmp_path / "run",
-                "--max-updates", 3, "--validate-every", 0, "--valid-bleu", "false")
+    tuned = run(
+        "train",
+        "--data",
+        tmp_path / "data",
+        "--init-from",
+        OLD,
+        "--config",
+        "tiny",
+        "--out",
+        tmp_path / "run",
+        "--max-updates",
+        3,
+        "--validate-every",
+        0,
+        "--valid-bleu",
+        "false",
+    )
     assert tuned.returncode == 0, tuned.stderr
     model, ckpt = load_model(tmp_path / "run")
     old, old_ckpt = load_model(OLD)

@@ -12,6 +12,7 @@ from aiayn.nn import SelfAttention
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
+
 @pytest.fixture(autouse=True)
 def full_fp32_matmuls():
     """fp32 products in fp32 (no TF32), so that CPU and GPU agree to fp32 rounding."""
@@ -81,12 +82,30 @@ def test_bf16_training_on_cuda_learns_and_its_checkpoint_translates(small_datase
     from aiayn.train.trainer import Trainer
 
     run = tmp_path / "run"
-    cfg = TrainConfig.from_dict({
-        "model": {"preset": "tiny", "pre_norm": False, "d_model": 96, "d_ff": 256, "n_heads": 4, "n_encoder_layers": 2, "n_decoder_layers": 2},
-        "max_tokens": 1500, "lr_schedule": "inverse_sqrt", "lr": 0.004, "warmup_steps": 40, "max_updates": 200,
-        "save_every": 100, "validate_every": 0, "valid_bleu": False, "log_every": 10,
-        "device": "cuda", "precision": "bf16",
-    })
+    cfg = TrainConfig.from_dict(
+        {
+            "model": {
+                "preset": "tiny",
+                "pre_norm": False,
+                "d_model": 96,
+                "d_ff": 256,
+                "n_heads": 4,
+                "n_encoder_layers": 2,
+                "n_decoder_layers": 2,
+            },
+            "max_tokens": 1500,
+            "lr_schedule": "inverse_sqrt",
+            "lr": 0.004,
+            "warmup_steps": 40,
+            "max_updates": 200,
+            "save_every": 100,
+            "validate_every": 0,
+            "valid_bleu": False,
+            "log_every": 10,
+            "device": "cuda",
+            "precision": "bf16",
+        }
+    )
     Trainer(cfg, small_dataset, run, log=lambda *a: None, progress=False).train()
     assert not torch.backends.cuda.cudnn_sdp_enabled()  # cudnn_attention: false (a plan per batch shape)
     train = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

@@ -49,8 +49,12 @@ def run_prepare(tmp_path, src, tgt, **opts):
 def test_roundtrip_and_byte_fallback(small_dataset):
     tok, tgt_tok = load_tokenizers(small_dataset)
     assert tok is tgt_tok  # joint vocabulary
-    texts = ["In the beginning God created the heavens and the earth.", "Y dijo Dios: Sea la luz: y fué la luz.",
-             "Ωμέγα 漢字 emoji 🙂 — never seen in training", "tabs\tand  double spaces are normalised"]
+    texts = [
+        "In the beginning God created the heavens and the earth.",
+        "Y dijo Dios: Sea la luz: y fué la luz.",
+        "Ωμέγα 漢字 emoji 🙂 — never seen in training",
+        "tabs\tand  double spaces are normalised",
+    ]
     for text in texts[:3]:
         ids = tok.encode([text])[0]
         assert tok.unk_id not in ids  # byte fallback: nothing becomes <unk>
@@ -216,8 +220,25 @@ def test_killed_run_leaves_nothing_that_looks_complete(tmp_path):
     lines = [" ".join(rng.choice(words, 30)) for _ in range(60000)]
     src, tgt = corpus(tmp_path, src_lines=lines, tgt_lines=lines)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "aiayn", "prepare", "--train-src", str(src), "--train-tgt", str(tgt),
-                             "--out", str(out), "--vocab-size", "4000", "--workers", "1"], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aiayn",
+            "prepare",
+            "--train-src",
+            str(src),
+            "--train-tgt",
+            str(tgt),
+            "--out",
+            str(out),
+            "--vocab-size",
+            "4000",
+            "--workers",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".out.tmp") for p in tmp_path.iterdir()):
         time.sleep(0.05)

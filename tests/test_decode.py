@@ -184,7 +184,10 @@ def test_length_cap(trained, sources):
     texts, tok = sources
     src = as_batch(tok.encode(texts[:8]))
     src_len = src.ne(PAD).sum(1) - 1
-    for hyps in (run_greedy(model, src, max_len_a=0.5, max_len_b=2), [h[0] for h in run_beam(model, src, beam=3, max_len_a=0.5, max_len_b=2)]):
+    for hyps in (
+        run_greedy(model, src, max_len_a=0.5, max_len_b=2),
+        [h[0] for h in run_beam(model, src, beam=3, max_len_a=0.5, max_len_b=2)],
+    ):
         for h, n in zip(hyps, src_len.tolist()):
             assert len(h.tokens) + 1 <= int(0.5 * n) + 2
 
@@ -318,7 +321,9 @@ def test_translate_and_evaluate_commands(trained_run, shipped, tmp_path):
     refs = ref.read_text().splitlines()[:30]
     (tmp_path / "in.en").write_text("\n".join(lines[:20] + [""] + lines[20:]) + "\n")
     (tmp_path / "ref.es").write_text("\n".join(refs[:20] + [""] + refs[20:]) + "\n")
-    result = run("translate", "--model", trained_run, "--input", tmp_path / "in.en", "--output", tmp_path / "out.es", "--ref", tmp_path / "ref.es")
+    result = run(
+        "translate", "--model", trained_run, "--input", tmp_path / "in.en", "--output", tmp_path / "out.es", "--ref", tmp_path / "ref.es"
+    )
     assert result.returncode == 0, result.stderr
     hyps = (tmp_path / "out.es").read_text().split("\n")[:-1]
     assert len(hyps) == 31 and hyps[20] == ""
@@ -366,12 +371,27 @@ def count_panels(png_path) -> int:
 @pytest.mark.slow
 def test_attention_png_has_one_panel_per_layer_and_head(trained_run, tmp_path):
     out = tmp_path / "map.png"
-    result = run("attention", "--model", trained_run, "--text", "And God said, Let there be light", "--out", out, "--json", tmp_path / "map.json")
+    result = run(
+        "attention", "--model", trained_run, "--text", "And God said, Let there be light", "--out", out, "--json", tmp_path / "map.json"
+    )
     assert result.returncode == 0, result.stderr
     layers, heads = 2, 4
     assert f"({2 * layers * heads} panels)" in result.stdout
     assert count_panels(out) == 2 * layers * heads
-    one = run("attention", "--model", trained_run, "--text", "And God said", "--out", tmp_path / "one.png", "--kind", "cross", "--layers", "-1", "--average-heads")
+    one = run(
+        "attention",
+        "--model",
+        trained_run,
+        "--text",
+        "And God said",
+        "--out",
+        tmp_path / "one.png",
+        "--kind",
+        "cross",
+        "--layers",
+        "-1",
+        "--average-heads",
+    )
     assert one.returncode == 0, one.stderr
     assert count_panels(tmp_path / "one.png") == 1
     import json

@@ -38,6 +38,7 @@ def fixed_cap(model, src, n):
     """Search arguments: the model's special ids, and a cap of n output tokens for every sentence."""
     return dict(special=special_tokens(model), max_len=torch.full((src.size(0),), n))
 
+
 MAX_LENGTH = 24  # HF generate's max_length (decoder start included): aiayn's cap is MAX_LENGTH - 1 tokens, EOS included
 CAPPED = MAX_LENGTH - 2  # output tokens (EOS excluded) of a hypothesis that reached the cap
 
@@ -47,8 +48,19 @@ def train_marian_spm(path, size: int) -> bytes:
     import sentencepiece as spm
 
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(input=str(path), model_writer=model, vocab_size=size, model_type="unigram", unk_id=0, bos_id=1,
-                                   eos_id=2, pad_id=-1, character_coverage=1.0, num_threads=1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(path),
+        model_writer=model,
+        vocab_size=size,
+        model_type="unigram",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
     return model.getvalue()
 
 
@@ -76,13 +88,28 @@ def make_marian(out, src_spm: bytes, tgt_spm: bytes, vocab: dict, target_vocab: 
 
     V, V_tgt = len(vocab), len(target_vocab or vocab)
     pad = vocab["<pad>"]
-    cfg = MarianConfig(**{
-        "vocab_size": V, "decoder_vocab_size": V_tgt, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
-        "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
-        "activation_function": "swish", "scale_embedding": True, "pad_token_id": pad, "eos_token_id": 0,
-        "decoder_start_token_id": pad, "forced_eos_token_id": 0, "max_position_embeddings": 256,
-        "share_encoder_decoder_embeddings": target_vocab is None, **config,
-    })
+    cfg = MarianConfig(
+        **{
+            "vocab_size": V,
+            "decoder_vocab_size": V_tgt,
+            "d_model": 64,
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128,
+            "activation_function": "swish",
+            "scale_embedding": True,
+            "pad_token_id": pad,
+            "eos_token_id": 0,
+            "decoder_start_token_id": pad,
+            "forced_eos_token_id": 0,
+            "max_position_embeddings": 256,
+            "share_encoder_decoder_embeddings": target_vocab is None,
+            **config,
+        }
+    )
     torch.manual_seed(seed)
     model = MarianMTModel(cfg).eval()
     with torch.no_grad():  # weights large enough for peaked, varied outputs; random layer norms and biases
@@ -101,8 +128,13 @@ def make_marian(out, src_spm: bytes, tgt_spm: bytes, vocab: dict, target_vocab: 
         bias[pad] = -20.0  # <pad> is never a target (CTranslate2 removes it from the softmax: keep its mass negligible)
         model.final_logits_bias.copy_(bias[None])
     model.generation_config = transformers.GenerationConfig(
-        bad_words_ids=[[pad]], decoder_start_token_id=pad, eos_token_id=0, forced_eos_token_id=0, pad_token_id=pad,
-        num_beams=4, max_length=MAX_LENGTH,
+        bad_words_ids=[[pad]],
+        decoder_start_token_id=pad,
+        eos_token_id=0,
+        forced_eos_token_id=0,
+        pad_token_id=pad,
+        num_beams=4,
+        max_length=MAX_LENGTH,
     )
     model.save_pretrained(out)
     (out / "source.spm").write_bytes(src_spm)
@@ -207,7 +239,9 @@ def test_beam_search_equals_hf_generate(imported, hf, texts, alpha):
     hf_model, tok = hf
     batch = hf_batch(tok, texts)
     theirs = generated(hf_model.generate(**batch, num_beams=4, length_penalty=alpha, max_length=MAX_LENGTH), eos=0)
-    ours = beam_search(model, batch.input_ids, **fixed_cap(model, batch.input_ids, MAX_LENGTH - 1), beam=4, alpha=alpha, lp_style="power", early_stop="hf")
+    ours = beam_search(
+        model, batch.input_ids, **fixed_cap(model, batch.input_ids, MAX_LENGTH - 1), beam=4, alpha=alpha, lp_style="power", early_stop="hf"
+    )
     assert [h[0].tokens for h in ours] == theirs
     lengths = {len(t) for t in theirs}
     assert len(lengths) >= 2 and CAPPED in lengths  # varied: some end early, some reach the cap
@@ -221,9 +255,21 @@ def test_other_stopping_rules_agree_with_hf_below_the_cap(imported, hf, texts, e
     model, _ = load_model(imported)
     hf_model, tok = hf
     batch = hf_batch(tok, texts)
-    theirs = generated(hf_model.generate(**batch, num_beams=4, length_penalty=0.6, max_length=MAX_LENGTH, early_stopping=early_stopping), eos=0)
-    ours = [h[0].tokens for h in beam_search(model, batch.input_ids, **fixed_cap(model, batch.input_ids, MAX_LENGTH - 1), beam=4, alpha=0.6,
-                                             lp_style="power", early_stop=rule)]
+    theirs = generated(
+        hf_model.generate(**batch, num_beams=4, length_penalty=0.6, max_length=MAX_LENGTH, early_stopping=early_stopping), eos=0
+    )
+    ours = [
+        h[0].tokens
+        for h in beam_search(
+            model,
+            batch.input_ids,
+            **fixed_cap(model, batch.input_ids, MAX_LENGTH - 1),
+            beam=4,
+            alpha=0.6,
+            lp_style="power",
+            early_stop=rule,
+        )
+    ]
     below = [(o, t) for o, t in zip(ours, theirs) if len(t) < CAPPED]
     assert len(below) >= 5 and all(o == t for o, t in below)
 
@@ -256,16 +302,19 @@ def broken_copy(marian_dir, tmp_path, edit=None, remove=()):
     return d
 
 
-@pytest.mark.parametrize("edit, match", [
-    (("config.json", lambda c: c.update(model_type="bart")), "model_type is 'bart'.*only Marian"),
-    (("config.json", lambda c: c.update(architectures=["MarianForCausalLM"])), "only MarianMTModel"),
-    (("config.json", lambda c: c.update(normalize_before=True)), "normalize_before=True is not Marian's"),
-    (("config.json", lambda c: c.update(activation_function="gelu_new")), "activation_function 'gelu_new'"),
-    (("config.json", lambda c: c.update(decoder_ffn_dim=256)), "encoder_ffn_dim=128 differs from decoder_ffn_dim=256"),
-    (("vocab.json", lambda v: v.update({"<extra>": len(v)})), "vocabulary sizes do not match.*vocab.json ids: "),
-    (("config.json", lambda c: c.update(vocab_size=c["vocab_size"] + 1)), "vocabulary sizes do not match: config.json vocab_size"),
-    (("config.json", lambda c: c.update(pad_token_id=1)), "pad_token_id=1.*<pad>="),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (("config.json", lambda c: c.update(model_type="bart")), "model_type is 'bart'.*only Marian"),
+        (("config.json", lambda c: c.update(architectures=["MarianForCausalLM"])), "only MarianMTModel"),
+        (("config.json", lambda c: c.update(normalize_before=True)), "normalize_before=True is not Marian's"),
+        (("config.json", lambda c: c.update(activation_function="gelu_new")), "activation_function 'gelu_new'"),
+        (("config.json", lambda c: c.update(decoder_ffn_dim=256)), "encoder_ffn_dim=128 differs from decoder_ffn_dim=256"),
+        (("vocab.json", lambda v: v.update({"<extra>": len(v)})), "vocabulary sizes do not match.*vocab.json ids: "),
+        (("config.json", lambda c: c.update(vocab_size=c["vocab_size"] + 1)), "vocabulary sizes do not match: config.json vocab_size"),
+        (("config.json", lambda c: c.update(pad_token_id=1)), "pad_token_id=1.*<pad>="),
+    ],
+)
 def test_clear_errors_for_other_architectures_and_mismatches(marian_dir, tmp_path, edit, match):
     with pytest.raises(InteropError, match=match):
         import_marian(broken_copy(marian_dir, tmp_path, edit), tmp_path / "out")
@@ -324,11 +373,15 @@ def test_export_of_an_aiayn_trained_model_to_hf(trained_run, shipped, tmp_path):
     hf_model, tok = MarianMTModel.from_pretrained(out).eval(), MarianTokenizer.from_pretrained(out)
     texts = shipped["test"][0].read_text().splitlines()[:16]
     batch = hf_batch(tok, texts)
-    assert [[t for t in row if t != cfg.pad_id] for row in batch.input_ids.tolist()] == [ids + [cfg.eos_id] for ids in ckpt.src_tokenizer.encode(texts)]
+    assert [[t for t in row if t != cfg.pad_id] for row in batch.input_ids.tolist()] == [
+        ids + [cfg.eos_id] for ids in ckpt.src_tokenizer.encode(texts)
+    ]
     ours, theirs = teacher_forced_logits(model, hf_model, batch, cfg)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
     sequences = hf_model.generate(**batch, num_beams=4, length_penalty=0.6, max_length=64)
-    hyps = Translator(model, *ckpt.tokenizers, beam=4, alpha=0.6, lp_style="power", max_len_a=0, max_len_b=63, early_stop="hf").translate(texts)
+    hyps = Translator(model, *ckpt.tokenizers, beam=4, alpha=0.6, lp_style="power", max_len_a=0, max_len_b=63, early_stop="hf").translate(
+        texts
+    )
     assert [h.tokens for h in hyps] == generated(sequences, eos=cfg.eos_id)
     assert [h.text for h in hyps] == tok.batch_decode(sequences, skip_special_tokens=True)
 
@@ -344,11 +397,15 @@ def test_interleaved_positions_are_a_permutation_of_marians():
     torch.testing.assert_close(model(src, tgt), concat(src, tgt), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("change, match", [(dict(pre_norm=True), "pre-norm"), (dict(positional="learned"), "learned positions"),
-                                           (dict(layer_norm_eps=1e-6), "ε=1e-06")])
+@pytest.mark.parametrize(
+    "change, match",
+    [(dict(pre_norm=True), "pre-norm"), (dict(positional="learned"), "learned positions"), (dict(layer_norm_eps=1e-6), "ε=1e-06")],
+)
 def test_export_refuses_what_marian_cannot_express(change, match, imported, tmp_path):
     _, ckpt = load_model(imported)
-    cfg = TransformerConfig.preset("tiny", vocab_size=ckpt.config.src_vocab_size, pad_id=ckpt.config.pad_id, eos_id=0, unk_id=1, **{"pre_norm": False, **change})
+    cfg = TransformerConfig.preset(
+        "tiny", vocab_size=ckpt.config.src_vocab_size, pad_id=ckpt.config.pad_id, eos_id=0, unk_id=1, **{"pre_norm": False, **change}
+    )
     save_model(tmp_path / "m.safetensors", Transformer(cfg), tokenizer_assets(*ckpt.tokenizers))
     with pytest.raises(InteropError, match=match):
         export_marian(tmp_path / "m.safetensors", tmp_path / "hf")
@@ -369,13 +426,17 @@ def test_ctranslate2_equals_native_on_a_trained_model(trained_run, shipped, tmp_
         native = Translator(model, *ckpt.tokenizers, early_stop=rule, **options).translate(texts)
         ct2 = CTranslate2Translator(out, **options).translate(texts)
         cfg = model.config  # the output cap the search applies: a·|source| + b (defaults 1 and 50)
-        caps = max_lengths(model, source_batch([t.src_tokens for t in native], cfg.pad_id, cfg.eos_id), SearchOptions.max_len_a, SearchOptions.max_len_b)
+        caps = max_lengths(
+            model, source_batch([t.src_tokens for t in native], cfg.pad_id, cfg.eos_id), SearchOptions.max_len_a, SearchOptions.max_len_b
+        )
         below_cap = [i for i, (a, b) in enumerate(zip(native, ct2)) if max(len(a.tokens) + 1, len(b.tokens)) < caps[i]]
         assert len(below_cap) >= 20
         assert [ct2[i].tokens for i in below_cap] == [native[i].tokens for i in below_cap]
         assert [ct2[i].text for i in below_cap] == [native[i].text for i in below_cap]
         # <pad> leaves CTranslate2's softmax (renormalized), aiayn masks it after: log(1 - p(<pad>)) a step
-        assert [ct2[i].score for i in below_cap] == pytest.approx([native[i].score for i in below_cap], rel=2e-4, abs=1e-2)  # a sum over the sentence: its tolerance grows with it
+        assert [ct2[i].score for i in below_cap] == pytest.approx(
+            [native[i].score for i in below_cap], rel=2e-4, abs=1e-2
+        )  # a sum over the sentence: its tolerance grows with it
     assert translate_ctranslate2(out, texts[:4], beam=4, alpha=0.6) == [t.text for t in native[:4]]
     int8 = export_ctranslate2(trained_run, tmp_path / "ct2-int8", quantization="int8")
     assert json.loads((int8 / "aiayn.json").read_text())["extra"]["quantization"] == "int8"
@@ -393,8 +454,13 @@ def test_ctranslate2_of_an_imported_model(imported, hf_export, texts, tmp_path):
     translator = CTranslate2Translator(ours, **options)
     results = translator.translate(texts)
     reference = ctranslate2.Translator(str(theirs)).translate_batch(
-        [translator.src_tok.encode_pieces(t) + ["</s>"] for t in texts], beam_size=4, length_penalty=0.6,
-        max_decoding_length=MAX_LENGTH - 1, min_decoding_length=0, return_end_token=True)
+        [translator.src_tok.encode_pieces(t) + ["</s>"] for t in texts],
+        beam_size=4,
+        length_penalty=0.6,
+        max_decoding_length=MAX_LENGTH - 1,
+        min_decoding_length=0,
+        return_end_token=True,
+    )
     assert [r.tokens for r in results] == [[translator.tgt_ids[p] for p in h.hypotheses[0] if p != "</s>"] for h in reference]
     model, ckpt = load_model(imported)
     native = Translator(model, *ckpt.tokenizers, early_stop="beam", **options).translate(texts)
@@ -411,16 +477,32 @@ def test_fine_tune_an_imported_model(imported, shipped, tmp_path):
 
     en, es = shipped["valid"]
     data = tmp_path / "data"
-    meta = prepare({"train": (en, es), "valid": shipped["test"]}, data,
-                   PrepareOptions(vocab_from=str(imported), workers=1, progress=False), log=lambda *a: None)
+    meta = prepare(
+        {"train": (en, es), "valid": shipped["test"]},
+        data,
+        PrepareOptions(vocab_from=str(imported), workers=1, progress=False),
+        log=lambda *a: None,
+    )
     src_tok, tgt_tok = load_tokenizers(data)
     ckpt = read_checkpoint(imported)
     assert (src_tok.sha256, tgt_tok.sha256) == (ckpt.src_tokenizer.sha256, ckpt.tgt_tokenizer.sha256)
     assert not meta["joint_vocab"] and meta["special_ids"]["pad"] == ckpt.config.pad_id and meta["special_ids"]["eos"] == 0
     first = en.read_text().splitlines()[0]
     assert ParallelDataset(data)[0][0].tolist() == ckpt.src_tokenizer.encode([first])[0]
-    cfg = TrainConfig.from_dict({"max_tokens": 600, "max_updates": 3, "save_every": 0, "validate_every": 0, "valid_bleu": False,
-                                 "log_every": 1, "threads": 2, "lr_schedule": "inverse_sqrt", "lr": 1e-4, "warmup_steps": 2})
+    cfg = TrainConfig.from_dict(
+        {
+            "max_tokens": 600,
+            "max_updates": 3,
+            "save_every": 0,
+            "validate_every": 0,
+            "valid_bleu": False,
+            "log_every": 1,
+            "threads": 2,
+            "lr_schedule": "inverse_sqrt",
+            "lr": 1e-4,
+            "warmup_steps": 2,
+        }
+    )
     summary = Trainer(cfg, data, tmp_path / "run", init_from=imported, log=lambda *a: None, progress=False).train()
     assert summary["updates"] == 3
     tuned, tuned_ckpt = load_model(tmp_path / "run")

@@ -14,7 +14,9 @@ PAD = 0
 
 def tiny(vocab=50, **overrides):
     torch.manual_seed(0)
-    cfg = TransformerConfig.preset("tiny", vocab_size=vocab, dropout=0.0, **{"pre_norm": False, **overrides})  # post-norm (the paper) unless asked
+    cfg = TransformerConfig.preset(
+        "tiny", vocab_size=vocab, dropout=0.0, **{"pre_norm": False, **overrides}
+    )  # post-norm (the paper) unless asked
     return Transformer(cfg).eval()
 
 
@@ -69,7 +71,9 @@ def test_embeddings_are_scaled_and_tied():
     x = model.embed(tokens, model.src_embed)
     expected = model.src_embed.weight[tokens] * math.sqrt(128) + sinusoid_table(2, 128)
     torch.testing.assert_close(x, expected)
-    untied = Transformer(TransformerConfig.preset("tiny", pre_norm=False, src_vocab_size=40, tgt_vocab_size=30, share_embeddings=False, tie_output=False))
+    untied = Transformer(
+        TransformerConfig.preset("tiny", pre_norm=False, src_vocab_size=40, tgt_vocab_size=30, share_embeddings=False, tie_output=False)
+    )
     assert untied.src_embed is not untied.tgt_embed and untied.output_proj.weight is not untied.tgt_embed.weight
     assert untied(torch.tensor([[39, 5]]), torch.tensor([[29]])).shape == (1, 1, 30)
 
@@ -199,7 +203,10 @@ def test_padding_is_skipped_and_a_padded_batch_equals_its_sentences_alone():
     def run_seeing_ffn_inputs():
         """The model's logits, and the input shapes of the first encoder and decoder FFNs."""
         rows = []
-        hooks = [m.ffn.w1.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape)) for m in (model.encoder_layers[0], model.decoder_layers[0])]
+        hooks = [
+            m.ffn.w1.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape))
+            for m in (model.encoder_layers[0], model.decoder_layers[0])
+        ]
         try:
             return model(src, tgt), rows
         finally:
@@ -249,7 +256,9 @@ def test_matches_torch_nn_transformer():
     enc_layer = nn.TransformerEncoderLayer(d, h, cfg.d_ff, dropout=0.0, batch_first=True)
     dec_layer = nn.TransformerDecoderLayer(d, h, cfg.d_ff, dropout=0.0, batch_first=True)
     ref = nn.Transformer(
-        d, h, batch_first=True,
+        d,
+        h,
+        batch_first=True,
         custom_encoder=nn.TransformerEncoder(enc_layer, cfg.n_encoder_layers, norm=None, enable_nested_tensor=False),
         custom_decoder=nn.TransformerDecoder(dec_layer, cfg.n_decoder_layers, norm=None),
     ).eval()
@@ -281,9 +290,12 @@ def test_matches_torch_nn_transformer():
         hidden, _ = model.decode(tgt, enc)
         x_src, x_tgt = model.embed(src, model.src_embed), model.embed(tgt, model.tgt_embed)
         expected = ref(
-            x_src, x_tgt,
+            x_src,
+            x_tgt,
             tgt_mask=nn.Transformer.generate_square_subsequent_mask(tgt.size(1)),
-            src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=src_pad,
+            src_key_padding_mask=src_pad,
+            tgt_key_padding_mask=tgt_pad,
+            memory_key_padding_mask=src_pad,
         )
         memory = ref.encoder(x_src, src_key_padding_mask=src_pad)
     real_src, real_tgt = ~src_pad, ~tgt_pad

@@ -123,7 +123,9 @@ def test_nbest_alignment_and_search_options(translator):
 def test_models_health_docs_and_page(translator):
     async def main():
         async with api(translator) as client:
-            return [await client.get(p) for p in ("/v1/models", "/health", "/openapi.json", "/docs", "/", "/static/app.js", "/static/style.css")]
+            return [
+                await client.get(p) for p in ("/v1/models", "/health", "/openapi.json", "/docs", "/", "/static/app.js", "/static/style.css")
+            ]
 
     models, health, openapi, docs, page, js, css = run(main())
     model = models.json()["models"][0]
@@ -247,8 +249,12 @@ def test_hostile_input_never_crashes_nor_leaks(translator):
                 answers.append((name, r, status))
             answers.append(("unknown path", await client.get("/v1/nothing"), {404}))
             answers.append(("wrong method", await client.get("/v1/translate"), {405}))
-            answers.append(("bad Content-Length", await client.post("/v1/translate", content=b"{}", headers={"content-length": "-5"}), {400}))
-            weird = await client.post("/v1/translate", json={"texts": ["\u0000\u0001 nul and control", "🙂 " * 100, "\u202e right-to-left", " "]})
+            answers.append(
+                ("bad Content-Length", await client.post("/v1/translate", content=b"{}", headers={"content-length": "-5"}), {400})
+            )
+            weird = await client.post(
+                "/v1/translate", json={"texts": ["\u0000\u0001 nul and control", "🙂 " * 100, "\u202e right-to-left", " "]}
+            )
             after = await client.post("/v1/translate", json={"texts": [SENTENCES[0]]})
             health = await client.get("/health")
             return answers, weird, after, health
@@ -360,8 +366,9 @@ def test_model_failures_overload_and_shutdown_answer_cleanly(translator):
 
 
 def test_concurrent_requests_are_batched_and_all_answered_correctly(translator):
-    requests = [{"texts": [SENTENCES[i % 8]] + ([SENTENCES[(i + 3) % 8]] if i % 3 == 0 else []), "beam": 4 if i % 4 else 2}
-                for i in range(32)]
+    requests = [
+        {"texts": [SENTENCES[i % 8]] + ([SENTENCES[(i + 3) % 8]] if i % 3 == 0 else []), "beam": 4 if i % 4 else 2} for i in range(32)
+    ]
 
     async def main():
         async with api(translator, max_wait_ms=20) as client:
@@ -413,7 +420,13 @@ def test_batcher_groups_only_compatible_requests_and_respects_its_limits():
     async def main():
         batcher = Batcher(fake, max_batch_tokens=4 * 12, max_batch_texts=5, max_wait_ms=30)
         await batcher.start()
-        keys = [DecodeKey(beam=4), DecodeKey(beam=2), DecodeKey(beam=4, nbest=2), DecodeKey(beam=4, alpha=1.0), DecodeKey(beam=4, max_length=9)]
+        keys = [
+            DecodeKey(beam=4),
+            DecodeKey(beam=2),
+            DecodeKey(beam=4, nbest=2),
+            DecodeKey(beam=4, alpha=1.0),
+            DecodeKey(beam=4, max_length=9),
+        ]
         jobs = [(f"s{i} " + "w " * (i % 3), keys[i % len(keys)], i % 7 == 0) for i in range(40)]
         results = await asyncio.gather(*(batcher.translate([text], key, align) for text, key, align in jobs))
         await batcher.close()
@@ -518,11 +531,17 @@ def test_graceful_shutdown_finishes_in_flight_requests(translator):
 
 # ---------------------------------------------------------------- the command line
 def test_cli_serve_reports_a_bad_model_without_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "aiayn", "serve", "--model", str(tmp_path / "missing.safetensors")],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "aiayn", "serve", "--model", str(tmp_path / "missing.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "no checkpoint" in result.stderr and "Traceback" not in result.stderr
-    bad = subprocess.run([sys.executable, "-m", "aiayn", "serve", "--model", "x", "--max-texts", "0"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "aiayn", "serve", "--model", "x", "--max-texts", "0"], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "max_texts must be positive" in bad.stderr
 
 
@@ -531,8 +550,12 @@ def test_cli_serve_runs_and_stops_gracefully_on_sigterm(trained_run):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "aiayn", "serve", "--model", str(trained_run), "--port", str(port), "--max-wait-ms", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiayn", "serve", "--model", str(trained_run), "--port", str(port), "--max-wait-ms", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120

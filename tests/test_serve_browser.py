@@ -17,8 +17,15 @@ import httpx  # noqa: E402
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 SENTENCE = "And God said, Let there be light: and there was light."
 
 
@@ -39,8 +46,9 @@ def test_page_translates_and_draws_the_attention_heat_map(playwright_api, traine
     with LiveServer(app) as server, playwright_api.sync_playwright() as pw:
         expected = httpx.post(f"{server.url}/v1/translate", json={"texts": [SENTENCE], "beam": 3}, timeout=60).json()["translations"][0]
         maps = httpx.post(f"{server.url}/v1/attention", json={"text": SENTENCE, "beam": 3}, timeout=60).json()
-        browser = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
-                                                         args=ARGS, viewport={"width": 1200, "height": 900})
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS, viewport={"width": 1200, "height": 900}
+        )
         try:
             page = browser.new_page()
             page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)

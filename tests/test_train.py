@@ -22,9 +22,25 @@ from aiayn.train.trainer import Trainer, TrainingError
 
 # a small, fast recipe for tests
 FAST = {
-    "model": {"preset": "tiny", "pre_norm": False, "d_model": 64, "d_ff": 128, "n_heads": 4, "n_encoder_layers": 1, "n_decoder_layers": 1, "dropout": 0.1},
-    "max_tokens": 400, "lr_schedule": "inverse_sqrt", "lr": 0.003, "warmup_steps": 20, "log_every": 1000,
-    "validate_every": 0, "valid_bleu": False, "save_every": 10, "threads": 1,
+    "model": {
+        "preset": "tiny",
+        "pre_norm": False,
+        "d_model": 64,
+        "d_ff": 128,
+        "n_heads": 4,
+        "n_encoder_layers": 1,
+        "n_decoder_layers": 1,
+        "dropout": 0.1,
+    },
+    "max_tokens": 400,
+    "lr_schedule": "inverse_sqrt",
+    "lr": 0.003,
+    "warmup_steps": 20,
+    "log_every": 1000,
+    "validate_every": 0,
+    "valid_bleu": False,
+    "save_every": 10,
+    "threads": 1,
 }
 
 
@@ -155,7 +171,11 @@ def test_sigkill_and_resume_is_bit_exact(small_dataset, tmp_path):
     args = ["train", "--data", small_dataset, "--config", "tiny", *cli_overrides(max_updates=40, save_every=10)]
     whole = cli(*args, "--out", tmp_path / "whole", timeout=300)
     assert whole.returncode == 0, whole.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "aiayn", *map(str, args), "--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiayn", *map(str, args), "--out", str(tmp_path / "cut")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = tmp_path / "cut" / "checkpoints" / "step-00000020.state.pt"
     deadline = time.time() + 120
     while not state.is_file() and time.time() < deadline:
@@ -179,13 +199,37 @@ def test_torchrun_two_processes_equal_one(small_dataset, tmp_path):
     from aiayn.data import ParallelDataset, TokenBucketSampler
 
     ds = ParallelDataset(small_dataset)
-    max_tokens = next(m for m in range(400, 600) if len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, m, seed=1).epoch_batches(0)) % 2 == 0)
-    common = ["--data", small_dataset, "--config", "tiny", *cli_overrides(max_updates=4, save_every=4, max_tokens=max_tokens, model={"dropout": 0.0})]
+    max_tokens = next(
+        m for m in range(400, 600) if len(TokenBucketSampler(ds.src_lengths, ds.tgt_lengths, m, seed=1).epoch_batches(0)) % 2 == 0
+    )
+    common = [
+        "--data",
+        small_dataset,
+        "--config",
+        "tiny",
+        *cli_overrides(max_updates=4, save_every=4, max_tokens=max_tokens, model={"dropout": 0.0}),
+    ]
     one = cli("train", *common, "--update-freq", 2, "--out", tmp_path / "one", timeout=300)
     assert one.returncode == 0, one.stderr
     torchrun = Path(sys.executable).with_name("torchrun")
-    two = subprocess.run([str(torchrun), "--nproc_per_node=2", "--standalone", "-m", "aiayn", "train", *map(str, common),
-                          "--update-freq", "1", "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "aiayn",
+            "train",
+            *map(str, common),
+            "--update-freq",
+            "1",
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = load_file(tmp_path / "one" / "checkpoints" / "step-00000004.safetensors")
     b = load_file(tmp_path / "two" / "checkpoints" / "step-00000004.safetensors")
@@ -216,7 +260,9 @@ def test_torchrun_with_compiled_layers_equals_eager(small_dataset, tmp_path):
     common = ["train", "--data", small_dataset, "--config", "tiny", *cli_overrides(max_updates=3, save_every=3, model={"dropout": 0.0})]
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2", "--standalone", "-m", "aiayn"]
     for name, extra in (("eager", []), ("compiled", ["--compile", "true"])):
-        run = subprocess.run([*torchrun, *map(str, common), *extra, "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=600)
+        run = subprocess.run(
+            [*torchrun, *map(str, common), *extra, "--out", str(tmp_path / name)], capture_output=True, text=True, timeout=600
+        )
         assert run.returncode == 0, run.stderr[-3000:]
     a = load_file(tmp_path / "eager" / "checkpoints" / "step-00000003.safetensors")
     b = load_file(tmp_path / "compiled" / "checkpoints" / "step-00000003.safetensors")
@@ -291,7 +337,10 @@ def test_full_disk_keeps_the_previous_checkpoint(small_dataset, tmp_path, monkey
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
-    with pytest.raises(CheckpointError, match=r"could not write .*step-00000020\.safetensors: No space left on device \(is the disk full\?\); the previous checkpoint is intact"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"could not write .*step-00000020\.safetensors: No space left on device \(is the disk full\?\); the previous checkpoint is intact",
+    ):
         train(small_dataset, tmp_path / "run", resume=True, max_updates=20)
     ckpts = tmp_path / "run" / "checkpoints"
     assert (ckpts / "step-00000010.safetensors").read_bytes() == before
@@ -301,7 +350,16 @@ def test_full_disk_keeps_the_previous_checkpoint(small_dataset, tmp_path, monkey
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(small_dataset, tmp_path):
-    args = ["train", "--data", small_dataset, "--config", "tiny", *cli_overrides(max_updates=100000, save_every=100000), "--out", tmp_path / "run"]
+    args = [
+        "train",
+        "--data",
+        small_dataset,
+        "--config",
+        "tiny",
+        *cli_overrides(max_updates=100000, save_every=100000),
+        "--out",
+        tmp_path / "run",
+    ]
     proc = subprocess.Popen([sys.executable, "-m", "aiayn", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "run" / "log.jsonl"
     deadline = time.time() + 120
@@ -374,7 +432,14 @@ def test_init_from_refuses_another_vocabulary(small_dataset, tmp_path, shipped):
     with pytest.raises(CheckpointError, match="vocabulary differs from the dataset's"):
         Trainer(fast_config(max_updates=5), other, tmp_path / "ft", init_from=ckpt, log=lambda *a: None)
     # the same vocabulary: fine-tuning starts from the weights with a fresh optimizer
-    trainer = Trainer(fast_config(max_updates=5, model={"dropout": 0.2}), small_dataset, tmp_path / "ft", init_from=ckpt, log=lambda *a: None, progress=False)
+    trainer = Trainer(
+        fast_config(max_updates=5, model={"dropout": 0.2}),
+        small_dataset,
+        tmp_path / "ft",
+        init_from=ckpt,
+        log=lambda *a: None,
+        progress=False,
+    )
     start = load_file(ckpt)
     assert torch.equal(trainer.model.state_dict()["encoder_layers.0.ffn.w1.weight"], start["encoder_layers.0.ffn.w1.weight"])
     assert trainer.model_config.dropout == 0.2 and trainer.step == 0

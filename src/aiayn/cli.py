@@ -42,15 +42,23 @@ def _add_prepare(sub):
     p.add_argument("--vocab-size", type=int, default=8000, help="subword vocabulary size (default 8000; ~37000 for WMT-scale data)")
     p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type (default bpe)")
     p.add_argument("--separate-vocab", action="store_true", help="one vocabulary per language instead of a joint one")
-    p.add_argument("--vocab-from", metavar="MODEL", help="learn no vocabulary: use this model's (a checkpoint or model directory, "
-                   "e.g. from 'aiayn import-hf', a dataset, or a sentencepiece .model), to fine-tune it with train --init-from")
+    p.add_argument(
+        "--vocab-from",
+        metavar="MODEL",
+        help="learn no vocabulary: use this model's (a checkpoint or model directory, "
+        "e.g. from 'aiayn import-hf', a dataset, or a sentencepiece .model), to fine-tune it with train --init-from",
+    )
     p.add_argument("--max-len", type=int, default=256, help="drop training pairs with more subwords on a side (0: keep all)")
     p.add_argument("--max-ratio", type=float, default=3.0, help="drop training pairs whose length ratio exceeds this (0: off)")
     p.add_argument("--skip-bad", action="store_true", help="drop bad lines (counted by kind) instead of stopping")
     p.add_argument("--normalize", choices=["NFC", "NFKC"], help="Unicode normalisation applied first")
-    p.add_argument("--max-spm-sentences", type=int, default=300_000, help="lines sampled to learn the vocabulary (default 300000; bounds memory)")
+    p.add_argument(
+        "--max-spm-sentences", type=int, default=300_000, help="lines sampled to learn the vocabulary (default 300000; bounds memory)"
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of that sample (default 1)")
-    p.add_argument("--spm-normalization", default="nmt_nfkc", help="sentencepiece normalisation rule (default nmt_nfkc; identity keeps text exact)")
+    p.add_argument(
+        "--spm-normalization", default="nmt_nfkc", help="sentencepiece normalisation rule (default nmt_nfkc; identity keeps text exact)"
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_run_prepare)
@@ -73,15 +81,22 @@ def _run_prepare(args):
     if "train" not in splits:
         raise UserError("a training set is needed: --train-src/--train-tgt or --train-tsv")
     opts = PrepareOptions(
-        vocab_size=args.vocab_size, model_type=args.model_type, joint_vocab=not args.separate_vocab,
-        max_len=args.max_len, max_ratio=args.max_ratio, skip_bad=args.skip_bad, normalize=args.normalize,
-        spm_normalization=args.spm_normalization, max_spm_sentences=args.max_spm_sentences, seed=args.seed, workers=args.workers,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        joint_vocab=not args.separate_vocab,
+        max_len=args.max_len,
+        max_ratio=args.max_ratio,
+        skip_bad=args.skip_bad,
+        normalize=args.normalize,
+        spm_normalization=args.spm_normalization,
+        max_spm_sentences=args.max_spm_sentences,
+        seed=args.seed,
+        workers=args.workers,
         vocab_from=args.vocab_from,
     )
     meta = prepare(splits, args.out, opts, force=args.force)
     counts = ", ".join(f"{name} {s['pairs']}" for name, s in meta["splits"].items())
     print(f"wrote {args.out}: {counts} pairs; vocabulary {meta['vocab']['src']['size']} in {meta['seconds']}s")
-
 
 
 def _add_train(sub):
@@ -139,8 +154,11 @@ def _run_train(args, extra):
 
 
 def _add_average(sub):
-    p = sub.add_parser("average", help="average the last K checkpoints of a run (§6.1)",
-                       description="Average checkpoints element-wise (the paper averages the last 5 for base models, 20 for big).")
+    p = sub.add_parser(
+        "average",
+        help="average the last K checkpoints of a run (§6.1)",
+        description="Average checkpoints element-wise (the paper averages the last 5 for base models, 20 for big).",
+    )
     p.add_argument("run_dir", nargs="?", help="run directory")
     p.add_argument("--last", type=int, default=5, help="how many of the latest checkpoints (default 5)")
     p.add_argument("--checkpoints", nargs="+", metavar="CKPT", help="average these files instead")
@@ -170,22 +188,34 @@ def _add_search_options(p):
     g = p.add_argument_group("search")
     g.add_argument("--beam", type=int, default=4, help="beam size (default 4, as in §6.1); 1 is greedy")
     g.add_argument("--alpha", type=float, default=0.6, help="length penalty α (default 0.6, as in §6.1)")
-    g.add_argument("--lp-style", choices=["gnmt", "power"], default="gnmt", help="gnmt: ((5+|Y|)/6)^α, the paper's; power: |Y|^α (fairseq/HF)")
+    g.add_argument(
+        "--lp-style", choices=["gnmt", "power"], default="gnmt", help="gnmt: ((5+|Y|)/6)^α, the paper's; power: |Y|^α (fairseq/HF)"
+    )
     g.add_argument("--max-len-a", type=float, default=1.0, help="output length cap a·source length + b (default a=1)")
     g.add_argument("--max-len-b", type=int, default=50, help="(default b=50, as in §6.1)")
     g.add_argument("--min-len", type=int, default=0, help="at least this many output subwords before EOS")
     g.add_argument("--nbest", type=int, default=1, help="print the N best hypotheses with scores")
-    g.add_argument("--early-stop", nargs="?", const="nbest", choices=["nbest", "beam", "hf"], metavar="RULE",
-                   help="stop a sentence early instead of when no live hypothesis can beat the finished ones: once nbest have "
-                   "finished (RULE nbest, the default), once beam-size have (beam: HF early_stopping=True, CTranslate2), or by "
-                   "Hugging Face generate's default heuristic (hf: identical results to MarianMTModel.generate)")
+    g.add_argument(
+        "--early-stop",
+        nargs="?",
+        const="nbest",
+        choices=["nbest", "beam", "hf"],
+        metavar="RULE",
+        help="stop a sentence early instead of when no live hypothesis can beat the finished ones: once nbest have "
+        "finished (RULE nbest, the default), once beam-size have (beam: HF early_stopping=True, CTranslate2), or by "
+        "Hugging Face generate's default heuristic (hf: identical results to MarianMTModel.generate)",
+    )
     g.add_argument("--sampling", action="store_true", help="sample instead of searching")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0, help="seed for sampling")
-    g.add_argument("--max-tokens", type=int, default=None,
-                   help="source tokens × beam per batch (default 4096 on a CPU, 32768 on a GPU, 4096 with --engine ctranslate2)")
+    g.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="source tokens × beam per batch (default 4096 on a CPU, 32768 on a GPU, 4096 with --engine ctranslate2)",
+    )
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision for decoding")
 
@@ -194,9 +224,19 @@ def _search_options(args):
     from aiayn.generate.translate import SearchOptions
 
     return SearchOptions(
-        beam=args.beam, alpha=args.alpha, lp_style=args.lp_style, max_len_a=args.max_len_a, max_len_b=args.max_len_b, min_len=args.min_len,
-        nbest=args.nbest, early_stop=args.early_stop or False, sampling=args.sampling, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        beam=args.beam,
+        alpha=args.alpha,
+        lp_style=args.lp_style,
+        max_len_a=args.max_len_a,
+        max_len_b=args.max_len_b,
+        min_len=args.min_len,
+        nbest=args.nbest,
+        early_stop=args.early_stop or False,
+        sampling=args.sampling,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
     )
 
 
@@ -216,8 +256,15 @@ def _translator(args, models: list[str]):
     for _, ckpt in loaded[1:]:
         if vocabulary_id(*ckpt.tokenizers) != vocabulary_id(*first.tokenizers):
             raise UserError(f"{ckpt.path} has another vocabulary than {first.path}: an ensemble needs one vocabulary")
-    return Translator([m for m, _ in loaded], *first.tokenizers, options=_search_options(args), max_tokens=args.max_tokens,
-                      device=device, precision=args.precision, warn=_warn)
+    return Translator(
+        [m for m, _ in loaded],
+        *first.tokenizers,
+        options=_search_options(args),
+        max_tokens=args.max_tokens,
+        device=device,
+        precision=args.precision,
+        warn=_warn,
+    )
 
 
 def _ctranslate2_translator(args):
@@ -230,25 +277,44 @@ def _ctranslate2_translator(args):
     if args.print_alignment is not None:
         raise UserError("--print-alignment is not available with --engine ctranslate2")
     compute_type = {"fp32": "default", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
-    return CTranslate2Translator(args.model[0], options=_search_options(args), device=args.device, compute_type=compute_type,
-                                 max_tokens=args.max_tokens or 4096, warn=_warn)
+    return CTranslate2Translator(
+        args.model[0],
+        options=_search_options(args),
+        device=args.device,
+        compute_type=compute_type,
+        max_tokens=args.max_tokens or 4096,
+        warn=_warn,
+    )
 
 
 def _add_translate(sub):
-    p = sub.add_parser("translate", help="translate text with a trained model (beam search, KV cache)",
-                       description="Translate raw text, one sentence a line, keeping the input order. "
-                       "--model may be a weights file or a run directory (averaged, else best, else latest checkpoint); "
-                       "give --model several times for an ensemble.")
+    p = sub.add_parser(
+        "translate",
+        help="translate text with a trained model (beam search, KV cache)",
+        description="Translate raw text, one sentence a line, keeping the input order. "
+        "--model may be a weights file or a run directory (averaged, else best, else latest checkpoint); "
+        "give --model several times for an ensemble.",
+    )
     p.add_argument("--model", action="append", required=True, metavar="CKPT", help="weights file or run directory")
     p.add_argument("--input", default="-", help="input file (default: standard input)")
     p.add_argument("--output", default="-", help="output file (default: standard output)")
     p.add_argument("--ref", help="also score the translations against this reference file")
-    p.add_argument("--print-alignment", nargs="?", const=-1, type=int, metavar="LAYER",
-                   help="append, per output subword, the source subword it attends to most (cross-attention of LAYER, default the last, averaged over heads) as src-tgt pairs")
+    p.add_argument(
+        "--print-alignment",
+        nargs="?",
+        const=-1,
+        type=int,
+        metavar="LAYER",
+        help="append, per output subword, the source subword it attends to most (cross-attention of LAYER, default the last, averaged over heads) as src-tgt pairs",
+    )
     p.add_argument("--scores", action="store_true", help="append each translation's score")
     p.add_argument("--chunk", type=int, default=10000, help="lines read and sorted together (bounds memory)")
-    p.add_argument("--engine", choices=["native", "ctranslate2"], default="native",
-                   help="decoding engine: native, or ctranslate2 for a model from 'aiayn export --format ctranslate2' (--model is its directory)")
+    p.add_argument(
+        "--engine",
+        choices=["native", "ctranslate2"],
+        default="native",
+        help="decoding engine: native, or ctranslate2 for a model from 'aiayn export --format ctranslate2' (--model is its directory)",
+    )
     _add_search_options(p)
     p.set_defaults(run=_run_translate)
 
@@ -298,7 +364,10 @@ def _run_translate(args):
         if out is not sys.stdout:
             out.close()
     seconds = time.time() - started
-    print(f"translated {len(hyps)} lines, {n_tokens} subwords in {seconds:.1f}s ({n_tokens / max(seconds, 1e-9):.0f} subwords/s)", file=sys.stderr)
+    print(
+        f"translated {len(hyps)} lines, {n_tokens} subwords in {seconds:.1f}s ({n_tokens / max(seconds, 1e-9):.0f} subwords/s)",
+        file=sys.stderr,
+    )
     if args.ref:
         from aiayn.evaluate import evaluate, read_lines
 
@@ -306,7 +375,10 @@ def _run_translate(args):
         if len(refs) != len(hyps):
             raise UserError(f"{args.ref} has {len(refs)} lines but {len(hyps)} lines were translated")
         result = evaluate(hyps, refs)
-        print(f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}\n  {result['bleu_detail']}\n  BLEU signature: {result['bleu_signature']}\n  chrF signature: {result['chrf_signature']}", file=sys.stderr)
+        print(
+            f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}\n  {result['bleu_detail']}\n  BLEU signature: {result['bleu_signature']}\n  chrF signature: {result['chrf_signature']}",
+            file=sys.stderr,
+        )
 
 
 def _add_evaluate(sub):
@@ -379,9 +451,12 @@ def _run_plot(args):
 
 
 def _add_import_hf(sub):
-    p = sub.add_parser("import-hf", help="import a Hugging Face Marian model (the 1,000+ OPUS-MT models)",
-                       description="Convert a MarianMTModel checkpoint (config.json, model.safetensors or pytorch_model.bin, source.spm, "
-                       "target.spm, vocab.json) into an aiayn model for translate, evaluate, attention, serve and train --init-from.")
+    p = sub.add_parser(
+        "import-hf",
+        help="import a Hugging Face Marian model (the 1,000+ OPUS-MT models)",
+        description="Convert a MarianMTModel checkpoint (config.json, model.safetensors or pytorch_model.bin, source.spm, "
+        "target.spm, vocab.json) into an aiayn model for translate, evaluate, attention, serve and train --init-from.",
+    )
     p.add_argument("src", metavar="SRC", help="a local Marian directory, or a hub name such as Helsinki-NLP/opus-mt-en-de (needs internet)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write model.safetensors to (or a .safetensors file)")
     p.set_defaults(run=_run_import_hf)
@@ -391,18 +466,26 @@ def _run_import_hf(args):
     from aiayn.interop.hf_marian import import_marian
 
     path = import_marian(args.src, args.out)
-    print(f"wrote {path}; to decode as MarianMTModel.generate does: aiayn translate --model {path} --lp-style power --alpha 1 --early-stop hf")
+    print(
+        f"wrote {path}; to decode as MarianMTModel.generate does: aiayn translate --model {path} --lp-style power --alpha 1 --early-stop hf"
+    )
 
 
 def _add_export(sub):
-    p = sub.add_parser("export", help="export a model for Hugging Face transformers or CTranslate2",
-                       description="Write a model as a Hugging Face Marian directory (MarianMTModel / MarianTokenizer.from_pretrained) "
-                       "or as a CTranslate2 model (aiayn translate --engine ctranslate2, or ctranslate2.Translator).")
+    p = sub.add_parser(
+        "export",
+        help="export a model for Hugging Face transformers or CTranslate2",
+        description="Write a model as a Hugging Face Marian directory (MarianMTModel / MarianTokenizer.from_pretrained) "
+        "or as a CTranslate2 model (aiayn translate --engine ctranslate2, or ctranslate2.Translator).",
+    )
     p.add_argument("model", metavar="MODEL", help="weights file, run directory or model directory")
     p.add_argument("--format", required=True, choices=["hf", "ctranslate2"], help="hf: transformers' MarianMTModel; ctranslate2")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
-    p.add_argument("--quantization", choices=["int8", "int8_float32", "int8_float16", "int16", "float16", "bfloat16", "float32"],
-                   help="CTranslate2 weight type (default float32)")
+    p.add_argument(
+        "--quantization",
+        choices=["int8", "int8_float32", "int8_float16", "int16", "float16", "bfloat16", "float32"],
+        help="CTranslate2 weight type (default float32)",
+    )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_run_export)
 
@@ -441,10 +524,13 @@ def _run_quickstart(args):
 
 
 def _add_serve(sub):
-    p = sub.add_parser("serve", help="serve a model over HTTP: a JSON API with dynamic batching, and a web page",
-                       description="Serve a model with FastAPI + uvicorn: POST /v1/translate, POST /v1/attention, "
-                       "GET /v1/models, GET /health, a page to try it at /, and API docs at /docs. Concurrent requests "
-                       "are decoded together (dynamic batching). SIGINT/SIGTERM lets in-flight requests finish.")
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP: a JSON API with dynamic batching, and a web page",
+        description="Serve a model with FastAPI + uvicorn: POST /v1/translate, POST /v1/attention, "
+        "GET /v1/models, GET /health, a page to try it at /, and API docs at /docs. Concurrent requests "
+        "are decoded together (dynamic batching). SIGINT/SIGTERM lets in-flight requests finish.",
+    )
     p.add_argument("--model", required=True, metavar="CKPT", help="weights file or run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="(default 8000)")
@@ -471,19 +557,45 @@ def _run_serve(args):
     except ImportError as e:
         raise UserError(f"aiayn serve needs the serve extra ({e.name} is missing): pip install 'aiayn[serve]'") from None
     settings = ServeSettings(
-        max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, timeout=args.timeout,
-        max_batch_tokens=args.max_batch_tokens, max_batch_texts=args.max_batch_texts, max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout,
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+        max_body_bytes=args.max_body_bytes,
+        timeout=args.timeout,
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_texts=args.max_batch_texts,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        shutdown_timeout=args.shutdown_timeout,
     )
-    serve(args.model, host=args.host, port=args.port, settings=settings, device=args.device, precision=args.precision,
-          name=args.name, log_level=args.log_level)
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        settings=settings,
+        device=args.device,
+        precision=args.precision,
+        name=args.name,
+        log_level=args.log_level,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiayn", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(title="commands", metavar="<command>")
-    for add in (_add_prepare, _add_train, _add_average, _add_translate, _add_evaluate, _add_attention, _add_plot, _add_quickstart, _add_serve, _add_import_hf, _add_export):
+    for add in (
+        _add_prepare,
+        _add_train,
+        _add_average,
+        _add_translate,
+        _add_evaluate,
+        _add_attention,
+        _add_plot,
+        _add_quickstart,
+        _add_serve,
+        _add_import_hf,
+        _add_export,
+    ):
         add(sub)
     return parser
 

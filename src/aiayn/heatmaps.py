@@ -37,14 +37,21 @@ def attention_maps(translator: Translator, text: str) -> AttentionMaps:
     src_pieces = translator.src_tok.pieces(src_ids) + ["</s>"]
     tgt_pieces = translator.tgt_tok.pieces(tr.tokens) + ["</s>"]
     return AttentionMaps(
-        src_pieces, tgt_pieces, tr.text,
+        src_pieces,
+        tgt_pieces,
+        tr.text,
         [layer[0, :, :T, :S].tolist() for layer in cross],
         [layer[0, :, :S, :S].tolist() for layer in encoder],
     )
 
 
-def render(maps: AttentionMaps, out: str | Path, kinds: tuple[str, ...] = ("cross", "encoder"), layers: list[int] | None = None,
-           average_heads: bool = False) -> tuple[Path, int]:
+def render(
+    maps: AttentionMaps,
+    out: str | Path,
+    kinds: tuple[str, ...] = ("cross", "encoder"),
+    layers: list[int] | None = None,
+    average_heads: bool = False,
+) -> tuple[Path, int]:
     """Heat maps, one panel per (kind, layer, head), or per (kind, layer) with average_heads."""
     from aiayn.plot import plot_attention
 

@@ -34,7 +34,13 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 3.0, test_senten
     corpus = write_shipped_corpus(out / "corpus")
     data = out / "data"
     log("2/5  aiayn prepare: check the text, learn a joint BPE vocabulary (sentencepiece), binarize")
-    prepare({"train": corpus["train"], "valid": corpus["valid"]}, data, PrepareOptions(vocab_size=4000, progress=False), force=True, log=lambda m: log(f"     {m}"))
+    prepare(
+        {"train": corpus["train"], "valid": corpus["valid"]},
+        data,
+        PrepareOptions(vocab_size=4000, progress=False),
+        force=True,
+        log=lambda m: log(f"     {m}"),
+    )
 
     log(f"3/5  aiayn train: a tiny Transformer for {minutes:g} minutes (the paper's recipe, CPU-sized)")
     cfg = load_config("tiny", {"max_time": minutes, "validate_every": 0, "valid_bleu": False})
@@ -61,6 +67,8 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 3.0, test_senten
     render(maps, png, kinds=("cross",), layers=[-1])
     log(f"     {EXAMPLE}\n  →  {maps.translation}\n     attention map: {png}")
     elapsed = time.time() - started
-    log(f"\ndone in {elapsed / 60:.1f} minutes. Next: aiayn translate --model {run_dir} (reads standard input), "
-        f"aiayn attention --model {run_dir} --text '…', aiayn plot {run_dir}")
+    log(
+        f"\ndone in {elapsed / 60:.1f} minutes. Next: aiayn translate --model {run_dir} (reads standard input), "
+        f"aiayn attention --model {run_dir} --text '…', aiayn plot {run_dir}"
+    )
     return {**result, "minutes": elapsed / 60, "run_dir": str(run_dir)}

@@ -10,7 +10,8 @@ measured on.
 - attention kernels: `configure_attention` (cuDNN's kernel off on CUDA).
 - padding: `skip_padding(device)` (position-wise work on the real tokens only, on the CPU).
 - dropout: `int16_dropout(x)` (the CPU's cheaper keep-mask).
-- memory: `reuse_freed_memory()` (glibc keeps large blocks on the heap, CPU training).
+- memory: `reuse_freed_memory()` (glibc keeps large blocks on the heap, CPU training) and
+  `release_freed_memory()` (gives freed pages back, data preparation).
 - batch size: `default_max_tokens(device)` for decoding.
 """
 
@@ -19,14 +20,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that use it, so that data preparation can use this module without it
 
 # ---------------------------------------------------------------- device
 
 
 def device(choice: str | torch.device | None = "auto") -> torch.device:
     """The device for `choice`: "auto" (or None) is the first CUDA GPU where there is one, else the CPU."""
+    import torch
+
     if choice is None or choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
@@ -37,6 +44,8 @@ def device(choice: str | torch.device | None = "auto") -> torch.device:
 
 def resolve_precision(precision: str, where: torch.device) -> str:
     """fp32, bf16 or fp16 for training on `where`; "auto" is bf16 on CUDA (fp16 where bf16 is missing), fp32 on a CPU."""
+    import torch
+
     if precision == "auto":
         if where.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -50,6 +59,8 @@ def resolve_precision(precision: str, where: torch.device) -> str:
 
 def autocast(precision: str, where: torch.device):
     """torch.autocast for bf16/fp16, nothing for fp32."""
+    import torch
+
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(where.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -58,6 +69,8 @@ def autocast(precision: str, where: torch.device):
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), as oneDNN sees it. Where it
     does not, bf16 autocast runs at about 0.25× fp32 (2-core AMD EPYC, AVX2 only)."""
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -83,6 +96,8 @@ def cpu_info(field: str) -> str:
 @functools.cache
 def onednn_available() -> bool:
     """Whether this PyTorch build has oneDNN's linear kernel."""
+    import torch
+
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -134,6 +149,8 @@ def configure_attention(where: torch.device, allow_cudnn: bool = False) -> None:
     step, so the flash and memory-efficient kernels serve better. On an H200 (bf16, Bible corpus,
     25k target tokens per update) `base` training ran at 118k tokens/s with cuDNN's kernel and
     719k without it."""
+    import torch
+
     if where.type == "cuda" and not allow_cudnn and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
         torch.backends.cuda.enable_cudnn_sdp(False)
 
@@ -167,6 +184,17 @@ def reuse_freed_memory() -> None:
         m_trim_threshold, m_mmap_max = -1, -4
         libc.mallopt(m_mmap_max, 0)
         libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise): after prepare's vocabulary
+    learning, so that the encoding workers do not inherit its peak. Linux/glibc only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
 

@@ -6,10 +6,19 @@ Names are imported lazily, so `aiayn prepare` does not pay for importing torch.
 import importlib
 
 _WHERE = {
-    "Batch": "batching", "BatchDataset": "batching", "TokenBucketSampler": "batching", "collate": "batching",
-    "make_batches": "batching", "make_dataloader": "batching",
-    "ParallelDataset": "binarize", "PrepareOptions": "binarize", "load_meta": "binarize", "load_tokenizers": "binarize", "prepare": "binarize",
-    "CorpusError": "corpus", "read_parallel": "corpus",
+    "Batch": "batching",
+    "BatchDataset": "batching",
+    "TokenBucketSampler": "batching",
+    "collate": "batching",
+    "make_batches": "batching",
+    "make_dataloader": "batching",
+    "ParallelDataset": "binarize",
+    "PrepareOptions": "binarize",
+    "load_meta": "binarize",
+    "load_tokenizers": "binarize",
+    "prepare": "binarize",
+    "CorpusError": "corpus",
+    "read_parallel": "corpus",
     "Tokenizer": "tokenizer",
 }
 __all__ = sorted(_WHERE)

@@ -69,7 +69,9 @@ def collate(pairs: Sequence[tuple[np.ndarray, np.ndarray]], ids: Sequence[int], 
     return Batch(torch.from_numpy(src), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), torch.as_tensor(ids), n_src, n_tgt)
 
 
-def make_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, order: np.ndarray, max_sentences: int = 0) -> list[list[int]]:
+def make_batches(
+    src_lengths: np.ndarray, tgt_lengths: np.ndarray, max_tokens: int, order: np.ndarray, max_sentences: int = 0
+) -> list[list[int]]:
     """Cut `order` (indices, already sorted by length) into consecutive batches whose padded size
     per side, sentences × (longest + 1), stays ≤ max_tokens (the +1 is EOS / the start symbol)."""
     batches, current, max_s, max_t = [], [], 0, 0

@@ -179,16 +179,6 @@ def _sample_lines(files: list[Path], n_lines: int, max_lines: int, seed: int, ou
     return samples
 
 
-def _release_freed_memory() -> None:
-    """Return freed heap pages to the OS (glibc keeps them otherwise)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 # ---------------------------------------------------------------- prepare
 def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions | None = None, force: bool = False, log=print) -> dict:
     """Build a dataset in out_dir from splits {"train": (src, tgt) or (tsv,), "valid": …, "test": …}.
@@ -249,13 +239,19 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
                     sample = _sample_lines(train_text, n_train, cap, opts.seed, work)
                     src_tok = tgt_tok = Tokenizer.train(sample, opts.vocab_size, opts.model_type, **kw)
                 else:
-                    src_tok = Tokenizer.train(_sample_lines(train_text[:1], n_train, cap, opts.seed, work), opts.vocab_size, opts.model_type, **kw)
-                    tgt_tok = Tokenizer.train(_sample_lines(train_text[1:], n_train, cap, opts.seed, work), opts.vocab_size, opts.model_type, **kw)
+                    src_tok = Tokenizer.train(
+                        _sample_lines(train_text[:1], n_train, cap, opts.seed, work), opts.vocab_size, opts.model_type, **kw
+                    )
+                    tgt_tok = Tokenizer.train(
+                        _sample_lines(train_text[1:], n_train, cap, opts.seed, work), opts.vocab_size, opts.model_type, **kw
+                    )
             except RuntimeError as e:
                 raise CorpusError(f"sentencepiece could not learn a vocabulary of {opts.vocab_size}: {e}") from None
             for f in work.glob("*.sample"):
                 f.unlink()
-            _release_freed_memory()  # sentencepiece's sample would otherwise stay resident (and be inherited by the workers)
+            from aiayn.runtime import release_freed_memory
+
+            release_freed_memory()  # sentencepiece's sample would otherwise stay resident (and be inherited by the workers)
         vocab_files = {"src": "spm.model", "tgt": "spm.model"} if joint else {"src": "spm.src.model", "tgt": "spm.tgt.model"}
         mapping_files = {"src": "vocab.json", "tgt": "vocab.json"} if joint else {"src": "vocab.src.json", "tgt": "vocab.tgt.json"}
         for side, tok in (("src", src_tok), ("tgt", tgt_tok)):
@@ -270,8 +266,12 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
             encoded = _encode_split(work, name, read[name].pairs_kept, (src_tok, tgt_tok), opts, name == "train", dtype)
             skipped = dict(read[name].skipped)
             split_meta[name] = {
-                "pairs": encoded["pairs"], "src_tokens": encoded["src_tokens"], "tgt_tokens": encoded["tgt_tokens"],
-                "lines_read": read[name].pairs_read, "skipped": skipped, "filtered": encoded["dropped"],
+                "pairs": encoded["pairs"],
+                "src_tokens": encoded["src_tokens"],
+                "tgt_tokens": encoded["tgt_tokens"],
+                "lines_read": read[name].pairs_read,
+                "skipped": skipped,
+                "filtered": encoded["dropped"],
             }
             report = [f"{name}: {encoded['pairs']} pairs kept of {read[name].pairs_read}"]
             report += [f"{n} dropped: {BAD_KINDS[k]}" for k, n in skipped.items()]
@@ -289,8 +289,12 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
             "dtype": np.dtype(dtype).name,
             "joint_vocab": joint,
             "vocab": {
-                side: {"file": vocab_files[side], "size": tok.vocab_size, "sha256": tok.sha256,
-                       **({"mapping": mapping_files[side]} if tok.vocab is not None else {})}
+                side: {
+                    "file": vocab_files[side],
+                    "size": tok.vocab_size,
+                    "sha256": tok.sha256,
+                    **({"mapping": mapping_files[side]} if tok.vocab is not None else {}),
+                }
                 for side, tok in (("src", src_tok), ("tgt", tgt_tok))
             },
             "special_ids": {"pad": src_tok.pad_id, "unk": src_tok.unk_id, "bos": src_tok.bos_id, "eos": src_tok.eos_id},
@@ -346,7 +350,9 @@ class ParallelDataset:
             bin_path = self.directory / f"{split}.{side}.bin"
             expected = int(lengths.sum()) * dtype.itemsize
             if bin_path.stat().st_size != expected:
-                raise ValueError(f"{bin_path} is {bin_path.stat().st_size} bytes, expected {expected}: the dataset is damaged; prepare it again")
+                raise ValueError(
+                    f"{bin_path} is {bin_path.stat().st_size} bytes, expected {expected}: the dataset is damaged; prepare it again"
+                )
             self.tokens[side] = np.memmap(bin_path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
             self.lengths[side] = lengths
             self.offsets[side] = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])

@@ -69,7 +69,7 @@ def clean_line(raw: bytes, normalize: str | None = None) -> tuple[str | None, st
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return None, "invalid_utf8", f"byte {e.start}: {raw[e.start:e.start + 4]!r}"
+        return None, "invalid_utf8", f"byte {e.start}: {raw[e.start : e.start + 4]!r}"
     if ch := _control_char(text):
         return None, "control_char", f"U+{ord(ch):04X} at column {text.index(ch) + 1}"
     if normalize:

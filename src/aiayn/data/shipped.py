@@ -27,7 +27,10 @@ def write_shipped_corpus(out_dir: str | Path, limit: dict[str, int] | None = Non
                 if limit is not None and counts.get(split, 0) >= limit.get(split, 1 << 62):
                     continue
                 if split not in files:
-                    files[split] = (open(out_dir / f"{split}.en", "w", encoding="utf-8"), open(out_dir / f"{split}.es", "w", encoding="utf-8"))
+                    files[split] = (
+                        open(out_dir / f"{split}.en", "w", encoding="utf-8"),
+                        open(out_dir / f"{split}.es", "w", encoding="utf-8"),
+                    )
                 files[split][0].write(en + "\n")
                 files[split][1].write(es + "\n")
                 counts[split] = counts.get(split, 0) + 1

@@ -4,6 +4,17 @@ from aiayn.generate.search import Hypothesis, SearchCancelled, SpecialTokens, be
 from aiayn.generate.translate import Ensemble, SearchOptions, Translation, Translator, max_lengths, special_tokens
 
 __all__ = [
-    "Ensemble", "Hypothesis", "SearchCancelled", "SearchOptions", "SpecialTokens", "Translation", "Translator", "beam_search",
-    "greedy_search", "length_penalty", "max_lengths", "sample", "special_tokens",
+    "Ensemble",
+    "Hypothesis",
+    "SearchCancelled",
+    "SearchOptions",
+    "SpecialTokens",
+    "Translation",
+    "Translator",
+    "beam_search",
+    "greedy_search",
+    "length_penalty",
+    "max_lengths",
+    "sample",
+    "special_tokens",
 ]

@@ -65,16 +65,39 @@ def _first_tokens(special: SpecialTokens, prompt: Tensor | None, n: int, rows_pe
 
 
 @torch.no_grad()
-def greedy_search(model, inputs, *, special: SpecialTokens, max_len: Tensor, alpha: float = 0.0, lp_style: str = "gnmt",
-                  min_len: int = 0, prompt: Tensor | None = None, stop: Stop = None) -> list[Hypothesis]:
+def greedy_search(
+    model,
+    inputs,
+    *,
+    special: SpecialTokens,
+    max_len: Tensor,
+    alpha: float = 0.0,
+    lp_style: str = "gnmt",
+    min_len: int = 0,
+    prompt: Tensor | None = None,
+    stop: Stop = None,
+) -> list[Hypothesis]:
     """Take the most probable token at each step until EOS or the sentence's cap `max_len` ([B], EOS included)."""
     return _one_per_sentence(model, inputs, special, max_len, alpha, lp_style, min_len, prompt, lambda lprobs: lprobs.argmax(-1), stop)
 
 
 @torch.no_grad()
-def sample(model, inputs, *, special: SpecialTokens, max_len: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           generator: torch.Generator | None = None, alpha: float = 0.0, lp_style: str = "gnmt", min_len: int = 0,
-           prompt: Tensor | None = None, stop: Stop = None) -> list[Hypothesis]:
+def sample(
+    model,
+    inputs,
+    *,
+    special: SpecialTokens,
+    max_len: Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    alpha: float = 0.0,
+    lp_style: str = "gnmt",
+    min_len: int = 0,
+    prompt: Tensor | None = None,
+    stop: Stop = None,
+) -> list[Hypothesis]:
     """Draw each token from the model's distribution (softened by temperature, cut to the top_k
     tokens and/or the smallest set with probability ≥ top_p). The log-probabilities reported are
     the model's own (before temperature and cuts)."""
@@ -96,8 +119,9 @@ def sample(model, inputs, *, special: SpecialTokens, max_len: Tensor, temperatur
     return _one_per_sentence(model, inputs, special, max_len, alpha, lp_style, min_len, prompt, pick, stop)
 
 
-def _one_per_sentence(model, inputs, special: SpecialTokens, limit: Tensor, alpha, lp_style, min_len, prompt, pick,
-                      stop: Stop = None) -> list[Hypothesis]:
+def _one_per_sentence(
+    model, inputs, special: SpecialTokens, limit: Tensor, alpha, lp_style, min_len, prompt, pick, stop: Stop = None
+) -> list[Hypothesis]:
     """Greedy search and sampling: one hypothesis per sentence, extended by `pick` (argmax or a draw) until EOS."""
     B, device = limit.size(0), limit.device
     state = model.start(inputs)
@@ -147,9 +171,21 @@ def _slots(parent: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def beam_search(model, inputs, *, special: SpecialTokens, max_len: Tensor, beam: int = 4, alpha: float = 0.6,
-                lp_style: str = "gnmt", nbest: int = 1, early_stop: bool | str = False, min_len: int = 0,
-                prompt: Tensor | None = None, stop: Stop = None) -> list[list[Hypothesis]]:
+def beam_search(
+    model,
+    inputs,
+    *,
+    special: SpecialTokens,
+    max_len: Tensor,
+    beam: int = 4,
+    alpha: float = 0.6,
+    lp_style: str = "gnmt",
+    nbest: int = 1,
+    early_stop: bool | str = False,
+    min_len: int = 0,
+    prompt: Tensor | None = None,
+    stop: Stop = None,
+) -> list[list[Hypothesis]]:
     """Beam search with length penalty (§6.1: beam size 4, α = 0.6), batched over sentences and beams.
 
     Each step extends the `beam` live hypotheses of every sentence, keeps the 2·beam best
@@ -227,7 +263,9 @@ def beam_search(model, inputs, *, special: SpecialTokens, max_len: Tensor, beam:
         if ends.any():
             length = t + 1
             prefix = hyps.view(n, K, t).gather(1, from_beam[:, :, None].expand(n, 2 * K, t))  # [n, 2K, t]
-            new_tokens = torch.cat([prefix, new_token[:, :, None], torch.full((n, 2 * K, T - t - 1), special.pad, dtype=torch.long, device=device)], 2)
+            new_tokens = torch.cat(
+                [prefix, new_token[:, :, None], torch.full((n, 2 * K, T - t - 1), special.pad, dtype=torch.long, device=device)], 2
+            )
             new_score = torch.where(ends, top / length_penalty(float(length), alpha, lp_style), NEG_INF)
             all_score = torch.cat([pool_score, new_score], 1)  # [n, pool_size + 2K]
             pool_score, pick = all_score.topk(pool_size, dim=1)
@@ -253,8 +291,10 @@ def beam_search(model, inputs, *, special: SpecialTokens, max_len: Tensor, beam:
             done = full & (pool_score[:, -1] >= scores.max(1).values / length_penalty(float(t + 1), alpha, lp_style))
         else:
             remaining = limit[active]  # the best reachable score of a live hypothesis
-            best_lp = torch.maximum(length_penalty(torch.full_like(remaining, t + 2).double(), alpha, lp_style),
-                                    length_penalty(remaining.double(), alpha, lp_style)).float()
+            best_lp = torch.maximum(
+                length_penalty(torch.full_like(remaining, t + 2).double(), alpha, lp_style),
+                length_penalty(remaining.double(), alpha, lp_style),
+            ).float()
             bound = scores.max(1).values / best_lp
             done = full & (pool_score[:, -1] >= bound)
         done |= scores.max(1).values.eq(NEG_INF) | (t + 1 >= limit[active])

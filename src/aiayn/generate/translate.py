@@ -113,10 +113,21 @@ class EnsembleState:
 
 
 class Translator:
-    def __init__(self, model: Transformer | list[Transformer], src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, *,
-                 options: SearchOptions | None = None, max_tokens: int | None = None, max_input_len: int = 0,
-                 device: str | torch.device | None = None, precision: str = "fp32", cudnn_attention: bool = False,
-                 warn=None, **option_overrides):
+    def __init__(
+        self,
+        model: Transformer | list[Transformer],
+        src_tokenizer: Tokenizer,
+        tgt_tokenizer: Tokenizer,
+        *,
+        options: SearchOptions | None = None,
+        max_tokens: int | None = None,
+        max_input_len: int = 0,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        cudnn_attention: bool = False,
+        warn=None,
+        **option_overrides,
+    ):
         models = model if isinstance(model, list) else [model]
         self.model = models[0] if len(models) == 1 else Ensemble(models)
         self.model.eval()
@@ -162,12 +173,21 @@ class Translator:
 
     def search(self, src: Tensor, stop: Stop = None) -> list[list[Hypothesis]]:
         o = self.options
-        common = dict(special=special_tokens(self.model), max_len=max_lengths(self.models[0], src, o.max_len_a, o.max_len_b),
-                      min_len=o.min_len, alpha=o.alpha, lp_style=o.lp_style, stop=stop)
+        common = dict(
+            special=special_tokens(self.model),
+            max_len=max_lengths(self.models[0], src, o.max_len_a, o.max_len_b),
+            min_len=o.min_len,
+            alpha=o.alpha,
+            lp_style=o.lp_style,
+            stop=stop,
+        )
         with runtime.autocast(self.precision, self.device):
             if o.sampling:
                 generator = torch.Generator(device=self.device).manual_seed(o.seed)
-                return [[h] for h in sample(self.model, src, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, generator=generator, **common)]
+                return [
+                    [h]
+                    for h in sample(self.model, src, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, generator=generator, **common)
+                ]
             if o.beam == 1 and o.nbest == 1:
                 return [[h] for h in greedy_search(self.model, src, **common)]
             return beam_search(self.model, src, beam=o.beam, nbest=o.nbest, early_stop=o.early_stop, **common)
@@ -185,11 +205,16 @@ class Translator:
         for batch in self.batches([len(s) for s in ids]):
             src = self._tensor([ids[i] for i in batch])
             results = self.search(src, stop)
-            aligns = self.align(src, [r[0].tokens for r in results], alignment_layer) if alignment_layer is not None else [None] * len(batch)
+            aligns = (
+                self.align(src, [r[0].tokens for r in results], alignment_layer) if alignment_layer is not None else [None] * len(batch)
+            )
             for i, hyps, align in zip(batch, results, aligns):
                 best = hyps[0]
                 out[i] = Translation(
-                    self.tgt_tok.decode(best.tokens), best.score, best.tokens, ids[i],
+                    self.tgt_tok.decode(best.tokens),
+                    best.score,
+                    best.tokens,
+                    ids[i],
                     [(self.tgt_tok.decode(h.tokens), h.score) for h in hyps] if self.options.nbest > 1 else [],
                     align,
                 )

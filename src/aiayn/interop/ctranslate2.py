@@ -77,13 +77,18 @@ def transformer_spec(model: Transformer, tokenizers: tuple[Tokenizer, Tokenizer]
     from aiayn.io.checkpoint import unique_tensors
 
     cfg = model.config
-    activations = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU, "swish": common_spec.Activation.SWISH,
-                   "silu": common_spec.Activation.SWISH}
+    activations = {
+        "relu": common_spec.Activation.RELU,
+        "gelu": common_spec.Activation.GELU,
+        "swish": common_spec.Activation.SWISH,
+        "silu": common_spec.Activation.SWISH,
+    }
     if cfg.activation not in activations:
         raise ValueError(f"activation {cfg.activation!r} has no CTranslate2 equivalent")
     w = {k: _np(v) for k, v in unique_tensors(model).items()}
-    spec = ts.TransformerSpec.from_config((cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=cfg.pre_norm,
-                                          activation=activations[cfg.activation])
+    spec = ts.TransformerSpec.from_config(
+        (cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=cfg.pre_norm, activation=activations[cfg.activation]
+    )
     spec.config.layer_norm_epsilon = cfg.layer_norm_eps
 
     def linear(spec_, name):
@@ -140,8 +145,14 @@ def _write_tokenizers(out: Path, model: Transformer, tokenizers: tuple[Tokenizer
     joint = tgt is src or tgt.sha256 == src.sha256
     src.save(out / "source.spm")
     tgt.save(out / "target.spm")
-    info = {"format": FORMAT, "model_config": model.config.to_dict(), "joint": joint,
-            "source": {"spm": "source.spm"}, "target": {"spm": "target.spm"}, "extra": extra}
+    info = {
+        "format": FORMAT,
+        "model_config": model.config.to_dict(),
+        "joint": joint,
+        "source": {"spm": "source.spm"},
+        "target": {"spm": "target.spm"},
+        "extra": extra,
+    }
     if src.vocab is not None:
         (out / "vocab.json").write_text(src.vocab_json(), encoding="utf-8")
         info["source"]["vocab"] = "vocab.json"
@@ -170,7 +181,9 @@ def export_ctranslate2(model_path: str | Path, out: str | Path, quantization: st
             return spec
 
     _AiaynConverter().convert(str(out), quantization=quantization, force=True)
-    _write_tokenizers(out, model, ckpt.tokenizers, {**ckpt.extra, "exported_from": str(ckpt.path), "quantization": quantization or "float32"})
+    _write_tokenizers(
+        out, model, ckpt.tokenizers, {**ckpt.extra, "exported_from": str(ckpt.path), "quantization": quantization or "float32"}
+    )
     return out
 
 
@@ -179,7 +192,9 @@ def load_tokenizers(model_dir: str | Path) -> tuple[tuple[Tokenizer, Tokenizer],
     d = Path(model_dir)
     if not (d / "aiayn.json").is_file():
         if (d / "model.bin").is_file():
-            raise FileNotFoundError(f"{d} is a CTranslate2 model but not one exported by 'aiayn export --format ctranslate2' (no aiayn.json)")
+            raise FileNotFoundError(
+                f"{d} is a CTranslate2 model but not one exported by 'aiayn export --format ctranslate2' (no aiayn.json)"
+            )
         raise FileNotFoundError(f"{d} is not a CTranslate2 model directory (export one with 'aiayn export --format ctranslate2')")
     info = json.loads((d / "aiayn.json").read_text(encoding="utf-8"))
     if info.get("format") != FORMAT:
@@ -196,9 +211,19 @@ def load_tokenizers(model_dir: str | Path) -> tuple[tuple[Tokenizer, Tokenizer],
 class CTranslate2Translator:
     """Translates raw text with an exported CTranslate2 model; the interface of aiayn's Translator."""
 
-    def __init__(self, model_dir: str | Path, *, options: SearchOptions | None = None, device: str = "auto",
-                 compute_type: str = "default", max_tokens: int = 4096, max_input_len: int = 1024, threads: int = 0,
-                 warn=None, **option_overrides):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        options: SearchOptions | None = None,
+        device: str = "auto",
+        compute_type: str = "default",
+        max_tokens: int = 4096,
+        max_input_len: int = 1024,
+        threads: int = 0,
+        warn=None,
+        **option_overrides,
+    ):
         ct2 = _ct2()
         self.options = options or SearchOptions()
         for k, v in option_overrides.items():
@@ -227,11 +252,19 @@ class CTranslate2Translator:
 
     def _decode_options(self) -> dict:
         o = self.options
-        common = dict(max_batch_size=self.max_tokens, batch_type="tokens", min_decoding_length=o.min_len, max_input_length=0,
-                      return_scores=True, return_end_token=True, length_penalty=o.alpha)
+        common = dict(
+            max_batch_size=self.max_tokens,
+            batch_type="tokens",
+            min_decoding_length=o.min_len,
+            max_input_length=0,
+            return_scores=True,
+            return_end_token=True,
+            length_penalty=o.alpha,
+        )
         if o.sampling:
-            return dict(common, beam_size=1, num_hypotheses=1, sampling_topk=o.top_k or 0, sampling_topp=o.top_p,
-                        sampling_temperature=o.temperature)
+            return dict(
+                common, beam_size=1, num_hypotheses=1, sampling_topk=o.top_k or 0, sampling_topp=o.top_p, sampling_temperature=o.temperature
+            )
         return dict(common, beam_size=o.beam, num_hypotheses=o.nbest)
 
     def translate(self, texts: list[str], alignment_layer: int | None = None) -> list[Translation]:
@@ -256,15 +289,42 @@ class CTranslate2Translator:
                         out_ids = out_ids[:-1]
                     hyps.append((out_ids, float(score)))
                 best_ids, best_score = hyps[0]
-                out[i] = Translation(self.tgt_tok.decode(best_ids), best_score, best_ids, ids[i],
-                                     [(self.tgt_tok.decode(h), s) for h, s in hyps] if o.nbest > 1 else [])
+                out[i] = Translation(
+                    self.tgt_tok.decode(best_ids),
+                    best_score,
+                    best_ids,
+                    ids[i],
+                    [(self.tgt_tok.decode(h), s) for h, s in hyps] if o.nbest > 1 else [],
+                )
         return out
 
 
-def translate_ctranslate2(model_dir: str | Path, sentences: list[str], *, beam: int = 4, alpha: float = 0.6,
-                          max_len_a: float = 1.0, max_len_b: int = 50, device: str = "auto", compute_type: str = "default",
-                          max_tokens: int = 4096, threads: int = 0, **options) -> list[str]:
+def translate_ctranslate2(
+    model_dir: str | Path,
+    sentences: list[str],
+    *,
+    beam: int = 4,
+    alpha: float = 0.6,
+    max_len_a: float = 1.0,
+    max_len_b: int = 50,
+    device: str = "auto",
+    compute_type: str = "default",
+    max_tokens: int = 4096,
+    threads: int = 0,
+    **options,
+) -> list[str]:
     """Translate sentences with an exported CTranslate2 model (e.g. for benchmarks); α is CTranslate2's |Y|^α."""
-    translator = CTranslate2Translator(model_dir, device=device, compute_type=compute_type, max_tokens=max_tokens, threads=threads,
-                                       beam=beam, alpha=alpha, lp_style="power", max_len_a=max_len_a, max_len_b=max_len_b, **options)
+    translator = CTranslate2Translator(
+        model_dir,
+        device=device,
+        compute_type=compute_type,
+        max_tokens=max_tokens,
+        threads=threads,
+        beam=beam,
+        alpha=alpha,
+        lp_style="power",
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        **options,
+    )
     return [t.text for t in translator.translate(sentences)]

@@ -53,8 +53,13 @@ GENERATION_KEYS = ("num_beams", "max_length", "length_penalty", "early_stopping"
 LAYER_NORM_EPS = 1e-5  # HF's MarianMTModel uses nn.LayerNorm's default
 # BART-era switches some OPUS-MT config.json files still carry; MarianMTModel ignores them, so a
 # value other than Marian's would mean a checkpoint it cannot compute correctly.
-MARIAN_SWITCHES = {"normalize_before": False, "normalize_embedding": False, "add_final_layer_norm": False,
-                   "add_bias_logits": False, "static_position_embeddings": True}
+MARIAN_SWITCHES = {
+    "normalize_before": False,
+    "normalize_embedding": False,
+    "add_final_layer_norm": False,
+    "add_bias_logits": False,
+    "static_position_embeddings": True,
+}
 
 
 # ---------------------------------------------------------------- weight names
@@ -81,7 +86,9 @@ def permute_residual(tensors: dict[str, Tensor], perm: Tensor) -> dict[str, Tens
     out = {}
     for name, t in tensors.items():
         if name.endswith(("qkv_proj.weight", "q_proj.weight", "kv_proj.weight", "ffn.w1.weight")) or name in (
-            "src_embed.weight", "tgt_embed.weight", "output_proj.weight"
+            "src_embed.weight",
+            "tgt_embed.weight",
+            "output_proj.weight",
         ):
             t = t[:, perm]
         elif name.endswith(("out_proj.weight", "out_proj.bias", "ffn.w2.weight", "ffn.w2.bias")) or "_norm." in name:
@@ -101,7 +108,14 @@ def resolve_source(src: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        patterns = [*MARIAN_FILES, *WEIGHT_FILES, "model-*.safetensors", "target_vocab.json", "tokenizer_config.json", "generation_config.json"]
+        patterns = [
+            *MARIAN_FILES,
+            *WEIGHT_FILES,
+            "model-*.safetensors",
+            "target_vocab.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ]
         return Path(snapshot_download(str(src), allow_patterns=patterns))
     except Exception as e:  # offline, unknown name, no huggingface_hub ...
         raise FileNotFoundError(f"{src} is not a local directory, and fetching it from the Hugging Face hub failed: {e}") from None
@@ -132,7 +146,7 @@ def _load_hf_weights(directory: Path) -> dict[str, Tensor]:
     else:
         raise FileNotFoundError(f"{directory} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
     # MarianMTModel keys start with "model." (except lm_head / final_logits_bias); MarianModel's do not
-    return {(k[len("model."):] if k.startswith("model.") else k): v for k, v in tensors.items()}
+    return {(k[len("model.") :] if k.startswith("model.") else k): v for k, v in tensors.items()}
 
 
 def marian_config(hf: dict, source: str = "config.json") -> dict:
@@ -153,12 +167,23 @@ def marian_config(hf: dict, source: str = "config.json") -> dict:
     if activation not in FROM_HF_ACTIVATION:
         raise InteropError(f"{source}: activation_function {activation!r} is not supported (one of {', '.join(FROM_HF_ACTIVATION)})")
     return dict(
-        d_model=int(hf.get("d_model", 1024)), n_heads=int(hf.get("encoder_attention_heads", 16)), d_ff=int(hf.get("encoder_ffn_dim", 4096)),
-        n_encoder_layers=int(hf.get("encoder_layers", 12)), n_decoder_layers=int(hf.get("decoder_layers", 12)),
-        dropout=float(hf.get("dropout", 0.1)), attn_dropout=float(hf.get("attention_dropout", 0.0)),
-        activation_dropout=float(hf.get("activation_dropout", 0.0)), activation=FROM_HF_ACTIVATION[activation],
-        pre_norm=False, positional="sinusoidal", positional_layout="concat", max_positions=int(hf.get("max_position_embeddings", 1024)),
-        scale_embedding=bool(hf.get("scale_embedding", False)), output_bias=True, bias=True, layer_norm_eps=LAYER_NORM_EPS,
+        d_model=int(hf.get("d_model", 1024)),
+        n_heads=int(hf.get("encoder_attention_heads", 16)),
+        d_ff=int(hf.get("encoder_ffn_dim", 4096)),
+        n_encoder_layers=int(hf.get("encoder_layers", 12)),
+        n_decoder_layers=int(hf.get("decoder_layers", 12)),
+        dropout=float(hf.get("dropout", 0.1)),
+        attn_dropout=float(hf.get("attention_dropout", 0.0)),
+        activation_dropout=float(hf.get("activation_dropout", 0.0)),
+        activation=FROM_HF_ACTIVATION[activation],
+        pre_norm=False,
+        positional="sinusoidal",
+        positional_layout="concat",
+        max_positions=int(hf.get("max_position_embeddings", 1024)),
+        scale_embedding=bool(hf.get("scale_embedding", False)),
+        output_bias=True,
+        bias=True,
+        layer_norm_eps=LAYER_NORM_EPS,
     )
 
 
@@ -194,7 +219,11 @@ def read_marian(directory: str | Path) -> tuple[Transformer, tuple[Tokenizer, To
         vocab_tgt = vocab_src
     try:
         src_tok = Tokenizer((d / "source.spm").read_bytes(), vocab_src)
-        tgt_tok = src_tok if (d / "target.spm").read_bytes() == src_tok.proto and vocab_tgt == vocab_src else Tokenizer((d / "target.spm").read_bytes(), vocab_tgt)
+        tgt_tok = (
+            src_tok
+            if (d / "target.spm").read_bytes() == src_tok.proto and vocab_tgt == vocab_src
+            else Tokenizer((d / "target.spm").read_bytes(), vocab_tgt)
+        )
     except ValueError as e:
         raise InteropError(f"{d}: {e}") from None
 
@@ -211,17 +240,22 @@ def read_marian(directory: str | Path) -> tuple[Transformer, tuple[Tokenizer, To
         emb_src = tensors.get("encoder.embed_tokens.weight", tensors.get("shared.weight") if share else None)
         emb_tgt = tensors.get("decoder.embed_tokens.weight", tensors.get("shared.weight") if share else None)
     lm_head = emb_tgt if tie else tensors.get("lm_head.weight")
-    for name, t in (("the encoder embeddings (shared.weight / encoder.embed_tokens.weight)", emb_src),
-                    ("the decoder embeddings (decoder.embed_tokens.weight)", emb_tgt), ("lm_head.weight (tie_word_embeddings is false)", lm_head)):
+    for name, t in (
+        ("the encoder embeddings (shared.weight / encoder.embed_tokens.weight)", emb_src),
+        ("the decoder embeddings (decoder.embed_tokens.weight)", emb_tgt),
+        ("lm_head.weight (tie_word_embeddings is false)", lm_head),
+    ):
         if t is None:
             raise InteropError(f"{d}: the weights lack {name}")
     bias = tensors.get("final_logits_bias", torch.zeros(1, tgt_v)).reshape(-1)
-    checks = [("config.json vocab_size", src_v, "encoder embedding rows", emb_src.size(0)),
-              ("config.json vocab_size", src_v, "vocab.json ids", src_tok.vocab_size),
-              ("the decoder vocabulary size in config.json", tgt_v, "decoder embedding rows", emb_tgt.size(0)),
-              ("the decoder vocabulary size in config.json", tgt_v, "output projection rows", lm_head.size(0)),
-              ("the decoder vocabulary size in config.json", tgt_v, "final_logits_bias entries", bias.numel()),
-              ("the decoder vocabulary size in config.json", tgt_v, "target vocabulary ids", tgt_tok.vocab_size)]
+    checks = [
+        ("config.json vocab_size", src_v, "encoder embedding rows", emb_src.size(0)),
+        ("config.json vocab_size", src_v, "vocab.json ids", src_tok.vocab_size),
+        ("the decoder vocabulary size in config.json", tgt_v, "decoder embedding rows", emb_tgt.size(0)),
+        ("the decoder vocabulary size in config.json", tgt_v, "output projection rows", lm_head.size(0)),
+        ("the decoder vocabulary size in config.json", tgt_v, "final_logits_bias entries", bias.numel()),
+        ("the decoder vocabulary size in config.json", tgt_v, "target vocabulary ids", tgt_tok.vocab_size),
+    ]
     for what_a, a, what_b, b in checks:
         if a != b:
             raise InteropError(f"{d}: vocabulary sizes do not match: {what_a} is {a}, but {what_b}: {b}")
@@ -234,14 +268,24 @@ def read_marian(directory: str | Path) -> tuple[Transformer, tuple[Tokenizer, To
     start = _single_id(hf.get("decoder_start_token_id", pad), "decoder_start_token_id", "config.json")
     for tok, side in ((src_tok, "source"), (tgt_tok, "target")):
         if (tok.pad_id, tok.eos_id) != (pad, eos):
-            raise InteropError(f"{d}: config.json has pad_token_id={pad}, eos_token_id={eos} but the {side} vocabulary has "
-                               f"<pad>={tok.pad_id}, </s>={tok.eos_id}")
+            raise InteropError(
+                f"{d}: config.json has pad_token_id={pad}, eos_token_id={eos} but the {side} vocabulary has "
+                f"<pad>={tok.pad_id}, </s>={tok.eos_id}"
+            )
     if not 0 <= start < tgt_v:
         raise InteropError(f"{d}: decoder_start_token_id={start} is outside the target vocabulary of {tgt_v}")
 
     cfg = TransformerConfig(
-        src_vocab_size=src_v, tgt_vocab_size=tgt_v, share_embeddings=share and tie, tie_output=tie, **fields,
-        pad_id=pad, unk_id=tgt_tok.unk_id, bos_id=tgt_tok.bos_id, eos_id=eos, decoder_start_id=start,
+        src_vocab_size=src_v,
+        tgt_vocab_size=tgt_v,
+        share_embeddings=share and tie,
+        tie_output=tie,
+        **fields,
+        pad_id=pad,
+        unk_id=tgt_tok.unk_id,
+        bos_id=tgt_tok.bos_id,
+        eos_id=eos,
+        decoder_start_id=start,
     )
     state = {"src_embed.weight": emb_src, "final_logits_bias": bias}
     if not cfg.share_embeddings:
@@ -253,7 +297,9 @@ def read_marian(directory: str | Path) -> tuple[Transformer, tuple[Tokenizer, To
             names = [f"{t}.{kind}" for t in theirs]
             absent = [n for n in names if n not in tensors]
             if absent:
-                raise InteropError(f"{d}: the weights have no {', '.join(absent[:3])} (a {cfg.n_encoder_layers}+{cfg.n_decoder_layers}-layer model per config.json)")
+                raise InteropError(
+                    f"{d}: the weights have no {', '.join(absent[:3])} (a {cfg.n_encoder_layers}+{cfg.n_decoder_layers}-layer model per config.json)"
+                )
             state[f"{ours}.{kind}"] = torch.cat([tensors[n] for n in names]) if len(names) > 1 else tensors[names[0]]
     # old checkpoints store the position table: it must be Marian's sinusoids
     for side in ("encoder", "decoder"):
@@ -348,15 +394,29 @@ def marian_hf_config(cfg: TransformerConfig):
 
     share = cfg.share_embeddings
     return MarianConfig(
-        vocab_size=cfg.src_vocab_size, decoder_vocab_size=cfg.tgt_vocab_size, d_model=cfg.d_model,
-        encoder_layers=cfg.n_encoder_layers, decoder_layers=cfg.n_decoder_layers,
-        encoder_attention_heads=cfg.n_heads, decoder_attention_heads=cfg.n_heads,
-        encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff, activation_function=HF_ACTIVATION[cfg.activation],
-        dropout=cfg.dropout, attention_dropout=cfg.attn_dropout, activation_dropout=cfg.activation_dropout,
-        max_position_embeddings=max(cfg.max_positions, 512), scale_embedding=cfg.scale_embedding,
-        pad_token_id=cfg.pad_id, eos_token_id=cfg.eos_id, bos_token_id=cfg.bos_id, forced_eos_token_id=cfg.eos_id,
-        decoder_start_token_id=cfg.decoder_start_id, share_encoder_decoder_embeddings=share,
-        tie_word_embeddings=cfg.tie_output, architectures=["MarianMTModel"],
+        vocab_size=cfg.src_vocab_size,
+        decoder_vocab_size=cfg.tgt_vocab_size,
+        d_model=cfg.d_model,
+        encoder_layers=cfg.n_encoder_layers,
+        decoder_layers=cfg.n_decoder_layers,
+        encoder_attention_heads=cfg.n_heads,
+        decoder_attention_heads=cfg.n_heads,
+        encoder_ffn_dim=cfg.d_ff,
+        decoder_ffn_dim=cfg.d_ff,
+        activation_function=HF_ACTIVATION[cfg.activation],
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attn_dropout,
+        activation_dropout=cfg.activation_dropout,
+        max_position_embeddings=max(cfg.max_positions, 512),
+        scale_embedding=cfg.scale_embedding,
+        pad_token_id=cfg.pad_id,
+        eos_token_id=cfg.eos_id,
+        bos_token_id=cfg.bos_id,
+        forced_eos_token_id=cfg.eos_id,
+        decoder_start_token_id=cfg.decoder_start_id,
+        share_encoder_decoder_embeddings=share,
+        tie_word_embeddings=cfg.tie_output,
+        architectures=["MarianMTModel"],
     )
 
 
@@ -364,8 +424,14 @@ def generation_config(cfg: TransformerConfig, extra: dict | None = None) -> dict
     """Marian's generation defaults (beam 4, bad_words_ids [[pad]], forced EOS), or the imported model's own."""
     values = {"num_beams": 4, "max_length": 512}
     values.update((extra or {}).get("hf_generation_config") or {})
-    values.update(bad_words_ids=[[cfg.pad_id]], bos_token_id=cfg.bos_id, decoder_start_token_id=cfg.decoder_start_id,
-                  eos_token_id=cfg.eos_id, forced_eos_token_id=cfg.eos_id, pad_token_id=cfg.pad_id)
+    values.update(
+        bad_words_ids=[[cfg.pad_id]],
+        bos_token_id=cfg.bos_id,
+        decoder_start_token_id=cfg.decoder_start_id,
+        eos_token_id=cfg.eos_id,
+        forced_eos_token_id=cfg.eos_id,
+        pad_token_id=cfg.pad_id,
+    )
     return {k: v for k, v in values.items() if not k.startswith("_") and k != "transformers_version"}
 
 
@@ -385,15 +451,21 @@ def to_marian_model(model: Transformer, extra: dict | None = None):
             raise InteropError(f"internal: transformers' MarianMTModel has no {unexpected[:3]}")
         m = hf.model
         # through the modules, so that whatever transformers ties is set once, consistently
-        targets = [(m.encoder.embed_tokens.weight, emb["src"]), (m.decoder.embed_tokens.weight, emb["tgt"]), (hf.lm_head.weight, emb["lm_head"])]
+        targets = [
+            (m.encoder.embed_tokens.weight, emb["src"]),
+            (m.decoder.embed_tokens.weight, emb["tgt"]),
+            (hf.lm_head.weight, emb["lm_head"]),
+        ]
         if getattr(m, "shared", None) is not None:
             targets.insert(0, (m.shared.weight, emb["src"]))
         for weight, value in targets:
             weight.copy_(value)
     # every effective weight must be what we meant (ties included)
-    for name, ours, theirs in (("encoder embeddings", emb["src"], m.encoder.embed_tokens.weight),
-                               ("decoder embeddings", emb["tgt"], m.decoder.embed_tokens.weight),
-                               ("output projection", emb["lm_head"], hf.lm_head.weight)):
+    for name, ours, theirs in (
+        ("encoder embeddings", emb["src"], m.encoder.embed_tokens.weight),
+        ("decoder embeddings", emb["tgt"], m.decoder.embed_tokens.weight),
+        ("output projection", emb["lm_head"], hf.lm_head.weight),
+    ):
         if not torch.equal(ours, theirs.detach()):
             raise InteropError(f"internal: the exported {name} differ from the model's (transformers tied weights unexpectedly)")
     hf.generation_config = GenerationConfig(**generation_config(cfg, extra))
@@ -412,9 +484,15 @@ def write_marian_tokenizer(out: Path, tokenizers: tuple[Tokenizer, Tokenizer]) -
         (out / "target_vocab.json").write_text(json.dumps(vocab_tgt, ensure_ascii=False, indent=2), encoding="utf-8")
     pieces = _id_to_piece(tgt)
     config = {
-        "tokenizer_class": "MarianTokenizer", "separate_vocabs": separate, "model_max_length": 512,
-        "unk_token": pieces[tgt.unk_id], "eos_token": pieces[tgt.eos_id], "pad_token": pieces[tgt.pad_id],
-        "source_lang": None, "target_lang": None, "sp_model_kwargs": {},
+        "tokenizer_class": "MarianTokenizer",
+        "separate_vocabs": separate,
+        "model_max_length": 512,
+        "unk_token": pieces[tgt.unk_id],
+        "eos_token": pieces[tgt.eos_id],
+        "pad_token": pieces[tgt.pad_id],
+        "source_lang": None,
+        "target_lang": None,
+        "sp_model_kwargs": {},
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 

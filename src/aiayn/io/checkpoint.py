@@ -51,7 +51,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         except FileNotFoundError:
             pass
         if isinstance(e, OSError):
-            raise CheckpointError(f"could not write {path}: {e.strerror or e} (is the disk full?); the previous checkpoint is intact") from e
+            raise CheckpointError(
+                f"could not write {path}: {e.strerror or e} (is the disk full?); the previous checkpoint is intact"
+            ) from e
         raise
 
 
@@ -85,7 +87,9 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, Tensor], source: str
     model.load_state_dict(tensors, strict=False)
 
 
-def save_model(path: str | Path, model: torch.nn.Module, assets: dict[str, str], extra: dict | None = None, task: str | None = None) -> None:
+def save_model(
+    path: str | Path, model: torch.nn.Module, assets: dict[str, str], extra: dict | None = None, task: str | None = None
+) -> None:
     """Write weights + architecture + config + the task's assets (strings) to one safetensors file, atomically."""
     from safetensors.torch import save_file
 
@@ -147,7 +151,9 @@ def read_metadata(path: str | Path) -> dict:
             metadata = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for damaged files
         size = path.stat().st_size
-        raise CheckpointError(f"{path} ({size} bytes) is not a readable safetensors file: it is truncated, damaged or of another format ({e})") from None
+        raise CheckpointError(
+            f"{path} ({size} bytes) is not a readable safetensors file: it is truncated, damaged or of another format ({e})"
+        ) from None
     if metadata.get("format") not in (FORMAT, FORMAT_1):
         hint = " (a Hugging Face model? convert it with 'aiayn import-hf')" if "format" in metadata and metadata["format"] == "pt" else ""
         raise CheckpointError(f"{path} is not an aiayn checkpoint: its metadata has no '{FORMAT}' format tag{hint}")
@@ -228,7 +234,9 @@ def resolve_model_path(path: str | Path) -> Path:
         if not steps and (path / "model.safetensors").is_file():
             return path / "model.safetensors"
         if not steps:
-            raise FileNotFoundError(f"{path} holds no checkpoint (no averaged.safetensors, checkpoints/best.safetensors, checkpoints/step-*.safetensors or model.safetensors)")
+            raise FileNotFoundError(
+                f"{path} holds no checkpoint (no averaged.safetensors, checkpoints/best.safetensors, checkpoints/step-*.safetensors or model.safetensors)"
+            )
         return steps[-1][1]
     return path
 
@@ -243,7 +251,9 @@ def average_checkpoints(paths: list[str | Path], out: str | Path) -> None:
     for p in paths[:-1]:
         ckpt = read_checkpoint(p)
         if (ckpt.architecture, ckpt.config, ckpt.assets) != (first.architecture, first.config, first.assets):
-            raise CheckpointError(f"{p} has another model config or vocabulary than {paths[-1]}; only checkpoints of one run can be averaged")
+            raise CheckpointError(
+                f"{p} has another model config or vocabulary than {paths[-1]}; only checkpoints of one run can be averaged"
+            )
         if set(ckpt.tensors) != set(total):
             raise CheckpointError(f"{p} holds other tensors than {paths[-1]}")
         for k, v in ckpt.tensors.items():

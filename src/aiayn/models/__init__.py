@@ -59,6 +59,15 @@ def preset_config(name: str, **overrides):
 
 
 __all__ = [
-    "ARCHITECTURES", "PRESETS", "Architecture", "EncoderOut", "Seq2SeqState", "Transformer", "TransformerConfig",
-    "architecture", "architecture_of", "build", "preset_config",
+    "ARCHITECTURES",
+    "PRESETS",
+    "Architecture",
+    "EncoderOut",
+    "Seq2SeqState",
+    "Transformer",
+    "TransformerConfig",
+    "architecture",
+    "architecture_of",
+    "build",
+    "preset_config",
 ]

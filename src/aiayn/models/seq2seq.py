@@ -139,15 +139,26 @@ class Transformer(nn.Module):
         self.config = cfg = config
         # §3.4 Embeddings and Softmax
         self.src_embed = TokenEmbedding(cfg.src_vocab_size, cfg.d_model, cfg.pad_id, cfg.scale_embedding)
-        self.tgt_embed = self.src_embed if cfg.share_embeddings else TokenEmbedding(cfg.tgt_vocab_size, cfg.d_model, cfg.pad_id, cfg.scale_embedding)
+        self.tgt_embed = (
+            self.src_embed if cfg.share_embeddings else TokenEmbedding(cfg.tgt_vocab_size, cfg.d_model, cfg.pad_id, cfg.scale_embedding)
+        )
         # §3.5 Positional Encoding
         self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.positional, cfg.positional_layout)
         self.dropout = Dropout(cfg.dropout)
         # §3.1 Encoder and Decoder Stacks
-        block = dict(pre_norm=cfg.pre_norm, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, activation=cfg.activation,
-                     activation_dropout=cfg.activation_dropout, bias=cfg.bias, norm_eps=cfg.layer_norm_eps)
+        block = dict(
+            pre_norm=cfg.pre_norm,
+            dropout=cfg.dropout,
+            attn_dropout=cfg.attn_dropout,
+            activation=cfg.activation,
+            activation_dropout=cfg.activation_dropout,
+            bias=cfg.bias,
+            norm_eps=cfg.layer_norm_eps,
+        )
         self.encoder_layers = Stack(Block(cfg.d_model, cfg.n_heads, cfg.d_ff, **block) for _ in range(cfg.n_encoder_layers))
-        self.decoder_layers = Stack(Block(cfg.d_model, cfg.n_heads, cfg.d_ff, causal=True, cross=True, **block) for _ in range(cfg.n_decoder_layers))
+        self.decoder_layers = Stack(
+            Block(cfg.d_model, cfg.n_heads, cfg.d_ff, causal=True, cross=True, **block) for _ in range(cfg.n_decoder_layers)
+        )
         # pre-norm stacks end with a LayerNorm (post-norm layers already end with one)
         self.encoder_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
@@ -245,8 +256,9 @@ class Transformer(nn.Module):
         prefill of a given prefix), N = B·G. Returns the logits after the last of them, [N, tgt_vocab]
         (and with need_weights the encoder-decoder attention per layer, [N, h, L, S])."""
         x = self.embed(tokens, self.tgt_embed, offset=state.length)  # [N, L, d_model]
-        x, weights = self.decoder_layers(x, caches=state.kv_caches, memories=state.cross_kv, memory_mask=state.memory_mask,
-                                         need_weights=need_weights)
+        x, weights = self.decoder_layers(
+            x, caches=state.kv_caches, memories=state.cross_kv, memory_mask=state.memory_mask, need_weights=need_weights
+        )
         state.length += tokens.size(1)
         logits = self.project(self.decoder_norm(x[:, -1]))
         return (logits, weights) if need_weights else logits

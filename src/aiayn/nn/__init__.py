@@ -13,7 +13,23 @@ from aiayn.nn.linear import Linear
 from aiayn.nn.positions import PositionalEncoding, sinusoid_table, sinusoid_table_2d
 
 __all__ = [
-    "ACTIVATIONS", "AdditiveAttention", "Block", "CrossAttention", "DecodingState", "Dropout", "FeedForward", "KVCache", "Linear",
-    "Packing", "PatchEmbedding", "PositionalEncoding", "Residual", "SelfAttention", "Stack", "TokenEmbedding",
-    "scaled_dot_product_attention", "sinusoid_table", "sinusoid_table_2d",
+    "ACTIVATIONS",
+    "AdditiveAttention",
+    "Block",
+    "CrossAttention",
+    "DecodingState",
+    "Dropout",
+    "FeedForward",
+    "KVCache",
+    "Linear",
+    "Packing",
+    "PatchEmbedding",
+    "PositionalEncoding",
+    "Residual",
+    "SelfAttention",
+    "Stack",
+    "TokenEmbedding",
+    "scaled_dot_product_attention",
+    "sinusoid_table",
+    "sinusoid_table_2d",
 ]

@@ -124,8 +124,15 @@ class SelfAttention(_MultiHead):
         self.qkv_proj = Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = Linear(d_model, d_model, bias=bias)
 
-    def forward(self, x: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,
-                need_weights: bool = False, packing: Packing | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+        packing: Packing | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """x: [N, L, d_model], or its real tokens [n, d_model] with their `packing` (the output is
         then packed too); mask: bool, broadcastable to [N, h, L, keys], True where a query may attend.
         Returns the output and, with need_weights, the attention weights [N, h, L, keys]."""
@@ -168,8 +175,15 @@ class CrossAttention(_MultiHead):
         k, v = kv.chunk(2, dim=-1)
         return self._heads(k), self._heads(v)
 
-    def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], *, mask: Tensor | None = None,
-                need_weights: bool = False, packing: Packing | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        x: Tensor,
+        keys_values: tuple[Tensor, Tensor],
+        *,
+        mask: Tensor | None = None,
+        need_weights: bool = False,
+        packing: Packing | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """x: queries [N, L, d_model] (or packed); keys_values from `keys_values()`, [B, h, S, d_k]
         with N = B·G; mask: [B, 1, 1, S]. Returns the output and, with need_weights, [N, h, L, S]."""
         (N, L), d = (packing.shape if packing is not None else x.shape[:2]), x.size(-1)

@@ -130,9 +130,23 @@ class Block(nn.Module):
     Block(causal=True, cross=True); a GPT block is Block(causal=True, pre_norm=True).
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, *, causal: bool = False, cross: bool = False,
-                 pre_norm: bool = False, dropout: float = 0.0, attn_dropout: float = 0.0, activation: str = "relu",
-                 activation_dropout: float = 0.0, bias: bool = True, norm_eps: float = 1e-5, norm_affine: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        *,
+        causal: bool = False,
+        cross: bool = False,
+        pre_norm: bool = False,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        activation: str = "relu",
+        activation_dropout: float = 0.0,
+        bias: bool = True,
+        norm_eps: float = 1e-5,
+        norm_affine: bool = True,
+    ):
         super().__init__()
 
         def norm() -> nn.LayerNorm:
@@ -151,9 +165,18 @@ class Block(nn.Module):
     def has_cross(self) -> bool:
         return hasattr(self, "cross_attn")
 
-    def forward(self, x: Tensor, *, mask: Tensor | None = None, memory: tuple[Tensor, Tensor] | None = None,
-                memory_mask: Tensor | None = None, cache: KVCache | None = None, need_weights: bool = False,
-                packing: Packing | None = None, modulation: Sequence[Modulation] | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        memory: tuple[Tensor, Tensor] | None = None,
+        memory_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+        packing: Packing | None = None,
+        modulation: Sequence[Modulation] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """x: [N, L, d_model], or its real tokens [n, d_model] with their `packing`.
         mask: self-attention mask (e.g. [B, 1, 1, L], True at real tokens); memory: the cross-attention's
         keys and values (`CrossAttention.keys_values`), memory_mask: [B, 1, 1, S]; cache: this layer's
@@ -163,13 +186,15 @@ class Block(nn.Module):
         where the block has one ([N, h, L, S]), else the self-attention's ([N, h, L, L])."""
         mod = modulation or (None, None, None)
         x, weights = self.residual(
-            x, self.self_attn_norm,
+            x,
+            self.self_attn_norm,
             lambda h: self.self_attn(h, mask=mask, cache=cache, need_weights=need_weights and not self.has_cross, packing=packing),
             mod[0],
         )
         if self.has_cross:
             x, weights = self.residual(
-                x, self.cross_attn_norm,
+                x,
+                self.cross_attn_norm,
                 lambda h: self.cross_attn(h, memory, mask=memory_mask, need_weights=need_weights, packing=packing),
                 mod[1] if len(mod) > 2 else None,
             )
@@ -185,8 +210,9 @@ class Stack(nn.ModuleList):
         super().__init__(blocks)
         self._compiled: dict = {}
 
-    def forward(self, x: Tensor, *, caches: Sequence[KVCache] | None = None, memories: Sequence | None = None,
-                **kwargs) -> tuple[Tensor, list]:
+    def forward(
+        self, x: Tensor, *, caches: Sequence[KVCache] | None = None, memories: Sequence | None = None, **kwargs
+    ) -> tuple[Tensor, list]:
         """Run every block on x; `caches` and `memories` give each block its own KV cache and
         cross-attention keys/values; other keyword arguments go to every block. Returns x and the
         per-block attention weights (with need_weights)."""

@@ -99,5 +99,3 @@ class KVCache:
             return
         self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
         self._spare = None
-
-

@@ -81,7 +81,12 @@ class TranslateRequest(BaseModel):
     beam: int = Field(4, ge=1, le=MAX_BEAM, description="beam size; 1 is greedy search")
     nbest: int = Field(1, ge=1, le=MAX_BEAM, description="also return the n best hypotheses (at most beam)")
     length_penalty: float = Field(0.6, ge=0.0, le=10.0, allow_inf_nan=False, description="length penalty α, ((5+|Y|)/6)^α")
-    max_length: int | None = Field(None, ge=1, le=MAX_OUTPUT_LENGTH, description="at most this many output subwords (end of sentence included); default: source length + 50")
+    max_length: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_OUTPUT_LENGTH,
+        description="at most this many output subwords (end of sentence included); default: source length + 50",
+    )
     alignment: bool = Field(False, description="also return, per output subword, the source subword it attends to most")
 
     @field_validator("texts")
@@ -135,8 +140,16 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS = {
-    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "too_large",
-    415: "unsupported_media_type", 422: "invalid_request", 500: "internal_error", 503: "unavailable", 504: "timeout",
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    500: "internal_error",
+    503: "unavailable",
+    504: "timeout",
 }
 
 
@@ -203,15 +216,12 @@ class BodyLimit:
 
 # ---------------------------------------------------------------- the app
 def load_translator(model: str | Path, device: str = "auto", precision: str = "fp32") -> Translator:
-    import torch
-
+    from aiayn import runtime
     from aiayn.io.checkpoint import load_model
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = runtime.device(device)
     loaded, ckpt = load_model(model, device)
-    return Translator(loaded, *ckpt.tokenizers, device=device, precision=precision,
-                      warn=lambda message: log.warning("%s", message))
+    return Translator(loaded, *ckpt.tokenizers, device=device, precision=precision, warn=lambda message: log.warning("%s", message))
 
 
 def _finite(x: float) -> float | None:
@@ -226,18 +236,29 @@ def _model_info(translator: Translator, name: str, path: str | None) -> dict:
         "path": path,
         "parameters": model.num_parameters(),
         "config": {
-            "d_model": c.d_model, "heads": c.n_heads, "d_ff": c.d_ff,
-            "encoder_layers": c.n_encoder_layers, "decoder_layers": c.n_decoder_layers,
-            "src_vocab_size": c.src_vocab_size, "tgt_vocab_size": c.tgt_vocab_size,
-            "positional": c.positional, "pre_norm": c.pre_norm,
+            "d_model": c.d_model,
+            "heads": c.n_heads,
+            "d_ff": c.d_ff,
+            "encoder_layers": c.n_encoder_layers,
+            "decoder_layers": c.n_decoder_layers,
+            "src_vocab_size": c.src_vocab_size,
+            "tgt_vocab_size": c.tgt_vocab_size,
+            "positional": c.positional,
+            "pre_norm": c.pre_norm,
         },
         "device": str(translator.device),
         "precision": translator.precision,
     }
 
 
-def create_app(model: str | Path | Translator, settings: ServeSettings | None = None, *, device: str = "auto",
-               precision: str = "fp32", name: str | None = None) -> FastAPI:
+def create_app(
+    model: str | Path | Translator,
+    settings: ServeSettings | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    name: str | None = None,
+) -> FastAPI:
     """The service for a checkpoint (weights file or run directory, loaded now, so that a bad
     path fails before the server starts) or for a ready Translator."""
     settings = settings or ServeSettings()
@@ -246,8 +267,13 @@ def create_app(model: str | Path | Translator, settings: ServeSettings | None = 
     else:
         translator, path = load_translator(model, device, precision), str(model)
     name = name or (Path(path).name if path else "model")
-    batcher = Batcher(translator, max_batch_tokens=settings.max_batch_tokens, max_batch_texts=settings.max_batch_texts,
-                      max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue)
+    batcher = Batcher(
+        translator,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_texts=settings.max_batch_texts,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+    )
     info = _model_info(translator, name, path)
 
     @asynccontextmanager
@@ -263,7 +289,8 @@ def create_app(model: str | Path | Translator, settings: ServeSettings | None = 
     app = FastAPI(
         title="aiayn translation service",
         description="The Transformer of 'Attention Is All You Need': translation with dynamic batching.",
-        version=__version__, lifespan=lifespan,
+        version=__version__,
+        lifespan=lifespan,
         responses={code: {"model": ErrorResponse} for code in (413, 422, 503, 504)},
     )
     app.state.batcher, app.state.translator, app.state.settings = batcher, translator, settings
@@ -278,8 +305,10 @@ def create_app(model: str | Path | Translator, settings: ServeSettings | None = 
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-                   for e in exc.errors()[:20]]  # no "input": never echo a (possibly huge) request back
+        details = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()[:20]
+        ]  # no "input": never echo a (possibly huge) request back
         if any(d["type"] == "json_invalid" for d in details):
             return error(422, "the request body is not valid JSON", details=details)
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
@@ -296,7 +325,9 @@ def create_app(model: str | Path | Translator, settings: ServeSettings | None = 
         try:
             return await asyncio.wait_for(work, settings.timeout)
         except asyncio.TimeoutError:
-            raise HTTPException(504, f"the {what} took longer than the limit of {settings.timeout:g} s; try fewer or shorter texts") from None
+            raise HTTPException(
+                504, f"the {what} took longer than the limit of {settings.timeout:g} s; try fewer or shorter texts"
+            ) from None
         except BatcherClosed:
             raise HTTPException(503, "the server is shutting down") from None
         except QueueFull:
@@ -324,7 +355,15 @@ def create_app(model: str | Path | Translator, settings: ServeSettings | None = 
         results = await run(batcher.translate(req.texts, key, req.alignment), "translation")
         return TranslateResponse(translations=[_translation_out(translator, tr, req) for tr in results])
 
-    @app.post("/v1/attention", tags=["translation"], responses={200: {"description": "source and target subwords, the translation, and the weights cross[layer][head][target][source] (encoder[layer][head][source][source] with encoder=true)"}})
+    @app.post(
+        "/v1/attention",
+        tags=["translation"],
+        responses={
+            200: {
+                "description": "source and target subwords, the translation, and the weights cross[layer][head][target][source] (encoder[layer][head][source][source] with encoder=true)"
+            }
+        },
+    )
     async def attention(req: AttentionRequest) -> Response:
         """Translate one sentence and return its attention weights, as `aiayn attention --json`."""
         check_text(None, req.text)
@@ -387,8 +426,17 @@ def _attention_json(translator: Translator, req: AttentionRequest) -> bytes:
 
 
 # ---------------------------------------------------------------- running it
-def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          device: str = "auto", precision: str = "fp32", name: str | None = None, log_level: str = "info") -> None:
+def serve(
+    model: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    name: str | None = None,
+    log_level: str = "info",
+) -> None:
     """Load the model, then serve it with uvicorn until SIGINT/SIGTERM; in-flight requests finish
     (for up to settings.shutdown_timeout seconds) and queued ones are decoded before it exits."""
     import uvicorn
@@ -396,6 +444,13 @@ def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, setti
     settings = settings or ServeSettings()
     logging.basicConfig(stream=sys.stderr, level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(model, settings, device=device, precision=precision, name=name)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", server_header=False,
-                            timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)))
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),
+    )
     uvicorn.Server(config).run()

@@ -77,8 +77,16 @@ class BatchRecord:
 
 
 class Batcher:
-    def __init__(self, translator: Translator, *, max_batch_tokens: int = 4096, max_batch_texts: int = 128,
-                 max_wait_ms: float = 5.0, max_queue: int = 1024, history: int = 1000):
+    def __init__(
+        self,
+        translator: Translator,
+        *,
+        max_batch_tokens: int = 4096,
+        max_batch_texts: int = 128,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 1024,
+        history: int = 1000,
+    ):
         if max_batch_tokens < 1 or max_batch_texts < 1 or max_wait_ms < 0 or max_queue < 1:
             raise ValueError("max_batch_tokens, max_batch_texts and max_queue must be ≥ 1 and max_wait_ms ≥ 0")
         self.translator = translator
@@ -178,7 +186,9 @@ class Batcher:
         """The oldest pending requests with this key that fit in one batch (always at least one)."""
         batch, rest, tokens, texts = [], [], 0, 0
         for r in self._live():
-            fits = r.key == key and (not batch or (tokens + r.tokens <= self.max_batch_tokens and texts + len(r.texts) <= self.max_batch_texts))
+            fits = r.key == key and (
+                not batch or (tokens + r.tokens <= self.max_batch_tokens and texts + len(r.texts) <= self.max_batch_texts)
+            )
             if fits:
                 batch.append(r)
                 tokens, texts = tokens + r.tokens, texts + len(r.texts)

@@ -95,9 +95,14 @@ class TranslationTask:
         ids = self.meta["special_ids"]
         return models.preset_config(
             preset,
-            src_vocab_size=self.meta["vocab"]["src"]["size"], tgt_vocab_size=self.meta["vocab"]["tgt"]["size"],
-            share_embeddings=self.meta["joint_vocab"], tie_output=values.pop("tie_output", True),
-            pad_id=ids["pad"], unk_id=ids["unk"], bos_id=ids["bos"], eos_id=ids["eos"],
+            src_vocab_size=self.meta["vocab"]["src"]["size"],
+            tgt_vocab_size=self.meta["vocab"]["tgt"]["size"],
+            share_embeddings=self.meta["joint_vocab"],
+            tie_output=values.pop("tie_output", True),
+            pad_id=ids["pad"],
+            unk_id=ids["unk"],
+            bos_id=ids["bos"],
+            eos_id=ids["eos"],
             **values,
         )
 
@@ -116,8 +121,15 @@ class TranslationTask:
 
     # ----- batches
     def sampler(self, max_tokens: int, seed: int, rank: int = 0, world_size: int = 1, max_sentences: int = 0) -> TokenBucketSampler:
-        return TokenBucketSampler(self.train_data.src_lengths, self.train_data.tgt_lengths, max_tokens, seed=seed,
-                                  rank=rank, world_size=world_size, max_sentences=max_sentences)
+        return TokenBucketSampler(
+            self.train_data.src_lengths,
+            self.train_data.tgt_lengths,
+            max_tokens,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            max_sentences=max_sentences,
+        )
 
     def batches(self, sampler: TokenBucketSampler, model: nn.Module, num_workers: int = 0, pin_memory: bool = False):
         """One epoch's batches from where `sampler` stands (its epoch and position)."""
@@ -154,8 +166,9 @@ class TranslationTask:
         src_text, ref_text = data.text("src"), data.text("tgt")
         if cfg.valid_bleu and src_text and ref_text:
             n = cfg.valid_max_sentences or len(src_text)
-            translator = Translator(model, *self.tokenizers, beam=cfg.valid_beam, device=where, precision=precision,
-                                    cudnn_attention=cfg.cudnn_attention)
+            translator = Translator(
+                model, *self.tokenizers, beam=cfg.valid_beam, device=where, precision=precision, cudnn_attention=cfg.cudnn_attention
+            )
             hyps = [t.text for t in translator.translate(src_text[:n])]
             bleu, chrf = score(hyps, ref_text[:n])
             result.update(valid_bleu=bleu.score, valid_chrf=chrf.score)

@@ -45,8 +45,17 @@ class TrainingError(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False,
-                 init_from: str | Path | None = None, log=print, progress: bool | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data_dir: str | Path,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        init_from: str | Path | None = None,
+        log=print,
+        progress: bool | None = None,
+    ):
         self.cfg, self.data_dir, self.run_dir = cfg, Path(data_dir), Path(run_dir)
         self.log, self.progress = log, progress
         self.device = runtime.device(cfg.device)
@@ -89,11 +98,14 @@ class Trainer:
         self.model.to(self.device)
         self.loss_model: nn.Module = self.task.loss_model(self.model, cfg.label_smoothing)
         if self.world.distributed:
-            self.loss_model = nn.parallel.DistributedDataParallel(self.loss_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.loss_model = nn.parallel.DistributedDataParallel(
+                self.loss_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if cfg.compile:
             compile_stacks(self.model)  # regional: one graph per kind of block, dynamic shapes
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                                          weight_decay=cfg.weight_decay, fused=True)  # one fused kernel (CPU and CUDA)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=True
+        )  # one fused kernel (CPU and CUDA)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.sampler = self.task.sampler(cfg.max_tokens, cfg.seed, self.world.rank, self.world.size, cfg.max_sentences)
 
@@ -126,8 +138,15 @@ class Trainer:
     def _write_config(self) -> None:
         import yaml
 
-        data = {"train": self.cfg.to_dict(), "architecture": self.architecture, "model": self.model_config.to_dict(), "task": self.task.name,
-                "data": str(self.data_dir.resolve()), "vocab_sha256": self.task.vocab_id, "world_size": self.world.size}
+        data = {
+            "train": self.cfg.to_dict(),
+            "architecture": self.architecture,
+            "model": self.model_config.to_dict(),
+            "task": self.task.name,
+            "data": str(self.data_dir.resolve()),
+            "vocab_sha256": self.task.vocab_id,
+            "world_size": self.world.size,
+        }
         text = yaml.safe_dump(data, sort_keys=False)
         atomic_write(self.run_dir / "config.yaml", lambda tmp: tmp.write_text(text))
 
@@ -158,14 +177,20 @@ class Trainer:
             extra = {"step": self.step, "epoch": self.epoch, "data": str(self.data_dir), "precision": self.precision}
             save_model(weights, self.model, self.task.assets(), extra, self.task.name)
             state = {
-                "step": self.step, "epoch": self.epoch, "position": self.position,
+                "step": self.step,
+                "epoch": self.epoch,
+                "position": self.position,
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else {},
                 "rng": rng,
-                "nonfinite_total": self.nonfinite_total, "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                "best": self.best, "bad_validations": self.bad_validations,
-                "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
-                "vocab_sha256": self.task.vocab_id, "world_size": self.world.size,
+                "nonfinite_total": self.nonfinite_total,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "best": self.best,
+                "bad_validations": self.bad_validations,
+                "tokens_seen": self.tokens_seen,
+                "train_seconds": self.train_seconds,
+                "vocab_sha256": self.task.vocab_id,
+                "world_size": self.world.size,
                 "model_config": self.model_config.to_dict(),
             }
             save_training_state(state_path, state)
@@ -181,7 +206,9 @@ class Trainer:
         if state.get("vocab_sha256") != self.task.vocab_id:
             raise CheckpointError(f"--resume: {state_path} was trained with another vocabulary than {self.data_dir}")
         if state.get("world_size") != self.world.size:
-            raise CheckpointError(f"--resume: the run had {state.get('world_size')} processes, now {self.world.size}; resume with the same number")
+            raise CheckpointError(
+                f"--resume: the run had {state.get('world_size')} processes, now {self.world.size}; resume with the same number"
+            )
         ckpt = read_checkpoint(weights)
         if ckpt.config != self.model_config:
             raise CheckpointError(f"--resume: {weights} has another model config than this run's; resume with the run's own config")
@@ -189,7 +216,17 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        for key in ("step", "epoch", "position", "nonfinite_total", "nonfinite_in_a_row", "best", "bad_validations", "tokens_seen", "train_seconds"):
+        for key in (
+            "step",
+            "epoch",
+            "position",
+            "nonfinite_total",
+            "nonfinite_in_a_row",
+            "best",
+            "bad_validations",
+            "tokens_seen",
+            "train_seconds",
+        ):
             setattr(self, key, state[key])
         self._set_rng_state(state["rng"][self.world.rank])
         self.log(f"resumed from {weights} (update {self.step}, epoch {self.epoch + 1}, batch {self.position})")
@@ -208,11 +245,18 @@ class Trainer:
     # ------------------------------------------------------------ one update
     def lr(self, step: int) -> float:
         c = self.cfg
-        return learning_rate(step, schedule=c.lr_schedule, d_model=self.model_config.d_model, warmup_steps=c.warmup_steps, lr_scale=c.lr_scale, peak_lr=c.lr)
+        return learning_rate(
+            step, schedule=c.lr_schedule, d_model=self.model_config.d_model, warmup_steps=c.warmup_steps, lr_scale=c.lr_scale, peak_lr=c.lr
+        )
 
     def update(self, batches: list) -> dict:
         self.loss_model.train()
-        local = [sum(b.loss_tokens for b in batches), sum(b.tokens for b in batches), float(self._signal is not None), float(self._time_up())]
+        local = [
+            sum(b.loss_tokens for b in batches),
+            sum(b.tokens for b in batches),
+            float(self._signal is not None),
+            float(self._time_up()),
+        ]
         loss_tokens, tokens, stop_signal, time_up = distributed.all_reduce_sum(local, self.world, self.device)
         if stop_signal and not self.stop_reason:
             self.stop_reason = "signal"
@@ -236,7 +280,9 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or float("inf"))
         loss_sum, nll_sum, grad_norm = loss_sum.item(), nll_sum.item(), grad_norm.item()
-        loss_total, nll_total, nonfinite = distributed.all_reduce_sum([loss_sum, nll_sum, float(not math.isfinite(loss_sum))], self.world, self.device)
+        loss_total, nll_total, nonfinite = distributed.all_reduce_sum(
+            [loss_sum, nll_sum, float(not math.isfinite(loss_sum))], self.world, self.device
+        )
         lr = self.lr(self.step + 1)
         skipped = nonfinite > 0 or (not math.isfinite(grad_norm) and self.scaler is None)
         if skipped:
@@ -245,7 +291,9 @@ class Trainer:
                 self.scaler.update()
             self.nonfinite_total += 1
             self.nonfinite_in_a_row += 1
-            self.log(f"update {self.step + 1}: non-finite loss or gradient, update skipped ({self.nonfinite_in_a_row} in a row, {self.nonfinite_total} in all)")
+            self.log(
+                f"update {self.step + 1}: non-finite loss or gradient, update skipped ({self.nonfinite_in_a_row} in a row, {self.nonfinite_total} in all)"
+            )
             if self.nonfinite_in_a_row >= self.cfg.max_nonfinite:
                 raise TrainingError(
                     f"{self.nonfinite_in_a_row} non-finite losses in a row at update {self.step + 1}: training has diverged. "
@@ -264,8 +312,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += int(tokens)
-        return {"loss": loss_total / loss_tokens / math.log(2), "nll": nll_total / loss_tokens / math.log(2), "lr": lr, "grad_norm": grad_norm,
-                "tokens": tokens, "loss_tokens": loss_tokens}
+        return {
+            "loss": loss_total / loss_tokens / math.log(2),
+            "nll": nll_total / loss_tokens / math.log(2),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": tokens,
+            "loss_tokens": loss_tokens,
+        }
 
     def _time_up(self) -> bool:
         return bool(self.cfg.max_time) and (self.train_seconds + time.time() - self._session_start) >= self.cfg.max_time * 60
@@ -279,7 +333,12 @@ class Trainer:
     def _record(self, entry: dict) -> None:
         if not self.world.is_main:
             return
-        entry = {"step": self.step, "epoch": self.epoch + 1, "time": round(self.train_seconds + time.time() - self._session_start, 3), **entry}
+        entry = {
+            "step": self.step,
+            "epoch": self.epoch + 1,
+            "time": round(self.train_seconds + time.time() - self._session_start, 3),
+            **entry,
+        }
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         if self._writer is None:
@@ -308,12 +367,19 @@ class Trainer:
         self._session_start = time.time()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         quiet = not self.world.is_main or self.progress is False
-        bar = tqdm(total=cfg.max_updates or None, initial=self.step, unit=" upd", dynamic_ncols=True,
-                   disable=True if quiet else (None if self.progress is None else False))  # None: on a terminal only
+        bar = tqdm(
+            total=cfg.max_updates or None,
+            initial=self.step,
+            unit=" upd",
+            dynamic_ncols=True,
+            disable=True if quiet else (None if self.progress is None else False),
+        )  # None: on a terminal only
         if self.world.is_main:
             n_params = sum(p.numel() for p in self.model.parameters())
-            self.log(f"training {n_params / 1e6:.1f}M parameters on {self.device} ({self.precision}, {self.world.size} process{'es' if self.world.size > 1 else ''}); "
-                     f"{self.task.describe()}, ≤{cfg.max_tokens}×{cfg.update_freq}×{self.world.size} tokens per side per update; run dir {self.run_dir}")
+            self.log(
+                f"training {n_params / 1e6:.1f}M parameters on {self.device} ({self.precision}, {self.world.size} process{'es' if self.world.size > 1 else ''}); "
+                f"{self.task.describe()}, ≤{cfg.max_tokens}×{cfg.update_freq}×{self.world.size} tokens per side per update; run dir {self.run_dir}"
+            )
         stream = self._batches()
         window_tokens, window_start, last_valid = 0.0, time.time(), -1
         last_saved = self.step
@@ -336,13 +402,23 @@ class Trainer:
                     now = time.time()
                     tps = window_tokens / max(now - window_start, 1e-9)
                     window_tokens, window_start = 0.0, now
-                    entry = {"type": "train", "loss": round(stats["loss"], 4), "nll": round(stats["nll"], 4), "ppl": round(2 ** stats["nll"], 2),
-                             "lr": stats["lr"], "grad_norm": round(stats["grad_norm"], 3), "tokens_per_s": round(tps, 1), "tokens_seen": self.tokens_seen,
-                             "nonfinite": self.nonfinite_total}
+                    entry = {
+                        "type": "train",
+                        "loss": round(stats["loss"], 4),
+                        "nll": round(stats["nll"], 4),
+                        "ppl": round(2 ** stats["nll"], 2),
+                        "lr": stats["lr"],
+                        "grad_norm": round(stats["grad_norm"], 3),
+                        "tokens_per_s": round(tps, 1),
+                        "tokens_seen": self.tokens_seen,
+                        "nonfinite": self.nonfinite_total,
+                    }
                     self._record(entry)
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", tok_s=f"{tps:.0f}", ep=self.epoch + 1)
                     if bar.disable and self.world.is_main:
-                        self.log(f"update {self.step} epoch {self.epoch + 1}: loss {stats['loss']:.3f} ppl {2 ** stats['nll']:.1f} lr {stats['lr']:.2e} {tps:.0f} tok/s")
+                        self.log(
+                            f"update {self.step} epoch {self.epoch + 1}: loss {stats['loss']:.3f} ppl {2 ** stats['nll']:.1f} lr {stats['lr']:.2e} {tps:.0f} tok/s"
+                        )
                 if cfg.validate_every and self.step % cfg.validate_every == 0 and self.valid_data is not None:
                     self._validate_and_track()
                     last_valid = self.step
@@ -365,7 +441,14 @@ class Trainer:
         self._session_start = time.time()
         if last_saved != self.step or not list_checkpoints(self.run_dir):
             self.save()
-        summary = {"type": "end", "reason": self.stop_reason, "updates": self.step, "tokens_seen": self.tokens_seen, "nonfinite": self.nonfinite_total, "best": self.best}
+        summary = {
+            "type": "end",
+            "reason": self.stop_reason,
+            "updates": self.step,
+            "tokens_seen": self.tokens_seen,
+            "nonfinite": self.nonfinite_total,
+            "best": self.best,
+        }
         self._record(summary)
         if self.world.is_main:
             if self._writer:
@@ -388,14 +471,22 @@ class Trainer:
             if improved:
                 self.best = metric
                 self.bad_validations = 0
-                save_model(self.run_dir / "checkpoints" / "best.safetensors", self.model, self.task.assets(), {"step": self.step, **result}, self.task.name)
+                save_model(
+                    self.run_dir / "checkpoints" / "best.safetensors",
+                    self.model,
+                    self.task.assets(),
+                    {"step": self.step, **result},
+                    self.task.name,
+                )
             else:
                 self.bad_validations += 1
             self._record({"type": "valid", **{k: round(v, 4) for k, v in result.items()}, "best": improved})
             msg = ", ".join(f"{k[6:]} {v:.2f}" for k, v in result.items())
             self.log(f"validation at update {self.step}: {msg}{' (best)' if improved else ''}")
         if self.world.distributed:  # everyone needs the patience counter
-            (self.bad_validations,) = [int(x) for x in distributed.all_reduce_sum([self.bad_validations if self.world.is_main else 0], self.world, self.device)]
+            (self.bad_validations,) = [
+                int(x) for x in distributed.all_reduce_sum([self.bad_validations if self.world.is_main else 0], self.world, self.device)
+            ]
         return result
 
 

@@ -1,0 +1,70 @@
+"""The block set on its own: the parts the other models of the family assemble (a causal block
+without cross-attention, the conditioned norm, additive attention, 2-D positions, patches)."""
+
+import math
+
+import pytest
+import torch
+
+from aiayn.nn import AdditiveAttention, Block, KVCache, PatchEmbedding, Residual, sinusoid_table, sinusoid_table_2d
+
+
+def test_a_causal_block_without_cross_attention_sees_no_future_and_decodes_incrementally():
+    """A GPT block: Block(causal=True), pre-norm, no cross-attention."""
+    torch.manual_seed(0)
+    block = Block(32, 4, 64, causal=True, pre_norm=True, activation="gelu_tanh").eval()
+    assert not block.has_cross
+    x = torch.randn(2, 6, 32)
+    full, _ = block(x)
+    changed = x.clone()
+    changed[:, 4:] += 1.0  # the future changes: positions 0-3 must not
+    torch.testing.assert_close(block(changed)[0][:, :4], full[:, :4], atol=1e-6, rtol=0)
+    cache = KVCache()
+    prefix, _ = block(x[:, :3], cache=cache)  # a prefill of three positions, then one at a time
+    steps = [prefix] + [block(x[:, t : t + 1], cache=cache)[0] for t in range(3, 6)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+
+
+def test_a_zero_gate_makes_a_conditioned_residual_the_identity():
+    """adaLN-Zero (DiT): with the gate at zero, as initialised, each sub-layer adds nothing."""
+    torch.manual_seed(0)
+    block = Block(16, 2, 32, pre_norm=True, norm_affine=False)
+    x = torch.randn(3, 5, 16)
+    shift, scale = torch.randn(3, 1, 16), torch.randn(3, 1, 16)
+    zero = torch.zeros(3, 1, 16)
+    out, _ = block(x, modulation=[(shift, scale, zero), (shift, scale, zero)])
+    torch.testing.assert_close(out, x)
+    gated, _ = block(x, modulation=[(shift, scale, torch.ones(3, 1, 16))] * 2)
+    assert not torch.allclose(gated, x)
+    with pytest.raises(ValueError, match="needs pre_norm=True"):
+        Residual(0.0, pre_norm=False)(x, torch.nn.LayerNorm(16), lambda h: h, (shift, scale, zero))
+
+
+def test_additive_attention_weighs_real_tokens_only():
+    """Bahdanau et al. (2014): the weights are a distribution over the real source tokens."""
+    torch.manual_seed(0)
+    attn = AdditiveAttention(d_query=8, d_memory=12, d_attn=10)
+    memory = torch.randn(2, 5, 12)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    context, weights = attn(torch.randn(2, 8), attn.keys(memory), memory, mask)
+    assert context.shape == (2, 12) and weights.shape == (2, 5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    assert (weights[1, 2:] == 0).all()
+    torch.testing.assert_close(context[1], weights[1, :2] @ memory[1, :2])
+
+
+def test_2d_sinusoids_encode_row_and_column():
+    table = sinusoid_table_2d(3, 4, 16)  # 3 rows × 4 columns of patches, row-major
+    assert table.shape == (12, 16)
+    rows, cols = sinusoid_table(3, 8, "concat"), sinusoid_table(4, 8, "concat")
+    for r in range(3):
+        for c in range(4):
+            torch.testing.assert_close(table[r * 4 + c], torch.cat([rows[r], cols[c]]))
+    assert table[0, 0].item() == 0.0 and table[0, 4].item() == pytest.approx(math.cos(0.0))
+
+
+def test_patch_embedding_cuts_images_into_a_sequence():
+    embed = PatchEmbedding(in_channels=1, patch_size=4, d_model=24)
+    assert embed(torch.randn(2, 1, 28, 28)).shape == (2, 49, 24)
+    with pytest.raises(ValueError, match="not a multiple of the patch size 4"):
+        embed(torch.randn(1, 1, 30, 28))
