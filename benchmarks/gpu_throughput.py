@@ -16,7 +16,7 @@ error and the others still run):
    same FLOP count for both libraries. aiayn also runs with the other choice of skipping padding
    (`--packing-ab`; aiayn skips it on the CPU only), which shows what skipping padding gains or
    costs on the device, and with each encoder and
-   decoder layer compiled (`--compiled-ab`: `Transformer.compile_layers`, what `aiayn train
+   decoder layer compiled (`--compiled-ab`: `compile_stacks` of aiayn.train.trainer, what `aiayn train
    --compile true` does; training only, its first step's seconds are the compile time).
 3. kernels: which attention kernels aiayn's base training step launches (torch.profiler): flash,
    memory-efficient (cutlass) or the math fallback, the matrix products' share of GPU time, and
@@ -97,7 +97,7 @@ def to_device(batch: dict, device: str) -> dict:
 class OnDevice:
     """A model_throughput runner moved to the device, its steps under autocast. `skip_padding`
     sets aiayn's Transformer.skip_padding (None: its default, on the CPU only), for an A/B of
-    skipping padding; `compiled` compiles its layers (Transformer.compile_layers)."""
+    skipping padding; `compiled` compiles its blocks (aiayn.train.trainer.compile_stacks)."""
 
     def __init__(self, runner, device: str, dtype, skip_padding: bool | None = None, compiled: bool = False):
         self.runner, self.device, self.dtype = runner, device, dtype
@@ -105,7 +105,9 @@ class OnDevice:
         if skip_padding is not None:
             runner.model.skip_padding = skip_padding
         if compiled:
-            runner.model.compile_layers()
+            from aiayn.train.trainer import compile_stacks
+
+            compile_stacks(runner.model)
         params = [p for p in runner.model.parameters() if p.requires_grad]
         runner.optimizer = torch.optim.Adam(params, **{**ADAM, "fused": device == "cuda"})
 

@@ -415,19 +415,21 @@ def _add_attention(sub):
     p.add_argument("--average-heads", action="store_true", help="one panel per layer, the mean of its heads")
     p.add_argument("--json", metavar="FILE", help="also write the weights as JSON")
     p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.set_defaults(run=_run_attention)
 
 
 def _run_attention(args):
     import json
 
+    from aiayn import runtime
     from aiayn.generate.translate import Translator
     from aiayn.heatmaps import attention_maps, render
     from aiayn.io.checkpoint import load_model
 
-    model, ckpt = load_model(args.model, args.device)
-    translator = Translator(model, *ckpt.tokenizers, beam=args.beam, device=args.device)
+    device = runtime.device(args.device)
+    model, ckpt = load_model(args.model, device)
+    translator = Translator(model, *ckpt.tokenizers, beam=args.beam, device=device)
     maps = attention_maps(translator, args.text)
     kinds = ("cross", "encoder") if args.kind == "both" else (args.kind,)
     layers = [l - 1 if l > 0 else l for l in args.layers] if args.layers else None

@@ -61,6 +61,8 @@ def autocast(precision: str, where: torch.device):
     """torch.autocast for bf16/fp16, nothing for fp32."""
     import torch
 
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {precision!r} (fp32, bf16 or fp16)")
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(where.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

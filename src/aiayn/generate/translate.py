@@ -140,7 +140,7 @@ class Translator:
             setattr(self.options, k, v)
         cfg = models[0].config
         self.max_input_len = max_input_len or (cfg.max_positions - 1 if cfg.positional == "learned" else 1024)
-        self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
+        self.device = runtime.device(device) if device is not None else next(models[0].parameters()).device
         self.max_tokens = max_tokens or runtime.default_max_tokens(self.device)
         runtime.configure_attention(self.device, cudnn_attention)  # each decoding step has a new key length
         self.precision = precision
@@ -195,7 +195,7 @@ class Translator:
     def translate(self, texts: list[str], alignment_layer: int | None = None, stop: Stop = None) -> list[Translation]:
         """Translate raw sentences; alignment_layer (e.g. -1) also gives each output subword the
         source subword that layer's encoder-decoder attention (averaged over heads) weighs most.
-        `stop` is asked before every decoding step; True raises decode.search.SearchCancelled (the
+        `stop` is asked before every decoding step; True raises generate.search.SearchCancelled (the
         server uses it to give up on a batch whose callers have all gone)."""
         ids = self.encode(texts)
         out: list[Translation | None] = [None] * len(texts)

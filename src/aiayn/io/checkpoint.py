@@ -181,7 +181,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         extra = json.loads(metadata.get("extra") or "{}")
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged aiayn metadata ({e})") from None
-    return Checkpoint(path, arch, config, tensors, task, assets, extra)
+    ckpt = Checkpoint(path, arch, config, tensors, task, assets, extra)
+    if task == "translation":
+        ckpt.tokenizers  # decoded now, so that damaged assets are refused with the file's name  # noqa: B018
+    return ckpt
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Checkpoint]:

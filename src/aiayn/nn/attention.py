@@ -73,8 +73,8 @@ class Packing:
     def of(mask: Tensor) -> "Packing | None":
         """A Packing for `mask` ([B, L], True at real tokens), or None where there is no padding
         (or while torch.compile traces it: a whole compiled model keeps the padded layout, since the
-        number of real tokens is data-dependent; Stack.compile works out the packing
-        outside its graphs)."""
+        number of real tokens is data-dependent; the models work out the packing outside
+        the compiled blocks (Stack.compile_blocks))."""
         if torch.compiler.is_compiling():
             return None
         index = mask.reshape(-1).nonzero().squeeze(1)  # the one host sync (on a GPU)

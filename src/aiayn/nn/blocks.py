@@ -222,7 +222,7 @@ class Stack(nn.ModuleList):
                 kwargs["cache"] = caches[i]
             if memories is not None:
                 kwargs["memory"] = memories[i]
-            x, w = self._run(block)(x, **kwargs)
+            x, w = (block if caches is not None else self._run(block))(x, **kwargs)  # a KV cache is Python state: eager
             weights.append(w)
         return x, weights
 
