@@ -250,6 +250,24 @@ def test_cached_and_uncached_decoding_agree(trained, sources):
     assert [h.tokens for h in run_greedy(model, src)] == [h.tokens for h in run_greedy(Uncached(model), src)]
 
 
+def test_a_prompt_is_prefilled_and_continued(trained, sources):
+    """prompt= feeds given first tokens at once (a prefill): greedy and beam search continue them as
+    they would have continued their own output."""
+    model, _ = trained
+    texts, tok = sources
+    src = as_batch(tok.encode(texts[:8]))
+    full = [h.tokens for h in run_greedy(model, src)]
+    keep = [i for i, t in enumerate(full) if len(t) >= 3]
+    assert len(keep) >= 4
+    src = src[keep]
+    prompt = torch.tensor([[model.config.decoder_start_id] + full[i][:2] for i in keep])
+    cap = torch.tensor([len(full[i]) - 2 + 1 for i in keep])  # the rest of the output, and EOS
+    limits = dict(special=special_tokens(model), max_len=cap, prompt=prompt)
+    assert [h.tokens for h in greedy_search(model, src, **limits)] == [full[i][2:] for i in keep]
+    assert [h[0].tokens for h in beam_search(model, src, beam=1, alpha=0.0, **limits)] == [full[i][2:] for i in keep]
+    assert all(h[0].tokens for h in beam_search(model, src, beam=4, **limits))
+
+
 def test_sampling_is_seeded_and_top_k_1_is_greedy(trained, sources):
     model, _ = trained
     texts, tok = sources

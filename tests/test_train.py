@@ -165,6 +165,21 @@ def test_existing_run_needs_resume(small_dataset, tmp_path):
         train(small_dataset, tmp_path / "empty", resume=True, max_updates=10)
 
 
+def test_resume_keeps_the_runs_model_when_a_preset_changes(small_dataset, tmp_path, monkeypatch):
+    """--resume rebuilds the model its checkpoint records: a preset redefined since the run began
+    does not change it; a model section that asks for another model is refused."""
+    from aiayn.models import presets
+
+    train(small_dataset, tmp_path / "run", max_updates=4, save_every=2)
+    tiny = presets.PRESETS["tiny"]
+    monkeypatch.setitem(presets.PRESETS, "tiny", (tiny[0], {**tiny[1], "activation": "gelu"}))
+    summary = train(small_dataset, tmp_path / "run", resume=True, max_updates=6, save_every=2)
+    assert summary["updates"] == 6
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000006.safetensors").config.activation == "relu"
+    with pytest.raises(CheckpointError, match="another model config"):
+        train(small_dataset, tmp_path / "run", resume=True, max_updates=8, model={"d_ff": 96})
+
+
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bit_exact(small_dataset, tmp_path):
     """A run killed with SIGKILL part way and resumed ends with exactly the weights of an uninterrupted run."""

@@ -7,6 +7,8 @@ input order. Empty lines give empty lines; over-long lines are truncated with a 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -79,6 +81,17 @@ class SearchOptions:
     top_p: float = 1.0
     seed: int = 0
 
+    def with_overrides(self, **overrides) -> "SearchOptions":
+        """A copy with some options changed; an unknown name is a TypeError."""
+        for k in overrides:
+            if not hasattr(self, k):
+                raise TypeError(f"unknown search option {k!r}")
+        return dataclasses.replace(self, **overrides)
+
+    def output_cap(self, source_length: int) -> int:
+        """At most a·(source length) + b output tokens, EOS included (at least 1)."""
+        return max(1, math.floor(self.max_len_a * source_length) + self.max_len_b)
+
 
 class Ensemble(torch.nn.Module):
     """Several models of one vocabulary decoding together: the average of their log-probabilities."""
@@ -133,11 +146,7 @@ class Translator:
         self.model.eval()
         self.models = models
         self.src_tok, self.tgt_tok = src_tokenizer, tgt_tokenizer
-        self.options = options or SearchOptions()
-        for k, v in option_overrides.items():
-            if not hasattr(self.options, k):
-                raise TypeError(f"unknown search option {k!r}")
-            setattr(self.options, k, v)
+        self.options = (options or SearchOptions()).with_overrides(**option_overrides)
         cfg = models[0].config
         self.max_input_len = max_input_len or (cfg.max_positions - 1 if cfg.positional == "learned" else 1024)
         self.device = runtime.device(device) if device is not None else next(models[0].parameters()).device

@@ -225,11 +225,7 @@ class CTranslate2Translator:
         **option_overrides,
     ):
         ct2 = _ct2()
-        self.options = options or SearchOptions()
-        for k, v in option_overrides.items():
-            if not hasattr(self.options, k):
-                raise TypeError(f"unknown search option {k!r}")
-            setattr(self.options, k, v)
+        self.options = (options or SearchOptions()).with_overrides(**option_overrides)
         self.warn = warn or (lambda message: None)
         (self.src_tok, self.tgt_tok), self.info = load_tokenizers(model_dir)
         cfg = self.info["model_config"]
@@ -276,7 +272,7 @@ class CTranslate2Translator:
         caps: dict[int, list[int]] = {}  # aiayn's per-sentence cap a·|source| + b; one CTranslate2 call per cap
         for i, seq in enumerate(ids):
             if seq:
-                caps.setdefault(max(1, math.floor(o.max_len_a * len(seq)) + o.max_len_b), []).append(i)
+                caps.setdefault(o.output_cap(len(seq)), []).append(i)
         options = self._decode_options()
         for cap, members in sorted(caps.items()):
             source = [[self.src_tokens[t] for t in ids[i]] + [self.eos_token] for i in members]

@@ -92,6 +92,9 @@ class Trainer:
             self.model_config = dataclasses.replace(ckpt.config, **overrides)
             self.model = models.build(self.architecture, self.model_config)
             load_weights(self.model, ckpt.tensors, str(init_from))
+        elif resume:
+            self.architecture, self.model_config = self._resumed_model_config(checkpoints)
+            self.model = models.build(self.architecture, self.model_config)
         else:
             self.architecture, self.model_config = self.task.model_config(cfg.model)
             self.model = models.build(self.architecture, self.model_config)
@@ -129,6 +132,21 @@ class Trainer:
         self._writer = None
 
     # ------------------------------------------------------------ state
+    def _resumed_model_config(self, checkpoints):
+        """The run's own model, as its latest checkpoint records it. A model section that asks for
+        another one is refused, unless it is the one the run started with (then only a preset's
+        definition changed since, and the run keeps its model)."""
+        weights = step_paths(self.run_dir, self._latest_complete(checkpoints))[0]
+        ckpt = read_checkpoint(weights)
+        if self.task.model_config(self.cfg.model)[1] != ckpt.config:
+            import yaml
+
+            saved = self.run_dir / "config.yaml"
+            started_with = (yaml.safe_load(saved.read_text()) or {}).get("train", {}).get("model") if saved.is_file() else None
+            if started_with != self.cfg.model:
+                raise CheckpointError(f"--resume: {weights} has another model config than this run's; resume with the run's own config")
+        return ckpt.architecture, ckpt.config
+
     def _latest_complete(self, checkpoints) -> int:
         for step, _ in reversed(checkpoints):
             if step_paths(self.run_dir, step)[1].is_file():
@@ -210,8 +228,6 @@ class Trainer:
                 f"--resume: the run had {state.get('world_size')} processes, now {self.world.size}; resume with the same number"
             )
         ckpt = read_checkpoint(weights)
-        if ckpt.config != self.model_config:
-            raise CheckpointError(f"--resume: {weights} has another model config than this run's; resume with the run's own config")
         load_weights(self.model, {k: v.to(self.device) for k, v in ckpt.tensors.items()}, str(weights))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state["scaler"]:
