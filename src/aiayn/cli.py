@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from aiayn import schema as S
+
 DESCRIPTION = """\
 aiayn: the Transformer of "Attention Is All You Need", exact and fast.
 
@@ -39,7 +41,9 @@ def _add_prepare(sub):
         p.add_argument(f"--{split}-tgt", metavar="FILE", help=f"{split} target sentences")
         p.add_argument(f"--{split}-tsv", metavar="FILE", help=f"{split} pairs as source<TAB>target lines")
     p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to create")
-    p.add_argument("--vocab-size", type=int, default=8000, help="subword vocabulary size (default 8000; ~37000 for WMT-scale data)")
+    p.add_argument(
+        "--vocab-size", type=S.int_at_least(1), default=8000, help="subword vocabulary size (default 8000; ~37000 for WMT-scale data)"
+    )
     p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type (default bpe)")
     p.add_argument("--separate-vocab", action="store_true", help="one vocabulary per language instead of a joint one")
     p.add_argument(
@@ -48,18 +52,21 @@ def _add_prepare(sub):
         help="learn no vocabulary: use this model's (a checkpoint or model directory, "
         "e.g. from 'aiayn import-hf', a dataset, or a sentencepiece .model), to fine-tune it with train --init-from",
     )
-    p.add_argument("--max-len", type=int, default=256, help="drop training pairs with more subwords on a side (0: keep all)")
-    p.add_argument("--max-ratio", type=float, default=3.0, help="drop training pairs whose length ratio exceeds this (0: off)")
+    p.add_argument("--max-len", type=S.int_at_least(0), default=256, help="drop training pairs with more subwords on a side (0: keep all)")
+    p.add_argument("--max-ratio", type=S.number(low=0), default=3.0, help="drop training pairs whose length ratio exceeds this (0: off)")
     p.add_argument("--skip-bad", action="store_true", help="drop bad lines (counted by kind) instead of stopping")
     p.add_argument("--normalize", choices=["NFC", "NFKC"], help="Unicode normalisation applied first")
     p.add_argument(
-        "--max-spm-sentences", type=int, default=300_000, help="lines sampled to learn the vocabulary (default 300000; bounds memory)"
+        "--max-spm-sentences",
+        type=S.int_at_least(1),
+        default=300_000,
+        help="lines sampled to learn the vocabulary (default 300000; bounds memory)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of that sample (default 1)")
     p.add_argument(
         "--spm-normalization", default="nmt_nfkc", help="sentencepiece normalisation rule (default nmt_nfkc; identity keeps text exact)"
     )
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: all cores)")
+    p.add_argument("--workers", type=S.int_at_least(1), default=os.cpu_count() or 1, help="encoding processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_run_prepare)
 
@@ -112,10 +119,10 @@ def _add_train(sub):
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (checkpoints, logs, curves)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--init-from", metavar="CKPT", help="start from these weights with a fresh optimizer (fine-tuning)")
-    p.add_argument("--max-updates", type=int, help="stop after this many updates")
-    p.add_argument("--max-epochs", type=int, help="stop after this many epochs")
-    p.add_argument("--max-time", type=float, metavar="MINUTES", help="stop after this much wall-clock time")
-    p.add_argument("--save-every", type=int, metavar="N", help="save a checkpoint every N updates")
+    p.add_argument("--max-updates", type=S.int_at_least(0), help="stop after this many updates")
+    p.add_argument("--max-epochs", type=S.int_at_least(0), help="stop after this many epochs")
+    p.add_argument("--max-time", type=S.number(low=0), metavar="MINUTES", help="stop after this much wall-clock time")
+    p.add_argument("--save-every", type=S.int_at_least(0), metavar="N", help="save a checkpoint every N updates")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default, then exit")
     p.set_defaults(run=_run_train, takes_overrides=True)
 
@@ -160,7 +167,7 @@ def _add_average(sub):
         description="Average checkpoints element-wise (the paper averages the last 5 for base models, 20 for big).",
     )
     p.add_argument("run_dir", nargs="?", help="run directory")
-    p.add_argument("--last", type=int, default=5, help="how many of the latest checkpoints (default 5)")
+    p.add_argument("--last", type=S.int_at_least(1), default=5, help="how many of the latest checkpoints (default 5)")
     p.add_argument("--checkpoints", nargs="+", metavar="CKPT", help="average these files instead")
     p.add_argument("--out", required=True, help="averaged weights file (.safetensors)")
     p.set_defaults(run=_run_average)
@@ -186,15 +193,15 @@ def _run_average(args):
 
 def _add_search_options(p):
     g = p.add_argument_group("search")
-    g.add_argument("--beam", type=int, default=4, help="beam size (default 4, as in §6.1); 1 is greedy")
-    g.add_argument("--alpha", type=float, default=0.6, help="length penalty α (default 0.6, as in §6.1)")
+    g.add_argument("--beam", type=S.int_at_least(1), default=4, help="beam size (default 4, as in §6.1); 1 is greedy")
+    g.add_argument("--alpha", type=S.number(low=0), default=0.6, help="length penalty α (default 0.6, as in §6.1)")
     g.add_argument(
         "--lp-style", choices=["gnmt", "power"], default="gnmt", help="gnmt: ((5+|Y|)/6)^α, the paper's; power: |Y|^α (fairseq/HF)"
     )
-    g.add_argument("--max-len-a", type=float, default=1.0, help="output length cap a·source length + b (default a=1)")
-    g.add_argument("--max-len-b", type=int, default=50, help="(default b=50, as in §6.1)")
-    g.add_argument("--min-len", type=int, default=0, help="at least this many output subwords before EOS")
-    g.add_argument("--nbest", type=int, default=1, help="print the N best hypotheses with scores")
+    g.add_argument("--max-len-a", type=S.number(low=0), default=1.0, help="output length cap a·source length + b (default a=1)")
+    g.add_argument("--max-len-b", type=S.int_at_least(0), default=50, help="(default b=50, as in §6.1)")
+    g.add_argument("--min-len", type=S.int_at_least(0), default=0, help="at least this many output subwords before EOS")
+    g.add_argument("--nbest", type=S.int_at_least(1), default=1, help="print the N best hypotheses with scores")
     g.add_argument(
         "--early-stop",
         nargs="?",
@@ -206,13 +213,13 @@ def _add_search_options(p):
         "Hugging Face generate's default heuristic (hf: identical results to MarianMTModel.generate)",
     )
     g.add_argument("--sampling", action="store_true", help="sample instead of searching")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0, help="seed for sampling")
+    g.add_argument("--temperature", type=S.number(low=0, open_low=True), default=1.0)
+    g.add_argument("--top-k", type=S.int_at_least(0), default=0)
+    g.add_argument("--top-p", type=S.number(low=0, high=1, open_low=True), default=1.0)
+    g.add_argument("--seed", type=S.any_int, default=0, help="seed for sampling")
     g.add_argument(
         "--max-tokens",
-        type=int,
+        type=S.int_at_least(1),
         default=None,
         help="source tokens × beam per batch (default 4096 on a CPU, 32768 on a GPU, 4096 with --engine ctranslate2)",
     )
@@ -308,7 +315,7 @@ def _add_translate(sub):
         help="append, per output subword, the source subword it attends to most (cross-attention of LAYER, default the last, averaged over heads) as src-tgt pairs",
     )
     p.add_argument("--scores", action="store_true", help="append each translation's score")
-    p.add_argument("--chunk", type=int, default=10000, help="lines read and sorted together (bounds memory)")
+    p.add_argument("--chunk", type=S.int_at_least(1), default=10000, help="lines read and sorted together (bounds memory)")
     p.add_argument(
         "--engine",
         choices=["native", "ctranslate2"],
@@ -414,7 +421,7 @@ def _add_attention(sub):
     p.add_argument("--layers", type=int, nargs="+", help="layers to draw (1-based; negative counts from the end; default all)")
     p.add_argument("--average-heads", action="store_true", help="one panel per layer, the mean of its heads")
     p.add_argument("--json", metavar="FILE", help="also write the weights as JSON")
-    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--beam", type=S.int_at_least(1), default=4)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.set_defaults(run=_run_attention)
 
@@ -535,21 +542,34 @@ def _add_serve(sub):
     )
     p.add_argument("--model", required=True, metavar="CKPT", help="weights file or run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=8000, help="(default 8000)")
+    p.add_argument("--port", type=S.int_between(0, 65535), default=8000, help="(default 8000)")
     p.add_argument("--name", help="model name shown by /v1/models (default: the file or directory name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision for decoding")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
     g = p.add_argument_group("limits and batching")
-    g.add_argument("--max-texts", type=int, default=64, help="texts per request (default 64; more: 413)")
-    g.add_argument("--max-chars", type=int, default=1000, help="characters per text (default 1000; more: 413)")
-    g.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size (default 1 MiB; more: 413)")
-    g.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take, queueing included (default 30; then 504)")
-    g.add_argument("--max-batch-tokens", type=int, default=4096, help="source subwords × beam decoded together (default 4096)")
-    g.add_argument("--max-batch-texts", type=int, default=128, help="texts decoded together (default 128; 1 turns dynamic batching off)")
-    g.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share its batch (default 5)")
-    g.add_argument("--max-queue", type=int, default=1024, help="requests waiting at once (default 1024; more: 503)")
-    g.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests get to finish on shutdown (default 30)")
+    g.add_argument("--max-texts", type=S.int_at_least(1), default=64, help="texts per request (default 64; more: 413)")
+    g.add_argument("--max-chars", type=S.int_at_least(1), default=1000, help="characters per text (default 1000; more: 413)")
+    g.add_argument("--max-body-bytes", type=S.int_at_least(1), default=1 << 20, help="request body size (default 1 MiB; more: 413)")
+    g.add_argument(
+        "--timeout",
+        type=S.number(low=0, open_low=True),
+        default=30.0,
+        help="seconds a request may take, queueing included (default 30; then 504)",
+    )
+    g.add_argument(
+        "--max-batch-tokens", type=S.int_at_least(1), default=4096, help="source subwords × beam decoded together (default 4096)"
+    )
+    g.add_argument(
+        "--max-batch-texts", type=S.int_at_least(1), default=128, help="texts decoded together (default 128; 1 turns dynamic batching off)"
+    )
+    g.add_argument(
+        "--max-wait-ms", type=S.number(low=0), default=5.0, help="how long a request waits for others to share its batch (default 5)"
+    )
+    g.add_argument("--max-queue", type=S.int_at_least(1), default=1024, help="requests waiting at once (default 1024; more: 503)")
+    g.add_argument(
+        "--shutdown-timeout", type=S.number(low=0), default=30.0, help="seconds in-flight requests get to finish on shutdown (default 30)"
+    )
     p.set_defaults(run=_run_serve)
 
 

@@ -15,7 +15,16 @@ def _score(hypotheses, references, tokenize):
 
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    bleu, chrf = sacrebleu.metrics.BLEU(tokenize=tokenize), sacrebleu.metrics.CHRF()
+    if not hypotheses:
+        raise ValueError("nothing to score: no sentences")
+    try:
+        bleu = sacrebleu.metrics.BLEU(tokenize=tokenize)
+    except (KeyError, ValueError, RuntimeError):
+        names = sorted(sacrebleu.metrics.bleu._TOKENIZERS) if hasattr(sacrebleu.metrics.bleu, "_TOKENIZERS") else []
+        raise ValueError(
+            f"--tokenize {tokenize!r}: not a sacreBLEU tokenizer{' (one of ' + ', '.join(names) + ')' if names else ''}"
+        ) from None
+    chrf = sacrebleu.metrics.CHRF()
     return bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references]), bleu, chrf
 
 
@@ -48,6 +57,8 @@ def evaluate(hypotheses: list[str], references: list[str], tokenize: str = "13a"
 def evaluate_files(hyp: str | Path, ref: str | Path, tokenize: str = "13a") -> dict:
     """Scores of a hypothesis file against a reference file (one sentence a line, same count)."""
     hyps, refs = read_lines(hyp), read_lines(ref)
+    if not hyps and not refs:
+        raise ValueError(f"{hyp} and {ref} are empty: nothing to score")
     if len(hyps) != len(refs):
         raise ValueError(f"{hyp} has {len(hyps)} lines but {ref} has {len(refs)}")
     return evaluate(hyps, refs, tokenize)

@@ -36,7 +36,16 @@ def device(choice: str | torch.device | None = "auto") -> torch.device:
 
     if choice is None or choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+    try:
+        where = torch.device(choice)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {choice!r}: expected auto, cpu, cuda or cuda:N") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        built = "a build without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+        raise ValueError(f"--device {choice}: this PyTorch ({torch.__version__}, {built}) cannot use CUDA; use --device cpu")
+    if where.type == "cuda" and where.index is not None and where.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {choice}: there are {torch.cuda.device_count()} CUDA devices")
+    return where
 
 
 # ---------------------------------------------------------------- precision

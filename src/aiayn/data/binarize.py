@@ -193,6 +193,8 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
         raise ValueError("a train split is needed to learn the vocabulary")
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir} exists; choose another --out or pass --force to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a dataset directory; --force replaces only a directory")
     for name, files in splits.items():  # fail fast, before any work
         for f in files:
             if not Path(f).is_file():
@@ -200,6 +202,11 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
         if len(files) == 2:
             check_line_counts(*files)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed run (SIGKILL, power loss)
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            log(f"removing {stale}, left behind by an interrupted 'aiayn prepare' (process {pid})")
+            shutil.rmtree(stale, ignore_errors=True)
     work = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -312,12 +319,27 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
         raise
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 # ---------------------------------------------------------------- reading a dataset
 def load_meta(directory: str | Path) -> dict:
     path = Path(directory) / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not an aiayn dataset (no meta.json); create one with 'aiayn prepare'")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); prepare the dataset again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object); prepare the dataset again")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory}: dataset format {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
     return meta

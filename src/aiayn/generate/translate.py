@@ -206,6 +206,11 @@ class Translator:
         source subword that layer's encoder-decoder attention (averaged over heads) weighs most.
         `stop` is asked before every decoding step; True raises generate.search.SearchCancelled (the
         server uses it to give up on a batch whose callers have all gone)."""
+        n_layers = len(self.models[0].decoder_layers)
+        if alignment_layer is not None and not -n_layers <= alignment_layer < n_layers:
+            raise ValueError(
+                f"alignment layer {alignment_layer}: the model has {n_layers} decoder layers (0 to {n_layers - 1}, or -1 for the last)"
+            )
         ids = self.encode(texts)
         out: list[Translation | None] = [None] * len(texts)
         for i, seq in enumerate(ids):

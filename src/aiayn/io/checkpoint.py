@@ -12,10 +12,12 @@ leaves a half-written checkpoint under a real name.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -48,13 +50,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException as e:
         try:
             tmp.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
-        if isinstance(e, OSError):
-            raise CheckpointError(
-                f"could not write {path}: {e.strerror or e} (is the disk full?); the previous checkpoint is intact"
-            ) from e
-        raise
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        if not path.parent.is_dir():
+            raise CheckpointError(f"could not write {path}: the directory {path.parent} does not exist") from e
+        # whatever library raised it (OSError, safetensors' SafetensorError, torch's "unexpected pos ..."):
+        # say what happened, whether the disk is full, and that the file under the real name is untouched
+        cause = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+        full = (
+            (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(e) or _nearly_full(path.parent)
+        )
+        hint = " (is the disk full?)" if full or isinstance(e, OSError) else ""
+        raise CheckpointError(f"could not write {path}: {cause}{hint}; the previous checkpoint is intact") from e
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < (16 << 20)
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------- weights

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from aiayn import runtime
+from aiayn import runtime, schema
 from aiayn.nn import Block, Dropout, KVCache, Linear, Packing, PositionalEncoding, Stack, TokenEmbedding
 
 
@@ -79,11 +79,39 @@ class TransformerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def check(cls, values: dict, where: str = "") -> None:
+        """Types and ranges of (some of) the fields, before a model is built."""
+        from aiayn.nn import ACTIVATIONS
+
+        S = schema
+        rules = {
+            "src_vocab_size": S.AT_LEAST_1,
+            "tgt_vocab_size": S.AT_LEAST_1,
+            "d_model": S.AT_LEAST_1,
+            "n_heads": S.AT_LEAST_1,
+            "d_ff": S.AT_LEAST_1,
+            "n_encoder_layers": S.AT_LEAST_1,
+            "n_decoder_layers": S.AT_LEAST_1,
+            "dropout": S.PROBABILITY,
+            "attn_dropout": S.PROBABILITY,
+            "activation_dropout": S.PROBABILITY,
+            "activation": S.Rule(choices=tuple(ACTIVATIONS)),
+            "positional": S.Rule(choices=("sinusoidal", "learned")),
+            "positional_layout": S.Rule(choices=("interleaved", "concat")),
+            "max_positions": S.AT_LEAST_1,
+            "layer_norm_eps": S.POSITIVE,
+            "pad_id": S.AT_LEAST_0,
+            "unk_id": S.AT_LEAST_0,
+            "bos_id": S.AT_LEAST_0,
+            "eos_id": S.AT_LEAST_0,
+        }
+        schema.check(cls, values, where, rules, what="model config")
+        if "d_model" in values and "n_heads" in values and values["d_model"] % values["n_heads"]:
+            raise ValueError(f"{where}d_model={values['d_model']} is not divisible by {where}n_heads={values['n_heads']}")
+
+    @classmethod
     def from_dict(cls, values: dict) -> "TransformerConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        cls.check(values)
         return cls(**values)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from aiayn import schema
+
 
 @dataclass
 class TrainConfig:
@@ -59,14 +61,65 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(names))
+        """A config from a dict, every key checked for its type and range (see RULES) before any work."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a training config is a mapping of keys to values, got {values!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown training config keys: {', '.join(unknown)} (see 'aiayn train --help-config')")
+        schema.check(cls, values, rules=RULES, what="training config")
         values = dict(values)
         if "adam_betas" in values:
-            values["adam_betas"] = tuple(values["adam_betas"])
+            betas = values["adam_betas"]
+            if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+                raise ValueError(f"adam_betas: expected two numbers in [0, 1), got {betas!r}")
+            values["adam_betas"] = tuple(betas)
+        check_model_section(values.get("model", {"preset": "base"}))
         return cls(**values)
+
+
+def check_model_section(values) -> None:
+    """The `model` section: a preset name and fields of that preset's config, checked against it."""
+    from aiayn import models
+
+    if not isinstance(values, dict):
+        raise ValueError(f"model: expected a mapping (e.g. {{preset: tiny, dropout: 0.2}}), got {values!r}")
+    values = dict(values)
+    preset = values.pop("preset", "base")
+    if preset not in models.PRESETS:
+        raise ValueError(f"model.preset: unknown preset {preset!r}; choose one of {', '.join(models.PRESETS)}")
+    models.architecture(models.PRESETS[preset][0]).config.check(values, where="model.")
+
+
+S = schema
+RULES = {
+    "max_tokens": S.AT_LEAST_1,
+    "update_freq": S.AT_LEAST_1,
+    "max_sentences": S.AT_LEAST_0,
+    "adam_eps": S.POSITIVE,
+    "weight_decay": S.AT_LEAST_0,
+    "lr_schedule": S.Rule(choices=("paper", "inverse_sqrt")),
+    "lr_scale": S.POSITIVE,
+    "lr": S.AT_LEAST_0,
+    "warmup_steps": S.AT_LEAST_1,
+    "clip_norm": S.AT_LEAST_0,
+    "label_smoothing": S.PROBABILITY,
+    "max_updates": S.AT_LEAST_0,
+    "max_epochs": S.AT_LEAST_0,
+    "max_time": S.AT_LEAST_0,
+    "save_every": S.AT_LEAST_0,
+    "keep_last": S.AT_LEAST_0,
+    "validate_every": S.AT_LEAST_0,
+    "valid_beam": S.AT_LEAST_1,
+    "valid_max_sentences": S.AT_LEAST_0,
+    "patience": S.AT_LEAST_0,
+    "precision": S.Rule(choices=("auto", "fp32", "bf16", "fp16")),
+    "threads": S.AT_LEAST_0,
+    "num_workers": S.AT_LEAST_0,
+    "max_nonfinite": S.AT_LEAST_1,
+    "log_every": S.AT_LEAST_1,
+}
 
 
 def named_configs() -> list[str]:
@@ -84,7 +137,12 @@ def _read_yaml(name_or_path: str) -> dict:
         if not source.is_file():
             raise ValueError(f"unknown config {name_or_path!r}: use one of {', '.join(named_configs())} or a YAML file")
         text = source.read_text()
-    values = yaml.safe_load(text) or {}
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{name_or_path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{name_or_path}: a config is a YAML mapping of keys to values")
     return values

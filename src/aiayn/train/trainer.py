@@ -132,6 +132,12 @@ class Trainer:
         self._writer = None
 
     # ------------------------------------------------------------ state
+    def _last_good(self) -> str:
+        done = [step for step, _ in list_checkpoints(self.run_dir) if step_paths(self.run_dir, step)[1].is_file()]
+        if not done:
+            return "no checkpoint of this run is complete yet"
+        return f"the last good checkpoint is {step_paths(self.run_dir, done[-1])[0]} (continue with --resume once there is room)"
+
     def _resumed_model_config(self, checkpoints):
         """The run's own model, as its latest checkpoint records it. A model section that asks for
         another one is refused, unless it is the one the run started with (then only a preset's
@@ -193,7 +199,10 @@ class Trainer:
         weights, state_path = step_paths(self.run_dir, self.step)
         if self.world.is_main:
             extra = {"step": self.step, "epoch": self.epoch, "data": str(self.data_dir), "precision": self.precision}
-            save_model(weights, self.model, self.task.assets(), extra, self.task.name)
+            try:
+                save_model(weights, self.model, self.task.assets(), extra, self.task.name)
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}; {self._last_good()}") from e
             state = {
                 "step": self.step,
                 "epoch": self.epoch,
@@ -211,7 +220,11 @@ class Trainer:
                 "world_size": self.world.size,
                 "model_config": self.model_config.to_dict(),
             }
-            save_training_state(state_path, state)
+            try:
+                save_training_state(state_path, state)
+            except CheckpointError as e:
+                weights.unlink(missing_ok=True)  # weights without their state are no checkpoint to resume from
+                raise CheckpointError(f"{e}; {self._last_good()}") from e
             for step, _path in list_checkpoints(self.run_dir)[: -self.cfg.keep_last or None] if self.cfg.keep_last else []:
                 for p in step_paths(self.run_dir, step):
                     p.unlink(missing_ok=True)

@@ -1,0 +1,254 @@
+"""Bad input gets one clear line and loses nothing: the cases found by probing the CLI as a hostile
+user would, each reproduced here, and a seeded property-based run over config values."""
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aiayn.io.checkpoint import CheckpointError, atomic_write
+from aiayn.train.config import TrainConfig, load_config
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "aiayn", *map(str, args)], capture_output=True, text=True, timeout=120, **kw)
+
+
+def refused(result, *phrases):
+    """Exit status non-zero, no traceback, and the message names what was wrong."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------- options out of range: refused before any work
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["translate", "--model", "m", "--chunk", "0"], "argument --chunk: expected ≥ 1, got '0'"),  # was: exit 0, nothing written
+        (["translate", "--model", "m", "--max-tokens", "-5"], "argument --max-tokens: expected ≥ 1"),
+        (["translate", "--model", "m", "--max-len-b", "-100"], "argument --max-len-b: expected ≥ 0"),
+        (["translate", "--model", "m", "--alpha", "nan"], "argument --alpha: expected a finite number"),
+        (["translate", "--model", "m", "--top-p", "0"], "argument --top-p: expected > 0 and ≤ 1"),
+        (["translate", "--model", "m", "--beam", "0"], "argument --beam: expected ≥ 1"),
+        (["train", "--data", "d", "--out", "o", "--max-updates", "-1"], "argument --max-updates: expected ≥ 0"),
+        (["train", "--data", "d", "--out", "o", "--save-every", "-1"], "argument --save-every: expected ≥ 0"),
+        (["prepare", "--train-tsv", "t", "--out", "o", "--max-len", "-1"], "argument --max-len: expected ≥ 0"),
+        (["average", "run", "--last", "0", "--out", "a.safetensors"], "argument --last: expected ≥ 1"),
+        (["average", "run", "--last", "-1", "--out", "a.safetensors"], "argument --last: expected ≥ 1"),
+        (["serve", "--model", "m", "--port", "-1"], "argument --port: expected ≥ 0 and ≤ 65535"),
+        (["serve", "--model", "m", "--timeout", "0"], "argument --timeout: expected > 0"),
+    ],
+)
+def test_out_of_range_options_are_refused(args, phrase):
+    refused(run(*args), phrase)
+
+
+# ---------------------------------------------------------------- config values of the wrong type or range
+@pytest.mark.parametrize(
+    "overrides, phrase",
+    [
+        ({"lr": "nan"}, "lr: expected a number, got 'nan'"),
+        ({"lr": float("nan")}, "lr: expected a finite number"),
+        ({"max_tokens": "lots"}, "max_tokens: expected a whole number, got 'lots'"),
+        ({"update_freq": 0}, "update_freq: expected ≥ 1, got 0"),
+        ({"label_smoothing": 1.5}, "label_smoothing: expected ≥ 0 and < 1"),
+        ({"lr_schedule": "cosine"}, "lr_schedule: expected one of paper, inverse_sqrt"),
+        ({"model": [1, 2]}, "model: expected a mapping"),
+        ({"model": {"preset": "tiny", "bogus": 1}}, "unknown model config keys: model.bogus"),
+        ({"model": {"preset": "tiny", "dropout": 1.2}}, "model.dropout: expected ≥ 0 and < 1"),
+        ({"model": {"preset": "huge"}}, "model.preset: unknown preset 'huge'"),
+        ({"model": {"preset": "tiny", "d_model": 100, "n_heads": 3}}, "model.d_model=100 is not divisible by model.n_heads=3"),
+        ({"adam_betas": [0.9]}, "adam_betas: expected two numbers in [0, 1)"),
+        ({"valid_bleu": "yes"}, "valid_bleu: expected true or false"),
+    ],
+)
+def test_bad_config_values_fail_with_the_key(overrides, phrase):
+    with pytest.raises(ValueError) as e:
+        load_config("tiny", overrides)
+    assert phrase in str(e.value)
+
+
+def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_tokens: 2048\nmodel: {preset: tiny\nlr: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml, line \d+, column \d+: not valid YAML"):
+        load_config(str(bad))
+    refused(run("train", "--data", tmp_path, "--out", tmp_path / "o", "--config", bad), "not valid YAML")
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "max_tokens",
+                "update_freq",
+                "lr",
+                "warmup_steps",
+                "label_smoothing",
+                "max_updates",
+                "save_every",
+                "precision",
+                "clip_norm",
+                "valid_bleu",
+                "model",
+                "adam_betas",
+                "bogus",
+            ]
+        ),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-5, 10**6),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.text(max_size=6),
+            st.lists(st.integers(-1, 2), max_size=3),
+            st.dictionaries(
+                st.sampled_from(["preset", "d_model", "dropout", "n_heads", "xyz"]),
+                st.one_of(st.sampled_from(["tiny", "base", "nope"]), st.integers(-2, 600), st.floats(-1, 2)),
+                max_size=3,
+            ),
+        ),
+        max_size=4,
+    )
+)
+def test_any_config_is_accepted_or_refused_with_a_value_error(values):
+    """Property: every dict either makes a config or raises ValueError (never a TypeError or worse)."""
+    try:
+        TrainConfig.from_dict(values)
+    except ValueError:
+        pass
+
+
+# ---------------------------------------------------------------- other errors that were tracebacks
+def test_evaluate_refuses_empty_files_and_unknown_tokenizers(tmp_path):
+    (tmp_path / "a").write_text("")
+    (tmp_path / "b").write_text("")
+    refused(run("evaluate", "--hyp", tmp_path / "a", "--ref", tmp_path / "b"), "are empty: nothing to score")
+    (tmp_path / "c").write_text("hola\n")
+    refused(
+        run("evaluate", "--hyp", tmp_path / "c", "--ref", tmp_path / "c", "--tokenize", "bogus"), "not a sacreBLEU tokenizer (one of 13a"
+    )
+
+
+def test_cuda_on_a_machine_without_it_is_a_clear_error():
+    import torch
+
+    from aiayn import runtime
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="cannot use CUDA; use --device cpu"):
+        runtime.device("cuda")
+    with pytest.raises(ValueError, match="expected auto, cpu, cuda or cuda:N"):
+        runtime.device("gpu0")
+
+
+def test_print_alignment_of_a_layer_the_model_lacks(trained_run, tmp_path):
+    (tmp_path / "in.en").write_text("In the beginning\n")
+    refused(
+        run("translate", "--model", trained_run, "--input", tmp_path / "in.en", "--print-alignment", 99),
+        "alignment layer 99: the model has 2 decoder layers",
+    )
+
+
+def test_a_damaged_meta_json_is_named(small_dataset, tmp_path):
+    import shutil
+
+    from aiayn.data import load_meta
+
+    copy = tmp_path / "data"
+    shutil.copytree(small_dataset, copy)
+    (copy / "meta.json").write_text("{ not json")
+    with pytest.raises(ValueError, match=r"meta\.json is damaged .*prepare the dataset again"):
+        load_meta(copy)
+
+
+def test_prepare_force_onto_a_file_fails_before_any_work(shipped, tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    src, tgt = shipped["train"]
+    refused(run("prepare", "--train-src", src, "--train-tgt", tgt, "--out", target, "--force"), "is a file, not a dataset directory")
+    assert target.read_text() == "keep me"
+
+
+def test_prepare_removes_what_a_killed_run_left(shipped, tmp_path):
+    from aiayn.data import PrepareOptions, prepare
+
+    out = tmp_path / "data"
+    stale = tmp_path / ".data.tmp-999999999"  # no such process
+    stale.mkdir()
+    (stale / "train.src.txt").write_text("half of something\n")
+    alive = tmp_path / f".data.tmp-{os.getpid()}-other"  # not ours to remove: its name has no dead pid
+    alive.mkdir()
+    src, tgt = shipped["train"]
+    messages = []
+    prepare({"train": (src, tgt)}, out, PrepareOptions(vocab_size=1000, workers=1, progress=False), log=messages.append)
+    assert not stale.exists() and alive.exists() and (out / "meta.json").is_file()
+    assert any("left behind by an interrupted 'aiayn prepare'" in m for m in messages)
+
+
+# ---------------------------------------------------------------- writes that fail
+def test_a_write_into_a_missing_directory_says_so(tmp_path):
+    with pytest.raises(CheckpointError, match="the directory .*missing.* does not exist"):
+        atomic_write(tmp_path / "missing" / "a.safetensors", lambda tmp: tmp.write_bytes(b"x"))
+
+
+def test_a_library_error_on_a_full_disk_is_reported_as_one(tmp_path, monkeypatch):
+    """safetensors and torch.save raise their own errors when the disk fills (SafetensorError,
+    'unexpected pos'): they are reported with the path and the cause, and nothing is left."""
+    import aiayn.io.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "_nearly_full", lambda directory: True)
+
+    def write(tmp):
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos 3072 vs 2816")
+
+    with pytest.raises(CheckpointError, match=r"could not write .*a\.pt: \[enforce fail.*unexpected pos.* \(is the disk full\?\)"):
+        atomic_write(tmp_path / "a.pt", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_average_into_a_missing_directory_is_a_clear_error(trained_run, tmp_path):
+    refused(run("average", trained_run, "--last", 2, "--out", tmp_path / "missing" / "a.safetensors"), "does not exist")
+
+
+def test_enospc_names_the_last_good_checkpoint(small_dataset, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from aiayn.train.trainer import Trainer
+
+    cfg = dict(
+        model={"preset": "tiny", "pre_norm": False, "d_model": 32, "d_ff": 64, "n_heads": 2, "n_encoder_layers": 1, "n_decoder_layers": 1},
+        max_tokens=400,
+        lr_schedule="inverse_sqrt",
+        lr=0.003,
+        warmup_steps=5,
+        log_every=1000,
+        validate_every=0,
+        valid_bleu=False,
+        save_every=2,
+        threads=1,
+    )
+    Trainer(TrainConfig.from_dict({**cfg, "max_updates": 2}), small_dataset, tmp_path / "run", log=lambda *a: None, progress=False).train()
+
+    def full(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(CheckpointError, match=r"is the disk full\?.*the last good checkpoint is .*step-00000002\.safetensors"):
+        Trainer(
+            TrainConfig.from_dict({**cfg, "max_updates": 4}),
+            small_dataset,
+            tmp_path / "run",
+            resume=True,
+            log=lambda *a: None,
+            progress=False,
+        ).train()
