@@ -252,3 +252,40 @@ def test_enospc_names_the_last_good_checkpoint(small_dataset, tmp_path, monkeypa
             log=lambda *a: None,
             progress=False,
         ).train()
+
+
+def test_a_dataset_overwritten_with_random_bytes_is_reported_as_damaged(small_dataset, tmp_path):
+    """Random bytes of the right size in a token array: token ids beyond the vocabulary, found at load."""
+    import shutil
+
+    import numpy as np
+
+    from aiayn.data import ParallelDataset
+
+    copy = tmp_path / "data"
+    shutil.copytree(small_dataset, copy)
+    path = copy / "train.tgt.bin"
+    path.write_bytes(np.random.default_rng(0).integers(0, 65535, path.stat().st_size // 2, dtype=np.uint16).tobytes())
+    with pytest.raises(ValueError, match=r"train\.tgt\.bin holds token id \d+, beyond the vocabulary of 1000: the dataset is damaged"):
+        ParallelDataset(copy, "train")
+
+
+def test_a_corpus_of_one_enormous_line_is_explained(tmp_path):
+    """sentencepiece skips lines over its length limit: a text that is one 200 KB line left it nothing."""
+    (tmp_path / "a.en").write_text("word " * 40_000 + "\n")
+    (tmp_path / "a.es").write_text("palabra " * 40_000 + "\n")
+    result = run(
+        "prepare",
+        "--train-src",
+        tmp_path / "a.en",
+        "--train-tgt",
+        tmp_path / "a.es",
+        "--out",
+        tmp_path / "d",
+        "--max-ratio",
+        0,
+        "--workers",
+        1,
+    )
+    refused(result, "skips lines longer than 65,536 bytes", "split long lines")
+    assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".d.tmp-*"))

@@ -328,6 +328,13 @@ def test_clear_error_for_a_missing_file(marian_dir, tmp_path, missing):
         import_marian(tmp_path / "nowhere", tmp_path / "out")
 
 
+def test_a_damaged_model_safetensors_is_a_clear_error(marian_dir, tmp_path):
+    d = broken_copy(marian_dir, tmp_path)
+    (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100])  # truncated
+    with pytest.raises(InteropError, match=r"model\.safetensors is not a readable safetensors file \(truncated or damaged\?\)"):
+        import_marian(d, tmp_path / "out")
+
+
 def test_pytorch_model_bin_is_read_with_weights_only(marian_dir, hf, tmp_path):
     from safetensors.torch import load_file
 

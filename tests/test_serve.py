@@ -577,3 +577,58 @@ def test_cli_serve_runs_and_stops_gracefully_on_sigterm(trained_run):
             proc.wait()
     assert proc.returncode in (0, -signal.SIGTERM), stderr  # uvicorn re-raises the signal once it has shut down
     assert "Application shutdown complete" in stderr and "Traceback" not in stderr
+
+
+def test_gone_clients_heavy_requests_do_not_hold_up_a_light_one(translator, monkeypatch):
+    """Five heavy requests whose clients close their connections (some while queued, some while
+    their batch decodes) are dropped: a one-word request is answered within 2 s, not after the
+    30 s timeout, and the heavy batch stops decoding."""
+    import torch
+
+    step = translator.model.step
+    eos = translator.model.config.eos_id
+
+    def slow_unless_alone(tokens, state, *args, **kw):  # a heavy batch: never ends, 50 ms a step
+        logits = step(tokens, state, *args, **kw)
+        if tokens.size(0) > 1:
+            time.sleep(0.05)
+            logits = logits.clone()
+            logits[:, eos] = -torch.inf
+        return logits
+
+    monkeypatch.setattr(translator.model, "step", slow_unless_alone)
+    app = create_app(translator, ServeSettings(timeout=30))
+    heavy = json.dumps({"texts": SENTENCES[:4], "beam": 1, "max_length": 400}).encode()
+    with LiveServer(app) as server:
+        sockets = []
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(
+                b"POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(heavy), heavy)
+            )
+            sockets.append(s)
+        deadline = time.monotonic() + 10
+        while not httpx.get(f"{server.url}/health").json()["busy"]:  # the first heavy batch is decoding
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for s in sockets:
+            s.close()
+        started = time.monotonic()
+        light = httpx.post(f"{server.url}/v1/translate", json={"texts": ["God"], "beam": 1}, timeout=30)
+        waited = time.monotonic() - started
+        health = httpx.get(f"{server.url}/health").json()
+    assert light.status_code == 200 and waited < 2.0, (light.status_code, waited)
+    assert health["cancelled_batches"] >= 1 and health["queue_depth"] == 0, health
+
+
+def test_a_request_over_the_cost_limit_is_refused(translator):
+    async def main():
+        async with api(translator, max_request_cost=1000) as client:
+            over = await client.post("/v1/translate", json={"texts": SENTENCES[:4], "beam": 16, "max_length": 100})
+            under = await client.post("/v1/translate", json={"texts": SENTENCES[:1], "beam": 2, "max_length": 100})
+            return over, under
+
+    over, under = run(main())
+    assert_error(over, 413, "may cost 6400 beam × output steps")
+    assert under.status_code == 200

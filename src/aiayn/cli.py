@@ -568,6 +568,12 @@ def _add_serve(sub):
     )
     g.add_argument("--max-queue", type=S.int_at_least(1), default=1024, help="requests waiting at once (default 1024; more: 503)")
     g.add_argument(
+        "--max-request-cost",
+        type=S.int_at_least(1),
+        default=65536,
+        help="beam × output cap summed over a request's texts: the decoding work one request may ask for (default 65536; more: 413)",
+    )
+    g.add_argument(
         "--shutdown-timeout", type=S.number(low=0), default=30.0, help="seconds in-flight requests get to finish on shutdown (default 30)"
     )
     p.set_defaults(run=_run_serve)
@@ -587,6 +593,7 @@ def _run_serve(args):
         max_batch_texts=args.max_batch_texts,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
+        max_request_cost=args.max_request_cost,
         shutdown_timeout=args.shutdown_timeout,
     )
     serve(

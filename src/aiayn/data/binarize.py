@@ -31,6 +31,7 @@ from aiayn.data.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
 SIDES = ("src", "tgt")
+MAX_SPM_LINE_BYTES = 1 << 16  # data.tokenizer trains sentencepiece with max_sentence_length=65536
 
 
 @dataclass
@@ -253,6 +254,11 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
                         _sample_lines(train_text[1:], n_train, cap, opts.seed, work), opts.vocab_size, opts.model_type, **kw
                     )
             except RuntimeError as e:
+                if "sentences_.empty()" in str(e) or "sentences_.size()" in str(e):
+                    raise CorpusError(
+                        f"sentencepiece found no line to learn a vocabulary from: it skips lines longer than {MAX_SPM_LINE_BYTES:,} bytes, "
+                        f"and the training text has no shorter non-empty line; split long lines (one sentence a line)"
+                    ) from None
                 raise CorpusError(f"sentencepiece could not learn a vocabulary of {opts.vocab_size}: {e}") from None
             for f in work.glob("*.sample"):
                 f.unlink()
@@ -376,6 +382,12 @@ class ParallelDataset:
                     f"{bin_path} is {bin_path.stat().st_size} bytes, expected {expected}: the dataset is damaged; prepare it again"
                 )
             self.tokens[side] = np.memmap(bin_path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
+            vocab = self.meta["vocab"][side]["size"]
+            if expected and int(self.tokens[side].max()) >= vocab:  # one pass over the array (~10 ms per million tokens)
+                raise ValueError(
+                    f"{bin_path} holds token id {int(self.tokens[side].max())}, beyond the vocabulary of {vocab}: "
+                    f"the dataset is damaged; prepare it again"
+                )
             self.lengths[side] = lengths
             self.offsets[side] = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
         if len(self.lengths["src"]) != len(self.lengths["tgt"]):

@@ -129,7 +129,13 @@ def _read_json(path: Path) -> dict:
 
 
 def _load_hf_weights(directory: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file as load_safetensors
+
+    def load_file(path: str) -> dict[str, Tensor]:
+        try:
+            return load_safetensors(path)
+        except Exception as e:  # safetensors raises its own error type for a damaged file
+            raise InteropError(f"{path} is not a readable safetensors file (truncated or damaged?): {e}") from None
 
     if (directory / "model.safetensors").is_file():
         tensors = load_file(str(directory / "model.safetensors"))

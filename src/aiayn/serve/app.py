@@ -57,6 +57,7 @@ class ServeSettings:
     max_wait_ms: float = 5.0  # how long the oldest waiting request waits for others to join it
     max_queue: int = 1024  # requests waiting at once; more get 503
     max_attention_tokens: int = 200  # source subwords for /v1/attention (its answer grows with the square)
+    max_request_cost: int = 65536  # beam × output cap, summed over a request's texts (the decoding work it may ask for); more: 413
     shutdown_timeout: float = 30.0  # on SIGTERM/SIGINT, how long in-flight requests may take to finish
 
     def __post_init__(self):
@@ -144,6 +145,7 @@ ERRORS = {
     404: "not_found",
     405: "method_not_allowed",
     408: "request_timeout",
+    499: "client_closed",
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
@@ -155,6 +157,39 @@ ERRORS = {
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": ERRORS.get(status, "error"), "message": message, **extra}, status_code=status)
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the answer."""
+
+
+async def _unless_disconnected(work, request: Request, timeout: float):
+    """Await `work` for at most `timeout` seconds, cancelling it (ClientGone) if the client goes first.
+    After the body, the only message a server sends the app is http.disconnect."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()  # cancels the batcher's future: the request leaves the queue, or its batch may stop
+        if watch in done:
+            raise ClientGone()
+        raise asyncio.TimeoutError()
+    finally:
+        watch.cancel()
+
+
+def request_cost(translator: Translator, texts: list[str], key: DecodeKey) -> int:
+    """The decoding work a request may ask for: beam × (each text's output cap), summed over its texts."""
+    options = key.options(translator.options)
+    lengths = [min(len(ids), translator.max_input_len) for ids in translator.src_tok.encode(texts)]
+    return key.beam * sum(options.output_cap(n) for n in lengths)
 
 
 # ---------------------------------------------------------------- body limit
@@ -320,10 +355,17 @@ def create_app(
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)  # uvicorn logs the traceback
         return error(500, "internal server error")
 
-    async def run(work, what: str):
-        """Await model work under the request timeout, mapping failures to clean errors."""
+    async def run(work, what: str, request: Request | None = None):
+        """Await model work under the request timeout, mapping failures to clean errors. With the
+        request, a client that disconnects cancels its work: dropped from the queue while waiting,
+        and its batch stops at the next step once every caller of the batch has gone."""
         try:
-            return await asyncio.wait_for(work, settings.timeout)
+            if request is None:
+                return await asyncio.wait_for(work, settings.timeout)
+            return await _unless_disconnected(work, request, settings.timeout)
+        except ClientGone:
+            log.info("the client of a %s disconnected; its work is dropped", what)
+            raise HTTPException(499, "the client closed the connection") from None
         except asyncio.TimeoutError:
             raise HTTPException(
                 504, f"the {what} took longer than the limit of {settings.timeout:g} s; try fewer or shorter texts"
@@ -345,14 +387,21 @@ def create_app(
 
     # ------------------------------------------------------------ routes
     @app.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True, tags=["translation"])
-    async def translate(req: TranslateRequest) -> TranslateResponse:
+    async def translate(req: TranslateRequest, request: Request) -> TranslateResponse:
         """Translate sentences; the answer has one entry per text, in order."""
         if len(req.texts) > settings.max_texts:
             raise HTTPException(413, f"{len(req.texts)} texts in one request; the limit is {settings.max_texts}")
         for i, text in enumerate(req.texts):
             check_text(i, text)
         key = DecodeKey(beam=req.beam, nbest=req.nbest, alpha=req.length_penalty, max_length=req.max_length)
-        results = await run(batcher.translate(req.texts, key, req.alignment), "translation")
+        cost = request_cost(translator, req.texts, key)
+        if cost > settings.max_request_cost:
+            raise HTTPException(
+                413,
+                f"this request may cost {cost} beam × output steps (beam {req.beam} × each text's output cap, summed); "
+                f"the limit is {settings.max_request_cost}: send fewer or shorter texts, a smaller beam or a max_length",
+            )
+        results = await run(batcher.translate(req.texts, key, req.alignment), "translation", request)
         return TranslateResponse(translations=[_translation_out(translator, tr, req) for tr in results])
 
     @app.post(
