@@ -203,6 +203,7 @@ async def load(url: str, sentences: list[str], clients: int, seconds: float, max
         "seconds": round(elapsed, 3),
         "requests_per_s": round(len(latencies) / elapsed, 2),
         "p50_ms": round(pct(50), 1),
+        "p95_ms": round(pct(95), 1),
         "p99_ms": round(pct(99), 1),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
         "batches": batches,

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, TypeVar
 
+from aiayn import runtime
 from aiayn.generate.search import SearchCancelled
 from aiayn.generate.translate import SearchOptions, Translation, Translator
 
@@ -102,6 +103,7 @@ class Batcher:
         self._arrived: asyncio.Event | None = None
         self._closing = False
         self._busy = False
+        self._trimmed = 0.0
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -210,9 +212,19 @@ class Batcher:
             self._pending = []
             raise
 
+    def _release_memory(self) -> None:
+        """Once the queue is empty, give freed memory back to the OS (at most once a second): the
+        allocator otherwise keeps the peak of the last burst of large batches resident."""
+        now = time.monotonic()
+        if now - self._trimmed > 1.0:
+            self._trimmed = now
+            runtime.release_freed_memory()
+
     async def _serve_batches(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if not self._live() and self.counts["batches"]:
+                self._release_memory()
             while not self._live():
                 if self._closing:
                     return
