@@ -82,7 +82,12 @@ def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path):
     refused(run("train", "--data", tmp_path, "--out", tmp_path / "o", "--config", bad), "not valid YAML")
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("AIAYN_FUZZ_EXAMPLES", 150)),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     st.dictionaries(
         st.sampled_from(
@@ -289,3 +294,32 @@ def test_a_corpus_of_one_enormous_line_is_explained(tmp_path):
     )
     refused(result, "skips lines longer than 65,536 bytes", "split long lines")
     assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".d.tmp-*"))
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 3 MiB tmpfs (needs root and mount(8)); skipped with the reason where the machine has neither."""
+    where = tmp_path / "small"
+    where.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount(8) here to make a small filesystem")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'not root'})")
+    yield where
+    subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def test_training_onto_a_full_disk_says_so_and_leaves_nothing_half_written(small_dataset, small_filesystem):
+    result = run(
+        "train", "--data", small_dataset, "--config", "tiny", "--out", small_filesystem / "run", "--max-updates", 2,
+        "--save-every", 1, "--validate-every", 0, "--valid-bleu", "false", "--model.d-model", 96, "--model.d-ff", 256,
+    )  # fmt: skip
+    refused(result, "is the disk full?")
+    ckpts = small_filesystem / "run" / "checkpoints"
+    assert not [p for p in ckpts.rglob("*") if ".tmp-" in p.name]
+    for weights in ckpts.glob("step-*.safetensors"):  # whatever is there under a real name is whole
+        from aiayn.io.checkpoint import read_checkpoint
+
+        read_checkpoint(weights)

@@ -678,7 +678,12 @@ def test_the_translate_endpoint_survives_requests_drawn_from_its_own_schema(tran
     )
     answers = []
 
-    @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=int(os.environ.get("AIAYN_FUZZ_EXAMPLES", 80)),
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(requests)
     def check(payload):
         async def post():
