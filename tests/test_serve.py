@@ -542,7 +542,9 @@ def test_cli_serve_reports_a_bad_model_without_a_traceback(tmp_path):
     bad = subprocess.run(
         [sys.executable, "-m", "aiayn", "serve", "--model", "x", "--max-texts", "0"], capture_output=True, text=True, timeout=120
     )
-    assert bad.returncode == 2 and "max_texts must be positive" in bad.stderr
+    assert bad.returncode == 2 and "argument --max-texts: expected ≥ 1, got '0'" in bad.stderr and "Traceback" not in bad.stderr
+    with pytest.raises(ValueError, match="max_texts must be positive"):  # the settings check it too (Python callers)
+        ServeSettings(max_texts=0)
 
 
 @pytest.mark.slow
