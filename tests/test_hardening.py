@@ -323,3 +323,36 @@ def test_training_onto_a_full_disk_says_so_and_leaves_nothing_half_written(small
         from aiayn.io.checkpoint import read_checkpoint
 
         read_checkpoint(weights)
+
+
+def fill(where, leave: int = 64 << 10):
+    """Fill a small filesystem but for `leave` bytes (one file, "filler")."""
+    import shutil
+
+    free = shutil.disk_usage(where).free
+    with open(where / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+    return where / "filler"
+
+
+def test_translation_and_export_onto_a_full_disk_leave_nothing_half_written(trained_run, small_filesystem, tmp_path):
+    filler = fill(small_filesystem)
+    text = tmp_path / "in.en"
+    text.write_text("In the beginning God created the heavens and the earth.\n" * 3000)  # ~150 KB of output: more than is left
+    refused(
+        run("translate", "--model", trained_run, "--input", text, "--output", small_filesystem / "out.es", "--beam", 1), "is the disk full?"
+    )
+    assert list(small_filesystem.iterdir()) == [filler]  # neither a partial file nor a temporary one
+    for fmt in ("hf", "ctranslate2"):
+        refused(run("export", trained_run, "--format", fmt, "--out", small_filesystem / fmt), f"could not write {small_filesystem / fmt}")
+        assert list(small_filesystem.iterdir()) == [filler]
+
+
+def test_prepare_onto_a_full_disk_says_so(shipped, small_filesystem):
+    filler = fill(small_filesystem)
+    src, tgt = shipped["train"]
+    result = run(
+        "prepare", "--train-src", src, "--train-tgt", tgt, "--out", small_filesystem / "data", "--workers", 1, "--vocab-size", 1000
+    )
+    refused(result, "is the disk full?")
+    assert list(small_filesystem.iterdir()) == [filler]

@@ -346,7 +346,11 @@ def _run_translate(args):
     import time
 
     translator = _ctranslate2_translator(args) if args.engine == "ctranslate2" else _translator(args, args.model)
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    output = None if args.output == "-" else Path(args.output)
+    if output is not None and not output.parent.is_dir():
+        raise UserError(f"--output {output}: the directory {output.parent} does not exist")
+    tmp = None if output is None else output.with_name(f".{output.name}.tmp-{os.getpid()}")  # renamed into place once whole
+    out = sys.stdout if output is None else open(tmp, "w", encoding="utf-8")
     chunk = 1 if args.input == "-" and sys.stdin.isatty() else args.chunk
     hyps, started, n_tokens = [], time.time(), 0
     lines = _read_input(args.input)
@@ -367,9 +371,21 @@ def _run_translate(args):
                 out.write("\t".join(fields) + "\n")
                 hyps.append(tr.text)
             out.flush()
+        if out is not sys.stdout:
+            out.close()
+            os.replace(tmp, output)
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG):
+            raise  # not a failed write (e.g. a missing --input): reported as it is
+        full = " (is the disk full?)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise UserError(f"could not write {output or 'the output'}: {e.strerror or e}{full}; {output or 'it'} was left as it was") from None
     finally:
         if out is not sys.stdout:
             out.close()
+            if tmp.exists():
+                tmp.unlink()
     seconds = time.time() - started
     print(
         f"translated {len(hyps)} lines, {n_tokens} subwords in {seconds:.1f}s ({n_tokens / max(seconds, 1e-9):.0f} subwords/s)",

@@ -14,6 +14,7 @@ interrupted run never leaves something that looks like a dataset.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -320,8 +321,12 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
             shutil.rmtree(out_dir)
         os.replace(work, out_dir)
         return meta
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CorpusError(
+                f"could not write the dataset {out_dir}: {e.strerror} (is the disk full?); nothing was left under that name"
+            ) from e
         raise
 
 

@@ -171,7 +171,6 @@ def export_ctranslate2(model_path: str | Path, out: str | Path, quantization: st
 
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r} (one of {', '.join(QUANTIZATIONS)})")
-    out = export_directory(out, force)
     ckpt = read_checkpoint(resolve_model_path(model_path))
     model = ckpt.build()
     spec = transformer_spec(model, ckpt.tokenizers)
@@ -180,11 +179,11 @@ def export_ctranslate2(model_path: str | Path, out: str | Path, quantization: st
         def _load(self):
             return spec
 
-    _AiaynConverter().convert(str(out), quantization=quantization, force=True)
-    _write_tokenizers(
-        out, model, ckpt.tokenizers, {**ckpt.extra, "exported_from": str(ckpt.path), "quantization": quantization or "float32"}
-    )
-    return out
+    with export_directory(out, force) as tmp:
+        _AiaynConverter().convert(str(tmp), quantization=quantization, force=True)
+        extra = {**ckpt.extra, "exported_from": str(ckpt.path), "quantization": quantization or "float32"}
+        _write_tokenizers(tmp, model, ckpt.tokenizers, extra)
+    return Path(out)
 
 
 def load_tokenizers(model_dir: str | Path) -> tuple[tuple[Tokenizer, Tokenizer], dict]:

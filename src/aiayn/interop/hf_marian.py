@@ -507,11 +507,10 @@ def export_marian(model_path: str | Path, out: str | Path, force: bool = False) 
     """`aiayn export MODEL --format hf --out OUT`: a directory MarianMTModel / MarianTokenizer load."""
     from aiayn.io.checkpoint import read_checkpoint, resolve_model_path
 
-    out = export_directory(out, force)
     ckpt = read_checkpoint(resolve_model_path(model_path))
     model = ckpt.build()
     hf = to_marian_model(model, ckpt.extra)
-    out.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(out)
-    write_marian_tokenizer(out, ckpt.tokenizers)
-    return out
+    with export_directory(out, force) as tmp:
+        hf.save_pretrained(tmp)
+        write_marian_tokenizer(tmp, ckpt.tokenizers)
+    return Path(out)
