@@ -53,7 +53,7 @@ def test_out_of_range_options_are_refused(args, phrase):
 @pytest.mark.parametrize(
     "overrides, phrase",
     [
-        ({"lr": "nan"}, "lr: expected a number, got 'nan'"),
+        ({"lr": "nan"}, "lr: expected a finite number, got nan"),
         ({"lr": float("nan")}, "lr: expected a finite number"),
         ({"max_tokens": "lots"}, "max_tokens: expected a whole number, got 'lots'"),
         ({"update_freq": 0}, "update_freq: expected ≥ 1, got 0"),
@@ -72,6 +72,13 @@ def test_bad_config_values_fail_with_the_key(overrides, phrase):
     with pytest.raises(ValueError) as e:
         load_config("tiny", overrides)
     assert phrase in str(e.value)
+
+
+def test_null_means_the_default_and_1e_3_is_a_number():
+    cfg = TrainConfig.from_dict({"max_updates": None, "device": None, "lr": "1e-3", "adam_eps": "1e-9", "model": {"preset": "tiny"}})
+    assert (cfg.max_updates, cfg.device, cfg.lr, cfg.adam_eps) == (0, "auto", 1e-3, 1e-9)
+    with pytest.raises(ValueError, match="d_model=128 is not divisible by n_heads=3"):
+        TrainConfig.from_dict({"model": {"preset": "tiny", "n_heads": 3}})  # checked against the preset's d_model
 
 
 def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path):
@@ -187,7 +194,11 @@ def test_prepare_removes_what_a_killed_run_left(shipped, tmp_path):
     from aiayn.data import PrepareOptions, prepare
 
     out = tmp_path / "data"
-    stale = tmp_path / ".data.tmp-999999999"  # no such process
+    import socket
+
+    stale = tmp_path / f".data.tmp-{socket.gethostname()}-999999999"  # no such process on this host
+    elsewhere = tmp_path / ".data.tmp-another-host-999999999"  # another machine's: not ours to judge
+    elsewhere.mkdir()
     stale.mkdir()
     (stale / "train.src.txt").write_text("half of something\n")
     alive = tmp_path / f".data.tmp-{os.getpid()}-other"  # not ours to remove: its name has no dead pid
@@ -195,7 +206,7 @@ def test_prepare_removes_what_a_killed_run_left(shipped, tmp_path):
     src, tgt = shipped["train"]
     messages = []
     prepare({"train": (src, tgt)}, out, PrepareOptions(vocab_size=1000, workers=1, progress=False), log=messages.append)
-    assert not stale.exists() and alive.exists() and (out / "meta.json").is_file()
+    assert not stale.exists() and alive.exists() and elsewhere.exists() and (out / "meta.json").is_file()
     assert any("left behind by an interrupted 'aiayn prepare'" in m for m in messages)
 
 
@@ -335,14 +346,17 @@ def fill(where, leave: int = 64 << 10):
     return where / "filler"
 
 
-def test_translation_and_export_onto_a_full_disk_leave_nothing_half_written(trained_run, small_filesystem, tmp_path):
+def test_translation_and_export_onto_a_full_disk_say_so(trained_run, small_filesystem, tmp_path):
+    """translate streams its output: a full disk is reported with the path and how many translations
+    it holds. An export is written aside and renamed: it leaves nothing."""
     filler = fill(small_filesystem)
     text = tmp_path / "in.en"
     text.write_text("In the beginning God created the heavens and the earth.\n" * 3000)  # ~150 KB of output: more than is left
-    refused(
-        run("translate", "--model", trained_run, "--input", text, "--output", small_filesystem / "out.es", "--beam", 1), "is the disk full?"
-    )
-    assert list(small_filesystem.iterdir()) == [filler]  # neither a partial file nor a temporary one
+    out = small_filesystem / "out.es"
+    result = run("translate", "--model", trained_run, "--input", text, "--output", out, "--beam", 1)
+    refused(result, f"could not write {out}", "is the disk full?", "it holds the first")
+    assert sorted(small_filesystem.iterdir()) == sorted([filler, out])
+    out.unlink()
     for fmt in ("hf", "ctranslate2"):
         refused(run("export", trained_run, "--format", fmt, "--out", small_filesystem / fmt), f"could not write {small_filesystem / fmt}")
         assert list(small_filesystem.iterdir()) == [filler]

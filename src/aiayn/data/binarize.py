@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
@@ -204,12 +205,13 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
         if len(files) == 2:
             check_line_counts(*files)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed run (SIGKILL, power loss)
+    host = socket.gethostname()
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-{host}-*"):  # left by a killed run on this host (SIGKILL, power loss)
         pid = stale.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _process_alive(int(pid)):
             log(f"removing {stale}, left behind by an interrupted 'aiayn prepare' (process {pid})")
             shutil.rmtree(stale, ignore_errors=True)
-    work = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    work = out_dir.parent / f".{out_dir.name}.tmp-{host}-{os.getpid()}"  # the host: other machines may share the disk
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     started = time.time()
@@ -388,7 +390,7 @@ class ParallelDataset:
                 )
             self.tokens[side] = np.memmap(bin_path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
             vocab = self.meta["vocab"][side]["size"]
-            if expected and int(self.tokens[side].max()) >= vocab:  # one pass over the array (~10 ms per million tokens)
+            if expected and (int(self.tokens[side].max()) >= vocab or int(self.tokens[side].min()) < 0):  # a pass over the array
                 raise ValueError(
                     f"{bin_path} holds token id {int(self.tokens[side].max())}, beyond the vocabulary of {vocab}: "
                     f"the dataset is damaged; prepare it again"

@@ -62,7 +62,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         full = (
             (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(e) or _nearly_full(path.parent)
         )
-        hint = " (is the disk full?)" if full or isinstance(e, OSError) else ""
+        hint = " (is the disk full?)" if full else ""
         raise CheckpointError(f"could not write {path}: {cause}{hint}; the previous checkpoint is intact") from e
 
 

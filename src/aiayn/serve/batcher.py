@@ -212,19 +212,20 @@ class Batcher:
             self._pending = []
             raise
 
-    def _release_memory(self) -> None:
-        """Once the queue is empty, give freed memory back to the OS (at most once a second): the
-        allocator otherwise keeps the peak of the last burst of large batches resident."""
+    async def _release_memory(self) -> None:
+        """Once the queue is empty, give freed memory back to the OS (at most once a second, on the
+        idle model thread, not the event loop): the allocator otherwise keeps the peak of the last
+        burst of large batches resident."""
         now = time.monotonic()
         if now - self._trimmed > 1.0:
             self._trimmed = now
-            runtime.release_freed_memory()
+            await asyncio.get_running_loop().run_in_executor(self._executor, runtime.release_freed_memory)
 
     async def _serve_batches(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._live() and self.counts["batches"]:
-                self._release_memory()
+                await self._release_memory()
             while not self._live():
                 if self._closing:
                     return

@@ -68,8 +68,11 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown training config keys: {', '.join(unknown)} (see 'aiayn train --help-config')")
+        floats = {f.name for f in dataclasses.fields(cls) if f.type == "float"}
+        values = {  # null means the default (as it always has: "off", "auto"); 1e-3 is a number (YAML 1.1 reads it as text)
+            k: (_as_float(v) if k in floats else v) for k, v in values.items() if v is not None
+        }
         schema.check(cls, values, rules=RULES, what="training config")
-        values = dict(values)
         if "adam_betas" in values:
             betas = values["adam_betas"]
             if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
@@ -77,6 +80,15 @@ class TrainConfig:
             values["adam_betas"] = tuple(betas)
         check_model_section(values.get("model", {"preset": "base"}))
         return cls(**values)
+
+
+def _as_float(value):
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def check_model_section(values) -> None:
@@ -89,7 +101,11 @@ def check_model_section(values) -> None:
     preset = values.pop("preset", "base")
     if preset not in models.PRESETS:
         raise ValueError(f"model.preset: unknown preset {preset!r}; choose one of {', '.join(models.PRESETS)}")
-    models.architecture(models.PRESETS[preset][0]).config.check(values, where="model.")
+    arch, defaults = models.PRESETS[preset]
+    models.architecture(arch).config.check(values, where="model.")
+    d_model, n_heads = values.get("d_model", defaults.get("d_model")), values.get("n_heads", defaults.get("n_heads"))
+    if isinstance(d_model, int) and isinstance(n_heads, int) and n_heads > 0 and d_model % n_heads:
+        raise ValueError(f"model: d_model={d_model} is not divisible by n_heads={n_heads}")
 
 
 S = schema
@@ -115,6 +131,7 @@ RULES = {
     "valid_max_sentences": S.AT_LEAST_0,
     "patience": S.AT_LEAST_0,
     "precision": S.Rule(choices=("auto", "fp32", "bf16", "fp16")),
+    "seed": S.AT_LEAST_0,
     "threads": S.AT_LEAST_0,
     "num_workers": S.AT_LEAST_0,
     "max_nonfinite": S.AT_LEAST_1,
