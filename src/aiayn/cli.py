@@ -342,8 +342,10 @@ def _read_input(path: str):
 
 
 def _write_failed(e: OSError, output, written: int) -> UserError:
-    full = " (is the disk full?)" if e.errno in (28, 122) else ""
-    return UserError(f"could not write {output or 'the output'}: {e.strerror or e}{full}; it holds the first {written} translations")
+    from aiayn.io.checkpoint import cause_of, disk_full
+
+    full = " (is the disk full?)" if disk_full(e) else ""
+    return UserError(f"could not write {output or 'the output'}: {cause_of(e)}{full}; it holds the first {written} translations")
 
 
 def _run_translate(args):

@@ -94,14 +94,19 @@ def check_value(name: str, value, annotation, rule: Rule | None, where: str) -> 
         raise ValueError(f"{where}{name}: expected {rule.describe()}, got {value!r}")
 
 
-def check(cls, values, where: str = "", rules: dict[str, Rule] | None = None, what: str = "config") -> None:
-    """Check a dict of values for the dataclass `cls`; `where` prefixes each message (e.g. "model.")."""
+def check_keys(cls, values, where: str = "", what: str = "config", hint: str = "") -> None:
+    """`values` is a mapping whose keys are all fields of the dataclass `cls`."""
     if not isinstance(values, dict):
         raise ValueError(f"{where.rstrip('.') or what}: expected a mapping of keys to values, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ValueError(f"unknown {what} keys: {', '.join(where + k for k in unknown)}")
+        raise ValueError(f"unknown {what} keys: {', '.join(where + k for k in unknown)}{hint}")
+
+
+def check(cls, values, where: str = "", rules: dict[str, Rule] | None = None, what: str = "config") -> None:
+    """Check a dict of values for the dataclass `cls`; `where` prefixes each message (e.g. "model.")."""
+    check_keys(cls, values, where, what)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in values.items():
         check_value(name, value, fields[name].type, (rules or {}).get(name), where)
 

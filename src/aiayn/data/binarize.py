@@ -325,7 +325,7 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
         return meta
     except BaseException as e:
         shutil.rmtree(work, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # io.checkpoint.disk_full, without importing torch
             raise CorpusError(
                 f"could not write the dataset {out_dir}: {e.strerror} (is the disk full?); nothing was left under that name"
             ) from e

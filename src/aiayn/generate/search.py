@@ -64,6 +64,17 @@ def _first_tokens(special: SpecialTokens, prompt: Tensor | None, n: int, rows_pe
     return prompt.to(device).repeat_interleave(rows_per, dim=0)
 
 
+def _constrain(lprobs: Tensor, special: SpecialTokens, before_min_len: bool, at_cap: Tensor) -> Tensor:
+    """What each row may produce next, in place: never padding; no EOS before min_len; only EOS in
+    the rows at their length cap (`at_cap`, [rows]). Returns the EOS column mask [V]."""
+    eos_column = torch.arange(lprobs.size(1), device=lprobs.device) == special.eos
+    lprobs[:, special.pad] = NEG_INF
+    if before_min_len:
+        lprobs[:, special.eos] = NEG_INF
+    lprobs[at_cap] = lprobs[at_cap].masked_fill(~eos_column, NEG_INF)
+    return eos_column
+
+
 @torch.no_grad()
 def greedy_search(
     model,
@@ -133,11 +144,7 @@ def _one_per_sentence(
     for t in range(int(limit.max())):
         _check(stop)
         lprobs = model.step(token, state).float().log_softmax(-1)  # [n, V]
-        lprobs[:, special.pad] = NEG_INF
-        if t < min_len:
-            lprobs[:, special.eos] = NEG_INF
-        at_cap = t + 1 >= limit[active]
-        lprobs[at_cap] = torch.where(torch.arange(lprobs.size(1), device=device) == special.eos, lprobs[at_cap], NEG_INF)
+        _constrain(lprobs, special, t < min_len, t + 1 >= limit[active])
         picked = pick(lprobs)
         out[active, t] = picked
         logprob[active] += lprobs.gather(1, picked[:, None]).squeeze(1).double()
@@ -245,12 +252,8 @@ def beam_search(
         n = active.numel()
         lprobs = model.step(token, state).float().log_softmax(-1)  # [n·K, V]
         V = lprobs.size(1)
-        eos_column = torch.arange(V, device=device) == special.eos
-        lprobs[:, special.pad] = NEG_INF
-        if t < min_len:  # at least min_len tokens before EOS
-            lprobs[:, special.eos] = NEG_INF
-        at_cap = (t + 1 >= limit[active]).repeat_interleave(K)  # the last allowed position: EOS only
-        lprobs[at_cap] = lprobs[at_cap].masked_fill(~eos_column, NEG_INF)
+        at_cap = (t + 1 >= limit[active]).repeat_interleave(K)
+        eos_column = _constrain(lprobs, special, t < min_len, at_cap)
         if stopping == "hf":  # HF's ForcedEOSTokenLogitsProcessor gives the forced EOS log-probability 0
             lprobs[at_cap] = lprobs[at_cap].masked_fill(eos_column, 0.0)
         candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)

@@ -55,14 +55,20 @@ def special_tokens(model) -> SpecialTokens:
     return SpecialTokens(pad=c.pad_id, eos=c.eos_id, start=c.decoder_start_id)
 
 
+def output_cap(source_length: int, max_len_a: float, max_len_b: int) -> int:
+    """§6.1 "maximum output length ... input length + 50": at most a·(source length) + b output
+    tokens, EOS included, and at least 1. The one formula every engine uses."""
+    return max(1, math.floor(max_len_a * source_length) + max_len_b)
+
+
 def max_lengths(model, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
-    """Per sentence: at most a·(source length) + b output tokens, EOS included ([B], long), and no
-    more than the model's learned positions reach."""
-    src_len = src.ne(model.config.pad_id).sum(1) - 1  # without the source EOS
-    limit = (max_len_a * src_len.double()).floor().long() + max_len_b
+    """Per sentence of a source batch: `output_cap` ([B], long), and no more than the model's
+    learned positions reach."""
+    src_len = (src.ne(model.config.pad_id).sum(1) - 1).tolist()  # without the source EOS
+    limit = torch.tensor([output_cap(n, max_len_a, max_len_b) for n in src_len], device=src.device)
     if model.config.positional == "learned":
         limit = limit.clamp(max=model.config.max_positions)
-    return limit.clamp(min=1)
+    return limit
 
 
 @dataclass
@@ -89,8 +95,7 @@ class SearchOptions:
         return dataclasses.replace(self, **overrides)
 
     def output_cap(self, source_length: int) -> int:
-        """At most a·(source length) + b output tokens, EOS included (at least 1)."""
-        return max(1, math.floor(self.max_len_a * source_length) + self.max_len_b)
+        return output_cap(source_length, self.max_len_a, self.max_len_b)
 
 
 class Ensemble(torch.nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 from pathlib import Path
@@ -53,10 +52,11 @@ def export_directory(out: str | Path, force: bool, model: str | Path | None = No
         tmp.rmdir()
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        full = "No space left" in str(e) or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+        from aiayn.io.checkpoint import cause_of, disk_full
+
+        full = disk_full(e)
         if not (isinstance(e, OSError) or full):
             raise  # aiayn's refusals, a converter's own errors: they say what they mean
-        cause = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
         raise ExportError(
-            f"could not write {out}: {cause}{' (is the disk full?)' if full else ''}; nothing was left under that name"
+            f"could not write {out}: {cause_of(e)}{' (is the disk full?)' if full else ''}; nothing was left under that name"
         ) from e

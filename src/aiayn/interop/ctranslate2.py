@@ -38,7 +38,7 @@ import torch
 
 from aiayn.data.tokenizer import Tokenizer
 from aiayn.generate.translate import SearchOptions, Translation, encode_lines
-from aiayn.interop import export_directory, export_target
+from aiayn.interop import export_directory
 from aiayn.interop.weight_names import block_weights
 from aiayn.models import Transformer
 from aiayn.nn import sinusoid_table
@@ -171,16 +171,15 @@ def export_ctranslate2(model_path: str | Path, out: str | Path, quantization: st
 
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r} (one of {', '.join(QUANTIZATIONS)})")
-    export_target(out, force, model_path)  # before any work
-    ckpt = read_checkpoint(resolve_model_path(model_path))
-    model = ckpt.build()
-    spec = transformer_spec(model, ckpt.tokenizers)
+    with export_directory(out, force, model_path) as tmp:  # --out is checked here, before any work
+        ckpt = read_checkpoint(resolve_model_path(model_path))
+        model = ckpt.build()
+        spec = transformer_spec(model, ckpt.tokenizers)
 
-    class _AiaynConverter(ct2.converters.Converter):
-        def _load(self):
-            return spec
+        class _AiaynConverter(ct2.converters.Converter):
+            def _load(self):
+                return spec
 
-    with export_directory(out, force, model_path) as tmp:
         _AiaynConverter().convert(str(tmp), quantization=quantization, force=True)
         extra = {**ckpt.extra, "exported_from": str(ckpt.path), "quantization": quantization or "float32"}
         _write_tokenizers(tmp, model, ckpt.tokenizers, extra)

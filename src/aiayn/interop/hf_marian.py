@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from aiayn.data.tokenizer import Tokenizer
-from aiayn.interop import export_directory, export_target
+from aiayn.interop import export_directory
 from aiayn.interop.weight_names import block_weights
 from aiayn.models import Transformer, TransformerConfig
 from aiayn.nn import ACTIVATIONS, sinusoid_table
@@ -507,11 +507,9 @@ def export_marian(model_path: str | Path, out: str | Path, force: bool = False) 
     """`aiayn export MODEL --format hf --out OUT`: a directory MarianMTModel / MarianTokenizer load."""
     from aiayn.io.checkpoint import read_checkpoint, resolve_model_path
 
-    export_target(out, force, model_path)  # before any work
-    ckpt = read_checkpoint(resolve_model_path(model_path))
-    model = ckpt.build()
-    hf = to_marian_model(model, ckpt.extra)
-    with export_directory(out, force, model_path) as tmp:
+    with export_directory(out, force, model_path) as tmp:  # --out is checked here, before any work
+        ckpt = read_checkpoint(resolve_model_path(model_path))
+        hf = to_marian_model(ckpt.build(), ckpt.extra)
         hf.save_pretrained(tmp)
         write_marian_tokenizer(tmp, ckpt.tokenizers)
     return Path(out)

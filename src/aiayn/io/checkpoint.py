@@ -58,12 +58,21 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
             raise CheckpointError(f"could not write {path}: the directory {path.parent} does not exist") from e
         # whatever library raised it (OSError, safetensors' SafetensorError, torch's "unexpected pos ..."):
         # say what happened, whether the disk is full, and that the file under the real name is untouched
-        cause = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
-        full = (
-            (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(e) or _nearly_full(path.parent)
-        )
-        hint = " (is the disk full?)" if full else ""
-        raise CheckpointError(f"could not write {path}: {cause}{hint}; the previous checkpoint is intact") from e
+        hint = " (is the disk full?)" if disk_full(e, path.parent) else ""
+        raise CheckpointError(f"could not write {path}: {cause_of(e)}{hint}; the previous checkpoint is intact") from e
+
+
+def disk_full(error: BaseException, directory: Path | None = None) -> bool:
+    """Whether a failed write failed for want of space, whatever library raised it (an OSError with
+    ENOSPC/EDQUOT, safetensors' and torch's own errors that say so, or a directory now nearly full)."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left" in str(error) or (directory is not None and _nearly_full(directory))
+
+
+def cause_of(error: BaseException) -> str:
+    """A failed write's cause in a few words: the OS's, else the library's message."""
+    return (error.strerror if isinstance(error, OSError) and error.strerror else str(error)) or type(error).__name__
 
 
 def _nearly_full(directory: Path) -> bool:

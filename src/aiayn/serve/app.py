@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiayn import __version__
 from aiayn.generate.translate import Translation, Translator
-from aiayn.serve.batcher import Batcher, BatcherClosed, DecodeKey, QueueFull
+from aiayn.serve.batcher import Batcher, BatcherClosed, DecodeKey, QueueFull, source_lengths
 
 log = logging.getLogger("aiayn.serve")
 STATIC = Path(__file__).parent / "static"
@@ -186,10 +186,10 @@ async def _unless_disconnected(work, request: Request, timeout: float):
             task.cancel()
 
 
-def request_cost(translator: Translator, texts: list[str], key: DecodeKey) -> int:
-    """The decoding work a request may ask for: beam × (each text's output cap), summed over its texts."""
+def request_cost(translator: Translator, lengths: list[int], key: DecodeKey) -> int:
+    """The decoding work a request may ask for: beam × (each text's output cap), summed over its texts
+    (`lengths`: their source subwords, batcher.source_lengths)."""
     options = key.options(translator.options)
-    lengths = [min(len(ids), translator.max_input_len) for ids in translator.src_tok.encode(texts)]
     return key.beam * sum(options.output_cap(n) for n in lengths)
 
 
@@ -395,14 +395,15 @@ def create_app(
         for i, text in enumerate(req.texts):
             check_text(i, text)
         key = DecodeKey(beam=req.beam, nbest=req.nbest, alpha=req.length_penalty, max_length=req.max_length)
-        cost = request_cost(translator, req.texts, key)
+        lengths = source_lengths(translator, req.texts)  # tokenized once, for the cost and for the batcher
+        cost = request_cost(translator, lengths, key)
         if cost > settings.max_request_cost:
             raise HTTPException(
                 413,
                 f"this request may cost {cost} beam × output steps (beam {req.beam} × each text's output cap, summed); "
                 f"the limit is {settings.max_request_cost}: send fewer or shorter texts, a smaller beam or a max_length",
             )
-        results = await run(batcher.translate(req.texts, key, req.alignment), "translation", request)
+        results = await run(batcher.translate(req.texts, key, req.alignment, lengths), "translation", request)
         return TranslateResponse(translations=[_translation_out(translator, tr, req) for tr in results])
 
     @app.post(

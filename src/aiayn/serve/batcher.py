@@ -58,6 +58,11 @@ class DecodeKey:
         return replace(base, **changes)
 
 
+def source_lengths(translator: Translator, texts: list[str]) -> list[int]:
+    """Each text's source subwords, as the translator will feed them (truncated to its input limit)."""
+    return [min(len(ids), translator.max_input_len) for ids in translator.src_tok.encode(texts)]
+
+
 @dataclass(eq=False)
 class _Request:
     texts: list[str]
@@ -149,15 +154,17 @@ class Batcher:
         }
 
     # ------------------------------------------------------------ requests
-    async def translate(self, texts: list[str], key: DecodeKey = DecodeKey(), alignment: bool = False) -> list[Translation]:
-        """Queue texts for decoding with the given search options; their translations in order."""
+    async def translate(
+        self, texts: list[str], key: DecodeKey = DecodeKey(), alignment: bool = False, lengths: list[int] | None = None
+    ) -> list[Translation]:
+        """Queue texts for decoding with the given search options; their translations in order.
+        `lengths`: their `source_lengths`, where the caller has them already."""
         if not self.running:
             raise BatcherClosed("the server is shutting down")
         if self.queue_depth >= self.max_queue:
             raise QueueFull(f"{self.max_queue} requests are already waiting")
-        tok = self.translator
-        lengths = [min(len(ids), tok.max_input_len) + 1 for ids in tok.src_tok.encode(texts)]
-        request = _Request(texts, key, alignment, sum(lengths) * key.beam, asyncio.get_running_loop().create_future())
+        lengths = lengths if lengths is not None else source_lengths(self.translator, texts)
+        request = _Request(texts, key, alignment, (sum(lengths) + len(lengths)) * key.beam, asyncio.get_running_loop().create_future())
         self._pending.append(request)
         self._arrived.set()
         return await request.future

@@ -62,12 +62,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """A config from a dict, every key checked for its type and range (see RULES) before any work."""
-        if not isinstance(values, dict):
-            raise ValueError(f"a training config is a mapping of keys to values, got {values!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown training config keys: {', '.join(unknown)} (see 'aiayn train --help-config')")
+        schema.check_keys(cls, values, what="training config", hint=" (see 'aiayn train --help-config')")
         floats = {f.name for f in dataclasses.fields(cls) if f.type == "float"}
         values = {  # null means the default (as it always has: "off", "auto"); 1e-3 is a number (YAML 1.1 reads it as text)
             k: (_as_float(v) if k in floats else v) for k, v in values.items() if v is not None

@@ -73,7 +73,6 @@ class Trainer:
 
         # data: the task
         self.task = tasks.for_dataset(self.data_dir)
-        self.valid_data = self.task.valid_data
 
         # run directory
         checkpoints = list_checkpoints(self.run_dir)
@@ -84,6 +83,8 @@ class Trainer:
 
         # model
         torch.manual_seed(cfg.seed)
+        latest = self._latest_complete(checkpoints) if resume else None
+        resumed = read_checkpoint(step_paths(self.run_dir, latest)[0]) if resume else None  # read once: config, then weights
         if init_from:
             ckpt = read_checkpoint(init_from)
             self.task.check_compatible(ckpt, "--init-from")
@@ -93,7 +94,7 @@ class Trainer:
             self.model = models.build(self.architecture, self.model_config)
             load_weights(self.model, ckpt.tensors, str(init_from))
         elif resume:
-            self.architecture, self.model_config = self._resumed_model_config(checkpoints)
+            self.architecture, self.model_config = self._resumed_model_config(resumed)
             self.model = models.build(self.architecture, self.model_config)
         else:
             self.architecture, self.model_config = self.task.model_config(cfg.model)
@@ -121,7 +122,7 @@ class Trainer:
         self.train_seconds = 0.0
         torch.manual_seed(cfg.seed + self.world.rank)  # dropout differs per rank
         if resume:
-            self._restore(self._latest_complete(checkpoints))
+            self._restore(latest, resumed)
         elif self.world.is_main:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         distributed.barrier(self.world)
@@ -138,12 +139,11 @@ class Trainer:
             return "no checkpoint of this run is complete yet"
         return f"the last good checkpoint is {step_paths(self.run_dir, done[-1])[0]} (continue with --resume once there is room)"
 
-    def _resumed_model_config(self, checkpoints):
-        """The run's own model, as its latest checkpoint records it. A model section that asks for
-        another one is refused, unless it is the one the run started with (then only a preset's
+    def _resumed_model_config(self, ckpt):
+        """The run's own model, as its latest checkpoint `ckpt` records it. A model section that asks
+        for another one is refused, unless it is the one the run started with (then only a preset's
         definition changed since, and the run keeps its model)."""
-        weights = step_paths(self.run_dir, self._latest_complete(checkpoints))[0]
-        ckpt = read_checkpoint(weights)
+        weights = ckpt.path
         if self.task.model_config(self.cfg.model)[1] != ckpt.config:
             import yaml
 
@@ -231,7 +231,8 @@ class Trainer:
         distributed.barrier(self.world)
         return weights
 
-    def _restore(self, step: int) -> None:
+    def _restore(self, step: int, ckpt) -> None:
+        """Continue from the run's latest complete checkpoint (update `step`, its weights `ckpt`) and its training state."""
         weights, state_path = step_paths(self.run_dir, step)
         state = load_training_state(state_path)
         if state.get("vocab_sha256") != self.task.vocab_id:
@@ -240,7 +241,6 @@ class Trainer:
             raise CheckpointError(
                 f"--resume: the run had {state.get('world_size')} processes, now {self.world.size}; resume with the same number"
             )
-        ckpt = read_checkpoint(weights)
         load_weights(self.model, {k: v.to(self.device) for k, v in ckpt.tensors.items()}, str(weights))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state["scaler"]:
@@ -448,7 +448,7 @@ class Trainer:
                         self.log(
                             f"update {self.step} epoch {self.epoch + 1}: loss {stats['loss']:.3f} ppl {2 ** stats['nll']:.1f} lr {stats['lr']:.2e} {tps:.0f} tok/s"
                         )
-                if cfg.validate_every and self.step % cfg.validate_every == 0 and self.valid_data is not None:
+                if cfg.validate_every and self.step % cfg.validate_every == 0 and self.task.valid_data is not None:
                     self._validate_and_track()
                     last_valid = self.step
                     window_start = time.time()
@@ -464,7 +464,7 @@ class Trainer:
             bar.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        if self.valid_data is not None and last_valid != self.step and self.stop_reason != "signal":
+        if self.task.valid_data is not None and last_valid != self.step and self.stop_reason != "signal":
             self._validate_and_track()
         self.train_seconds += time.time() - self._session_start
         self._session_start = time.time()
