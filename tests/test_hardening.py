@@ -349,11 +349,13 @@ def fill(where, leave: int = 64 << 10):
 def test_translation_and_export_onto_a_full_disk_say_so(trained_run, small_filesystem, tmp_path):
     """translate streams its output: a full disk is reported with the path and how many translations
     it holds. An export is written aside and renamed: it leaves nothing."""
-    filler = fill(small_filesystem)
+    filler = fill(small_filesystem, leave=16 << 10)
     text = tmp_path / "in.en"
     text.write_text("In the beginning God created the heavens and the earth.\n" * 3000)  # ~150 KB of output: more than is left
     out = small_filesystem / "out.es"
-    result = run("translate", "--model", trained_run, "--input", text, "--output", out, "--beam", 1)
+    result = run(
+        "translate", "--model", trained_run, "--input", text, "--output", out, "--beam", 1, "--chunk", 100
+    )  # fills after ~4 chunks
     refused(result, f"could not write {out}", "is the disk full?", "it holds the first")
     assert sorted(small_filesystem.iterdir()) == sorted([filler, out])
     out.unlink()
