@@ -15,6 +15,9 @@ from aiayn import schema as S
 DESCRIPTION = """\
 aiayn: the Transformer of "Attention Is All You Need", exact and fast.
 
+A language model (GPT):  aiayn prepare --task lm --train-text book.txt --valid-text valid.txt --out lm/
+                          aiayn train --data lm/ --config gpt-tiny --out lm-run/ --max-time 10
+                          aiayn generate --model lm-run/ --prompt "In the beginning"
 A translation model in five steps:
   aiayn prepare --train-src train.en --train-tgt train.es --valid-src valid.en --valid-tgt valid.es --out data/
   aiayn train --data data/ --config small --out run/ --max-time 30
@@ -34,15 +37,25 @@ def _add_prepare(sub):
         "prepare",
         help="check and clean parallel text, learn a sentencepiece vocabulary, binarize",
         description="Check and clean parallel text, learn a sentencepiece vocabulary and write a binarized dataset. "
-        "Give each split as two files (one sentence a line) or one TSV file (source<TAB>target).",
+        "Give each split as two files (one sentence a line) or one TSV file (source<TAB>target). "
+        "With --task lm: plain text for a language model (GPT), --train-text FILE... --valid-text FILE...; "
+        "without text files, the English side of the shipped Bible corpus.",
     )
+    p.add_argument("--task", choices=["translation", "lm"], default="translation", help="translation (default) or lm (a GPT's text)")
     for split in ("train", "valid", "test"):
         p.add_argument(f"--{split}-src", metavar="FILE", help=f"{split} source sentences")
         p.add_argument(f"--{split}-tgt", metavar="FILE", help=f"{split} target sentences")
         p.add_argument(f"--{split}-tsv", metavar="FILE", help=f"{split} pairs as source<TAB>target lines")
+    g = p.add_argument_group("language-model text (--task lm)")
+    for split in ("train", "valid", "test"):
+        g.add_argument(f"--{split}-text", nargs="+", metavar="FILE", help=f"{split} text: UTF-8 files")
+    g.add_argument("--char", action="store_true", help="one token per character instead of a BPE vocabulary")
+    g.add_argument(
+        "--documents", choices=["blank-line", "file"], default="blank-line", help="what a document is: blank-line separated (default), or a whole file"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to create")
     p.add_argument(
-        "--vocab-size", type=S.int_at_least(1), default=8000, help="subword vocabulary size (default 8000; ~37000 for WMT-scale data)"
+        "--vocab-size", type=S.int_at_least(1), default=None, help="subword vocabulary size (default 8000 for translation, ~37000 for WMT-scale data; 4000 for lm)"
     )
     p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type (default bpe)")
     p.add_argument("--separate-vocab", action="store_true", help="one vocabulary per language instead of a joint one")
@@ -74,6 +87,10 @@ def _add_prepare(sub):
 def _run_prepare(args):
     from aiayn.data.binarize import PrepareOptions, prepare
 
+    if args.task == "lm":
+        return _prepare_text(args)
+    if any(getattr(args, f"{s}_text") for s in ("train", "valid", "test")) or args.char:
+        raise UserError("--train-text/--valid-text/--test-text and --char go with --task lm")
     splits = {}
     for split in ("train", "valid", "test"):
         src, tgt, tsv = (getattr(args, f"{split}_{k}") for k in ("src", "tgt", "tsv"))
@@ -88,7 +105,7 @@ def _run_prepare(args):
     if "train" not in splits:
         raise UserError("a training set is needed: --train-src/--train-tgt or --train-tsv")
     opts = PrepareOptions(
-        vocab_size=args.vocab_size,
+        vocab_size=args.vocab_size or 8000,
         model_type=args.model_type,
         joint_vocab=not args.separate_vocab,
         max_len=args.max_len,
@@ -104,6 +121,35 @@ def _run_prepare(args):
     meta = prepare(splits, args.out, opts, force=args.force)
     counts = ", ".join(f"{name} {s['pairs']}" for name, s in meta["splits"].items())
     print(f"wrote {args.out}: {counts} pairs; vocabulary {meta['vocab']['src']['size']} in {meta['seconds']}s")
+
+
+def _prepare_text(args):
+    import tempfile
+
+    from aiayn.data.text import TextOptions, prepare_text
+
+    if any(getattr(args, f"{s}_{k}") for s in ("train", "valid", "test") for k in ("src", "tgt", "tsv")):
+        raise UserError("--task lm takes --train-text/--valid-text/--test-text, not parallel files")
+    opts = TextOptions(
+        vocab_size=args.vocab_size or 4000,
+        char=args.char,
+        documents=args.documents,
+        skip_bad=args.skip_bad,
+        max_spm_sentences=args.max_spm_sentences,
+        seed=args.seed,
+        vocab_from=args.vocab_from,
+        workers=args.workers,
+    )
+    splits = {s: getattr(args, f"{s}_text") for s in ("train", "valid", "test") if getattr(args, f"{s}_text")}
+    with tempfile.TemporaryDirectory() as tmp:
+        if not splits:
+            from aiayn.data.shipped import write_shipped_corpus
+
+            print("no --train-text: using the English side of the shipped Bible corpus (one verse a line)")
+            splits = {name: [en] for name, (en, _es) in write_shipped_corpus(tmp).items()}
+        meta = prepare_text(splits, args.out, opts, force=args.force)
+    counts = ", ".join(f"{name} {s['tokens']}" for name, s in meta["splits"].items())
+    print(f"wrote {args.out}: {counts} tokens; vocabulary {meta['vocab']['size']} ({meta['vocab']['kind']}) in {meta['seconds']}s")
 
 
 def _add_train(sub):
@@ -414,10 +460,90 @@ def _run_translate(args):
         )
 
 
+def _add_generate(sub):
+    p = sub.add_parser(
+        "generate",
+        help="continue text with a language model (GPT): sampling, greedy or beam, streamed",
+        description="Continue a prompt (or each line of --prompts FILE, batched) with a language model trained by "
+        "'aiayn train' on an lm dataset or imported with 'aiayn import-hf'. One prompt streams to the terminal as it is generated.",
+    )
+    p.add_argument("--model", required=True, metavar="MODEL", help="weights file, run directory or model directory")
+    p.add_argument("--prompt", help="the text to continue (default: start a new document)")
+    p.add_argument("--prompts", metavar="FILE", help="one prompt a line (\\n in a line stands for a newline); continuations as JSON lines")
+    p.add_argument("--max-new-tokens", type=S.int_at_least(1), default=200, help="tokens to generate at most (default 200)")
+    p.add_argument("--temperature", type=S.number(low=0), default=0.8, help="softmax temperature (default 0.8; 0 is greedy)")
+    p.add_argument("--top-k", type=S.int_at_least(0), default=0, help="sample from the k most probable tokens (0: off)")
+    p.add_argument("--top-p", type=S.number(low=0, high=1, open_low=True), default=1.0, help="nucleus sampling (default 1: off)")
+    p.add_argument("--min-p", type=S.number(low=0, high=1, open_high=True), default=0.0, help="drop tokens below min-p × the top one's probability")
+    p.add_argument("--repetition-penalty", type=S.number(low=0, open_low=True), default=1.0, help="> 1 makes repeating tokens less likely")
+    p.add_argument("--beam", type=S.int_at_least(1), default=1, help="beam search with this beam (default 1: sample or greedy)")
+    p.add_argument("--stop", action="append", default=[], metavar="STRING", help="end a continuation at this string (repeatable)")
+    p.add_argument("--seed", type=S.int_at_least(0), help="seed for sampling (reproducible output)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--batch-size", type=S.int_at_least(1), default=16, help="prompts generated together (default 16)")
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args):
+    import json
+    import time
+
+    from aiayn.generate.complete import GenerationOptions, Generator
+    from aiayn.io.checkpoint import load_model
+
+    if args.prompt is not None and args.prompts:
+        raise UserError("give --prompt or --prompts, not both")
+    model, ckpt = load_model(args.model)
+    if ckpt.task != "lm":
+        raise UserError(f"{ckpt.path} is a {ckpt.task} model; generate needs a language model (translate a translation model)")
+    gen = Generator(model, ckpt.tokenizer, device=args.device, precision=args.precision)
+    options = GenerationOptions(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        beam=args.beam,
+        stop=tuple(args.stop),
+        seed=args.seed,
+    )
+    started, n_tokens = time.time(), 0
+    if args.prompts:
+        prompts = [line.replace("\\n", "\n") for line in _read_input(args.prompts).read().splitlines()]
+        for i in range(0, len(prompts), args.batch_size):
+            for c in gen.generate(prompts[i : i + args.batch_size], options):
+                n_tokens += len(c.tokens)
+                print(json.dumps({"prompt": c.prompt, "text": c.text, "finish_reason": c.finish_reason}, ensure_ascii=False), flush=True)
+    else:
+        prompt = args.prompt or ""
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+
+        def show(_row: int, text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        (c,) = gen.generate([prompt], options, on_text=show)
+        n_tokens = len(c.tokens)
+        sys.stdout.write("\n")
+    seconds = time.time() - started
+    print(f"generated {n_tokens} tokens in {seconds:.1f}s ({n_tokens / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)
+
+
 def _add_evaluate(sub):
-    p = sub.add_parser("evaluate", help="score translations with sacreBLEU (BLEU, chrF)")
-    p.add_argument("--hyp", required=True, help="translations, one a line")
-    p.add_argument("--ref", required=True, help="references, one a line")
+    p = sub.add_parser(
+        "evaluate",
+        help="score translations with sacreBLEU (BLEU, chrF), or a language model on text (loss, perplexity)",
+        description="--hyp FILE --ref FILE: sacreBLEU's BLEU and chrF. --model MODEL --text FILE: a language model's "
+        "loss (bits per token), perplexity and bits per character on the text.",
+    )
+    p.add_argument("--hyp", help="translations, one a line")
+    p.add_argument("--ref", help="references, one a line")
+    p.add_argument("--model", help="a language model (with --text)")
+    p.add_argument("--text", help="UTF-8 text to score the language model on")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (with --model)")
     p.add_argument("--tokenize", default="13a", help="sacreBLEU tokenizer (default 13a; e.g. intl, zh, ja-mecab, char)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_run_evaluate)
@@ -427,6 +553,23 @@ def _run_evaluate(args):
     import json
 
     from aiayn.evaluate import evaluate_files
+
+    if args.model or args.text:
+        if not (args.model and args.text) or args.hyp or args.ref:
+            raise UserError("a language model is scored with --model MODEL --text FILE (and no --hyp/--ref)")
+        from aiayn.evaluate import evaluate_lm
+
+        result = evaluate_lm(args.model, args.text, args.device)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(
+                f"loss {result['loss']:.4f} bits/token ({result['loss_nats']:.4f} nats)  perplexity {result['perplexity']:.2f}  "
+                f"bits/char {result['bits_per_char']:.4f}  ({result['tokens']} tokens, {result['characters']} characters)"
+            )
+        return
+    if not (args.hyp and args.ref):
+        raise UserError("give --hyp FILE --ref FILE (translations), or --model MODEL --text FILE (a language model)")
 
     result = evaluate_files(args.hyp, args.ref, args.tokenize)
     if args.json:
@@ -644,6 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_average,
         _add_translate,
+        _add_generate,
         _add_evaluate,
         _add_attention,
         _add_plot,

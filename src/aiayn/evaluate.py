@@ -62,3 +62,36 @@ def evaluate_files(hyp: str | Path, ref: str | Path, tokenize: str = "13a") -> d
     if len(hyps) != len(refs):
         raise ValueError(f"{hyp} has {len(hyps)} lines but {ref} has {len(refs)}")
     return evaluate(hyps, refs, tokenize)
+
+
+def evaluate_lm(model_path: str | Path, text_path: str | Path, device: str = "auto") -> dict:
+    """A language model's loss (bits and nats per token), perplexity and bits per character on a
+    text file, read and checked as 'aiayn prepare --task lm' reads text (documents after separators)."""
+    import math
+
+    import numpy as np
+
+    from aiayn import runtime
+    from aiayn.data.text import TextStats, read_documents
+    from aiayn.io.checkpoint import load_model
+    from aiayn.tasks.lm import evaluate_stream
+
+    where = runtime.device(device)
+    model, ckpt = load_model(model_path, where)
+    if ckpt.task != "lm":
+        raise ValueError(f"{ckpt.path} is a {ckpt.task} model; --text scores a language model")
+    tok, eos = ckpt.tokenizer, model.config.eos_id
+    stats, ids = TextStats(), [eos]
+    for doc in read_documents(text_path, stats=stats):
+        ids += tok.encode(["\n".join(doc)])[0] + [eos]
+    if stats.documents == 0:
+        raise ValueError(f"{text_path}: no text to score")
+    result = evaluate_stream(model, np.asarray(ids, dtype=np.int64), where, characters=stats.characters)
+    return {
+        "loss": result["valid_nll"],
+        "loss_nats": result["valid_nll"] * math.log(2),
+        "perplexity": result["valid_ppl"],
+        "bits_per_char": result["valid_bpc"],
+        "tokens": len(ids) - 1,
+        "characters": stats.characters,
+    }

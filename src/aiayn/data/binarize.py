@@ -194,26 +194,14 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
     out_dir = Path(out_dir)
     if "train" not in splits:
         raise ValueError("a train split is needed to learn the vocabulary")
-    if out_dir.exists() and not force:
-        raise FileExistsError(f"{out_dir} exists; choose another --out or pass --force to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} is a file, not a dataset directory; --force replaces only a directory")
+    check_output_dir(out_dir, force)
     for name, files in splits.items():  # fail fast, before any work
         for f in files:
             if not Path(f).is_file():
                 raise FileNotFoundError(f"{name}: no such file {f}")
         if len(files) == 2:
             check_line_counts(*files)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-{host}-*"):  # left by a killed run on this host (SIGKILL, power loss)
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            log(f"removing {stale}, left behind by an interrupted 'aiayn prepare' (process {pid})")
-            shutil.rmtree(stale, ignore_errors=True)
-    work = out_dir.parent / f".{out_dir.name}.tmp-{host}-{os.getpid()}"  # the host: other machines may share the disk
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    work = begin_build(out_dir, log)
     started = time.time()
     try:
         # 1. validate and clean, streaming into text files
@@ -318,18 +306,50 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
             "inputs": inputs,
             "options": {k: v for k, v in asdict(opts).items() if k not in ("workers", "progress")},
         }
-        (work / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        if out_dir.exists():  # --force: replace only now that the new one is complete
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
+        finish_build(work, out_dir, meta)
         return meta
     except BaseException as e:
-        shutil.rmtree(work, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # io.checkpoint.disk_full, without importing torch
-            raise CorpusError(
-                f"could not write the dataset {out_dir}: {e.strerror} (is the disk full?); nothing was left under that name"
-            ) from e
+        abandon_build(work, out_dir, e)
         raise
+
+
+def check_output_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not force:
+        raise FileExistsError(f"{out_dir} exists; choose another --out or pass --force to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a dataset directory; --force replaces only a directory")
+
+
+def begin_build(out_dir: Path, log=print) -> Path:
+    """A fresh temporary sibling directory to build a dataset in (removing those that killed runs on
+    this host left behind); `finish_build` renames it into place, `abandon_build` removes it."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-{host}-*"):  # left by a killed run on this host (SIGKILL, power loss)
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            log(f"removing {stale}, left behind by an interrupted 'aiayn prepare' (process {pid})")
+            shutil.rmtree(stale, ignore_errors=True)
+    work = out_dir.parent / f".{out_dir.name}.tmp-{host}-{os.getpid()}"  # the host: other machines may share the disk
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    return work
+
+
+def finish_build(work: Path, out_dir: Path, meta: dict) -> None:
+    (work / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    if out_dir.exists():  # --force: replace only now that the new one is complete
+        shutil.rmtree(out_dir)
+    os.replace(work, out_dir)
+
+
+def abandon_build(work: Path, out_dir: Path, error: BaseException) -> None:
+    """Remove the temporary directory; a full disk becomes a CorpusError that says so."""
+    shutil.rmtree(work, ignore_errors=True)
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):  # io.checkpoint.disk_full, without importing torch
+        raise CorpusError(
+            f"could not write the dataset {out_dir}: {error.strerror} (is the disk full?); nothing was left under that name"
+        ) from error
 
 
 def _process_alive(pid: int) -> bool:

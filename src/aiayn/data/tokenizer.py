@@ -74,11 +74,13 @@ class Tokenizer:
         normalization: str = "nmt_nfkc",
         seed_sentencepieces: int | None = None,
         threads: int | None = None,
+        **options,
     ) -> "Tokenizer":
         """Learn a vocabulary with sentencepiece's own trainer from text files (one sentence a line).
 
         Byte fallback is on, so characters outside the vocabulary become byte pieces, never <unk>.
-        At most max_sentences lines (a random sample) are read, which bounds memory.
+        At most max_sentences lines (a random sample) are read, which bounds memory. `options` go to
+        sentencepiece's trainer as they are (e.g. user_defined_symbols, add_dummy_prefix).
         """
         import io
 
@@ -102,6 +104,7 @@ class Tokenizer:
             num_threads=threads or os.cpu_count() or 1,
             minloglevel=2,
             **extra,
+            **options,
         )
         return Tokenizer(model.getvalue())
 

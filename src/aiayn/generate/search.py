@@ -75,6 +75,10 @@ def _constrain(lprobs: Tensor, special: SpecialTokens, before_min_len: bool, at_
     return eos_column
 
 
+Adjust = Callable[[Tensor, Tensor, Tensor], Tensor] | None  # (logits [n, V], active rows [n], tokens so far [B, t]) -> logits
+OnStep = Callable[[Tensor, Tensor], Tensor | None] | None  # (active rows [n], their new tokens [n]) -> rows that are done, or None
+
+
 @torch.no_grad()
 def greedy_search(
     model,
@@ -87,9 +91,47 @@ def greedy_search(
     min_len: int = 0,
     prompt: Tensor | None = None,
     stop: Stop = None,
+    eos_at_cap: bool = True,
+    adjust: Adjust = None,
+    on_step: OnStep = None,
 ) -> list[Hypothesis]:
     """Take the most probable token at each step until EOS or the sentence's cap `max_len` ([B], EOS included)."""
-    return _one_per_sentence(model, inputs, special, max_len, alpha, lp_style, min_len, prompt, lambda lprobs: lprobs.argmax(-1), stop)
+    return _one_per_sentence(
+        model, inputs, special, max_len, alpha, lp_style, min_len, prompt, lambda lprobs: lprobs.argmax(-1), stop, eos_at_cap, adjust, on_step
+    )
+
+
+def sampling_filter(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> Tensor:
+    """The logits to draw from: divided by the temperature, then cut (to -inf) outside the top_k
+    tokens, outside the smallest set whose probability reaches top_p (nucleus sampling, Holtzman et
+    al. 2019), and below min_p times the most probable token's probability (Nguyen et al. 2024)."""
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (use greedy search for temperature 0)")
+    logits = logits / temperature
+    if top_k:
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # keep the smallest prefix reaching top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, NEG_INF))
+    if min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, NEG_INF)
+    return logits
+
+
+def repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """Keskar et al. 2019 (CTRL), as Hugging Face applies it: the logit of every token already in
+    the row (`seen` [n, t], ids; negative ids are ignored) is divided by `penalty` where positive,
+    multiplied where negative — less likely either way for penalty > 1."""
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    counts = torch.zeros(logits.shape, dtype=torch.int32, device=logits.device)
+    counts.scatter_add_(1, seen.clamp(min=0), seen.ge(0).int())
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(counts > 0, penalized, logits)
 
 
 @torch.no_grad()
@@ -102,38 +144,35 @@ def sample(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    min_p: float = 0.0,
     generator: torch.Generator | None = None,
     alpha: float = 0.0,
     lp_style: str = "gnmt",
     min_len: int = 0,
     prompt: Tensor | None = None,
     stop: Stop = None,
+    eos_at_cap: bool = True,
+    adjust: Adjust = None,
+    on_step: OnStep = None,
 ) -> list[Hypothesis]:
-    """Draw each token from the model's distribution (softened by temperature, cut to the top_k
-    tokens and/or the smallest set with probability ≥ top_p). The log-probabilities reported are
-    the model's own (before temperature and cuts)."""
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0 (use greedy search for temperature 0)")
+    """Draw each token from the model's distribution, filtered by `sampling_filter`. The
+    log-probabilities reported are the model's own (before temperature and cuts)."""
+    sampling_filter(torch.zeros(1, 1), temperature)  # checks the temperature before any work
 
     def pick(lprobs: Tensor) -> Tensor:
-        logits = lprobs / temperature
-        if top_k:
-            kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, NEG_INF)
-        if top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            cumulative = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
-            logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, NEG_INF))
+        logits = sampling_filter(lprobs, temperature, top_k, top_p, min_p)
         return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
-    return _one_per_sentence(model, inputs, special, max_len, alpha, lp_style, min_len, prompt, pick, stop)
+    return _one_per_sentence(model, inputs, special, max_len, alpha, lp_style, min_len, prompt, pick, stop, eos_at_cap, adjust, on_step)
 
 
 def _one_per_sentence(
-    model, inputs, special: SpecialTokens, limit: Tensor, alpha, lp_style, min_len, prompt, pick, stop: Stop = None
+    model, inputs, special: SpecialTokens, limit: Tensor, alpha, lp_style, min_len, prompt, pick, stop: Stop = None,
+    eos_at_cap: bool = True, adjust: Adjust = None, on_step: OnStep = None,
 ) -> list[Hypothesis]:
-    """Greedy search and sampling: one hypothesis per sentence, extended by `pick` (argmax or a draw) until EOS."""
+    """Greedy search and sampling: one hypothesis per sentence, extended by `pick` (argmax or a draw)
+    until EOS, or until its cap (where EOS is forced, unless eos_at_cap=False: a language model's
+    text just stops there), or until `on_step` says the row is done."""
     B, device = limit.size(0), limit.device
     state = model.start(inputs)
     active = torch.arange(B, device=device)
@@ -141,14 +180,23 @@ def _one_per_sentence(
     out = torch.full((B, int(limit.max())), special.pad, dtype=torch.long, device=device)
     logprob = torch.zeros(B, dtype=torch.float64, device=device)
     length = torch.zeros(B, dtype=torch.long, device=device)
+    ended = torch.zeros(B, dtype=torch.bool, device=device)  # by EOS (which the hypothesis leaves out)
     for t in range(int(limit.max())):
         _check(stop)
-        lprobs = model.step(token, state).float().log_softmax(-1)  # [n, V]
-        _constrain(lprobs, special, t < min_len, t + 1 >= limit[active])
+        logits = model.step(token, state).float()  # [n, V]
+        if adjust is not None:
+            logits = adjust(logits, active, out[:, :t])
+        lprobs = logits.log_softmax(-1)
+        at_cap = t + 1 >= limit[active]
+        _constrain(lprobs, special, t < min_len, at_cap if eos_at_cap else torch.zeros_like(at_cap))
         picked = pick(lprobs)
         out[active, t] = picked
         logprob[active] += lprobs.gather(1, picked[:, None]).squeeze(1).double()
-        done = picked.eq(special.eos)
+        is_eos = picked.eq(special.eos)
+        ended[active[is_eos]] = True
+        done = is_eos | at_cap
+        if on_step is not None and (more := on_step(active, picked)) is not None:
+            done |= more
         length[active[done]] = t + 1
         token = picked[:, None]
         if done.any():
@@ -158,7 +206,9 @@ def _one_per_sentence(
                 break
             state.select(keep)
     lp = length_penalty(length.double(), alpha, lp_style)
-    return [Hypothesis(out[i, : length[i] - 1].tolist(), (logprob[i] / lp[i]).item(), logprob[i].item()) for i in range(B)]
+    return [
+        Hypothesis(out[i, : length[i] - int(ended[i])].tolist(), (logprob[i] / lp[i]).item(), logprob[i].item()) for i in range(B)
+    ]
 
 
 STOPPING = {False: "exact", True: "nbest", "exact": "exact", "nbest": "nbest", "beam": "beam", "hf": "hf"}

@@ -156,6 +156,15 @@ class Checkpoint:
             raise CheckpointError(f"{self.path} is a {self.task} model, not a translation model")
         return tokenizers_from_assets(self.assets, str(self.path))
 
+    @functools.cached_property
+    def tokenizer(self):
+        """The vocabulary of a language model (a sentencepiece, character or Hugging Face tokenizer)."""
+        from aiayn.data.text import lm_tokenizer_from_assets
+
+        if self.task != "lm":
+            raise CheckpointError(f"{self.path} is a {self.task} model, not a language model")
+        return lm_tokenizer_from_assets(self.assets, str(self.path))
+
     @property
     def src_tokenizer(self):
         return self.tokenizers[0]
@@ -209,6 +218,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     ckpt = Checkpoint(path, arch, config, tensors, task, assets, extra)
     if task == "translation":
         ckpt.tokenizers  # decoded now, so that damaged assets are refused with the file's name  # noqa: B018
+    elif task == "lm":
+        ckpt.tokenizer  # noqa: B018
     return ckpt
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from aiayn.models.gpt import GPT, GPTConfig, GPTState
 from aiayn.models.presets import PRESETS
 from aiayn.models.seq2seq import EncoderOut, Seq2SeqState, Transformer, TransformerConfig
 
@@ -25,6 +26,7 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "transformer": Architecture("transformer", TransformerConfig, Transformer, "translation"),
+    "gpt": Architecture("gpt", GPTConfig, GPT, "lm"),
 }
 
 
@@ -63,6 +65,9 @@ __all__ = [
     "PRESETS",
     "Architecture",
     "EncoderOut",
+    "GPT",
+    "GPTConfig",
+    "GPTState",
     "Seq2SeqState",
     "Transformer",
     "TransformerConfig",

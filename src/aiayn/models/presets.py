@@ -12,4 +12,9 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # stable at the high learning rates of short runs (post-norm stalled at 2e-3 on the Bible valid set).
     "small": ("transformer", dict(d_model=256, n_heads=4, d_ff=1024, n_encoder_layers=4, n_decoder_layers=4, dropout=0.1, pre_norm=True)),
     "tiny": ("transformer", dict(d_model=128, n_heads=4, d_ff=512, n_encoder_layers=2, n_decoder_layers=2, dropout=0.1, pre_norm=True)),
+    # GPT (models/gpt.py). gpt-tiny: nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide); gpt-small: its
+    # GPU recipe for characters (6 layers, 384 wide, context 256); gpt2: GPT-2's 124M shape.
+    "gpt-tiny": ("gpt", dict(d_model=128, n_heads=4, d_ff=512, n_layers=4, context=128, dropout=0.0, attn_dropout=0.0)),
+    "gpt-small": ("gpt", dict(d_model=384, n_heads=6, d_ff=1536, n_layers=6, context=256, dropout=0.2, attn_dropout=0.2)),
+    "gpt2": ("gpt", dict(d_model=768, n_heads=12, d_ff=3072, n_layers=12, context=1024, dropout=0.1, attn_dropout=0.1)),
 }

@@ -70,3 +70,14 @@ class PositionalEncoding(nn.Module):
         if end > self.table.size(0):  # sinusoids extrapolate: grow the table
             self.table = sinusoid_table(max(end, 2 * self.table.size(0)), self.d_model, self.layout).to(self.table.device)
         return self.table[offset:end]
+
+    def at(self, positions: Tensor) -> Tensor:
+        """Encodings of given positions (any shape of ids, e.g. [N, L] when rows start at different
+        positions): [..., d_model]."""
+        end = int(positions.max()) + 1 if positions.numel() else 0
+        if self.kind == "learned":
+            if end > self.embedding.num_embeddings:
+                raise ValueError(f"position {end - 1} is beyond max_positions={self.embedding.num_embeddings}")
+            return self.embedding(positions)
+        self.forward(0, end)  # grows the table where needed
+        return self.table[positions]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TASKS = {"translation": "aiayn.tasks.translation:TranslationTask"}
+TASKS = {"translation": "aiayn.tasks.translation:TranslationTask", "lm": "aiayn.tasks.lm:LanguageModelTask"}
 
 
 def for_dataset(data_dir: str | Path):

@@ -120,15 +120,16 @@ class TranslationTask:
         return tokenizer_assets(*self.tokenizers)
 
     # ----- batches
-    def sampler(self, max_tokens: int, seed: int, rank: int = 0, world_size: int = 1, max_sentences: int = 0) -> TokenBucketSampler:
+    def sampler(self, model: nn.Module, cfg, rank: int = 0, world_size: int = 1) -> TokenBucketSampler:
+        """Token buckets of ≤ cfg.max_tokens per side (§5.1)."""
         return TokenBucketSampler(
             self.train_data.src_lengths,
             self.train_data.tgt_lengths,
-            max_tokens,
-            seed=seed,
+            cfg.max_tokens,
+            seed=cfg.seed,
             rank=rank,
             world_size=world_size,
-            max_sentences=max_sentences,
+            max_sentences=cfg.max_sentences,
         )
 
     def batches(self, sampler: TokenBucketSampler, model: nn.Module, num_workers: int = 0, pin_memory: bool = False):

@@ -15,7 +15,7 @@ from aiayn import schema
 
 @dataclass
 class TrainConfig:
-    # the model: a preset of TransformerConfig (base, big, small, tiny) and overrides of its fields
+    # the model: a preset (models/presets.py: base, big, small, tiny; gpt-tiny, gpt-small, gpt2) and overrides of its fields
     model: dict = field(default_factory=lambda: {"preset": "base"})
     # §5.1 batching: padded tokens per side per batch; update_freq batches make one update
     max_tokens: int = 4096
@@ -25,9 +25,10 @@ class TrainConfig:
     adam_betas: tuple = (0.9, 0.98)
     adam_eps: float = 1e-9
     weight_decay: float = 0.0
-    lr_schedule: str = "paper"  # paper: d_model^-0.5·min(step^-0.5, step·warmup^-1.5)·lr_scale | inverse_sqrt: peak lr
+    lr_schedule: str = "paper"  # paper: d_model^-0.5·min(step^-0.5, step·warmup^-1.5)·lr_scale | inverse_sqrt: peak lr | cosine
     lr_scale: float = 1.0
-    lr: float = 0.0  # peak learning rate, for lr_schedule=inverse_sqrt
+    lr: float = 0.0  # peak learning rate, for lr_schedule=inverse_sqrt and cosine
+    min_lr: float = 0.0  # where cosine ends, at the end of the budget (max_updates or max_time)
     warmup_steps: int = 4000
     clip_norm: float = 0.0  # gradient clipping by global norm (0: off)
     # §5.4 regularization (dropout lives in the model section)
@@ -110,7 +111,8 @@ RULES = {
     "max_sentences": S.AT_LEAST_0,
     "adam_eps": S.POSITIVE,
     "weight_decay": S.AT_LEAST_0,
-    "lr_schedule": S.Rule(choices=("paper", "inverse_sqrt")),
+    "lr_schedule": S.Rule(choices=("paper", "inverse_sqrt", "cosine")),
+    "min_lr": S.AT_LEAST_0,
     "lr_scale": S.POSITIVE,
     "lr": S.AT_LEAST_0,
     "warmup_steps": S.AT_LEAST_1,

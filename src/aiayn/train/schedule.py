@@ -24,9 +24,30 @@ def inverse_sqrt_lr(step: int, peak_lr: float, warmup_steps: int) -> float:
     return peak_lr * min(step / warmup_steps, math.sqrt(warmup_steps / step))
 
 
-def learning_rate(step: int, *, schedule: str, d_model: int, warmup_steps: int, lr_scale: float = 1.0, peak_lr: float = 0.0) -> float:
+def cosine_lr(step: int, peak_lr: float, warmup_steps: int, progress: float, min_lr: float = 0.0) -> float:
+    """Linear warm-up to peak_lr, then half a cosine down to min_lr at the end of the budget
+    (`progress` in [0, 1]: the share of it spent; Loshchilov & Hutter 2017, as GPT-2/nanoGPT train)."""
+    step = max(step, 1)
+    if step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def learning_rate(
+    step: int,
+    *,
+    schedule: str,
+    d_model: int,
+    warmup_steps: int,
+    lr_scale: float = 1.0,
+    peak_lr: float = 0.0,
+    progress: float = 0.0,
+    min_lr: float = 0.0,
+) -> float:
     if schedule == "paper":
         return paper_lr(step, d_model, warmup_steps, lr_scale)
     if schedule == "inverse_sqrt":
         return inverse_sqrt_lr(step, peak_lr, warmup_steps)
-    raise ValueError(f"unknown lr_schedule {schedule!r} (paper or inverse_sqrt)")
+    if schedule == "cosine":
+        return cosine_lr(step, peak_lr, warmup_steps, progress, min_lr)
+    raise ValueError(f"unknown lr_schedule {schedule!r} (paper, inverse_sqrt or cosine)")

@@ -66,6 +66,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
+        if cfg.lr_schedule == "cosine" and not (cfg.max_updates or cfg.max_time):
+            raise ValueError("lr_schedule cosine decays over the budget: give --max-updates or --max-time")
         self.precision = runtime.resolve_precision(cfg.precision, self.device)
         if self.device.type == "cpu":
             runtime.reuse_freed_memory()
@@ -97,6 +99,7 @@ class Trainer:
             self.architecture, self.model_config = self._resumed_model_config(resumed)
             self.model = models.build(self.architecture, self.model_config)
         else:
+            self._check_preset_fits(cfg.model.get("preset", "base"))
             self.architecture, self.model_config = self.task.model_config(cfg.model)
             self.model = models.build(self.architecture, self.model_config)
         self.model.to(self.device)
@@ -111,7 +114,7 @@ class Trainer:
             self.model.parameters(), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=True
         )  # one fused kernel (CPU and CUDA)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        self.sampler = self.task.sampler(cfg.max_tokens, cfg.seed, self.world.rank, self.world.size, cfg.max_sentences)
+        self.sampler = self.task.sampler(self.model, cfg, self.world.rank, self.world.size)
 
         # progress counters (all saved in the training state)
         self.step = self.epoch = self.position = 0
@@ -131,6 +134,15 @@ class Trainer:
         self.stop_reason: str | None = None
         self._signal = None
         self._writer = None
+
+    def _check_preset_fits(self, preset: str) -> None:
+        serves = models.architecture(models.PRESETS[preset][0]).task
+        if serves != self.task.name:
+            fitting = [name for name, (arch, _) in models.PRESETS.items() if models.architecture(arch).task == self.task.name]
+            raise ValueError(
+                f"{self.data_dir} is a {self.task.name} dataset, but the model preset {preset!r} is a {serves} model; "
+                f"choose one for it (--config or --model.preset: {', '.join(fitting)})"
+            )
 
     # ------------------------------------------------------------ state
     def _last_good(self) -> str:
@@ -275,8 +287,26 @@ class Trainer:
     def lr(self, step: int) -> float:
         c = self.cfg
         return learning_rate(
-            step, schedule=c.lr_schedule, d_model=self.model_config.d_model, warmup_steps=c.warmup_steps, lr_scale=c.lr_scale, peak_lr=c.lr
+            step,
+            schedule=c.lr_schedule,
+            d_model=self.model_config.d_model,
+            warmup_steps=c.warmup_steps,
+            lr_scale=c.lr_scale,
+            peak_lr=c.lr,
+            progress=self._progress(step) if c.lr_schedule == "cosine" else 0.0,
+            min_lr=c.min_lr,
         )
+
+    def _progress(self, step: int) -> float:
+        """How much of the budget is spent at update `step`: of max_updates, or of max_time by the
+        clock, whichever is further (a schedule that ends with the budget)."""
+        c, done = self.cfg, 0.0
+        if c.max_updates:
+            done = step / c.max_updates
+        if c.max_time:
+            elapsed = self.train_seconds + time.time() - getattr(self, "_session_start", time.time())
+            done = max(done, elapsed / (c.max_time * 60))
+        return min(done, 1.0)
 
     def update(self, batches: list) -> dict:
         self.loss_model.train()
@@ -407,7 +437,7 @@ class Trainer:
             n_params = sum(p.numel() for p in self.model.parameters())
             self.log(
                 f"training {n_params / 1e6:.1f}M parameters on {self.device} ({self.precision}, {self.world.size} process{'es' if self.world.size > 1 else ''}); "
-                f"{self.task.describe()}, ≤{cfg.max_tokens}×{cfg.update_freq}×{self.world.size} tokens per side per update; run dir {self.run_dir}"
+                f"{self.task.describe()}, ≤{cfg.max_tokens}×{cfg.update_freq}×{self.world.size} tokens per update; run dir {self.run_dir}"
             )
         stream = self._batches()
         window_tokens, window_start, last_valid = 0.0, time.time(), -1
@@ -495,7 +525,7 @@ class Trainer:
         result = self.validate() if self.world.is_main else {}
         distributed.barrier(self.world)
         if self.world.is_main:
-            metric = result.get(self.task.metric_name, -result["valid_loss"])
+            metric = result[self.task.metric_name] if self.task.metric_name in result else -result["valid_loss"]
             improved = self.best is None or metric > self.best
             if improved:
                 self.best = metric
