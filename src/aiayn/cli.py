@@ -631,9 +631,10 @@ def _run_plot(args):
 def _add_import_hf(sub):
     p = sub.add_parser(
         "import-hf",
-        help="import a Hugging Face Marian model (the 1,000+ OPUS-MT models)",
+        help="import a Hugging Face Marian model (the 1,000+ OPUS-MT models) or a GPT-2",
         description="Convert a MarianMTModel checkpoint (config.json, model.safetensors or pytorch_model.bin, source.spm, "
-        "target.spm, vocab.json) into an aiayn model for translate, evaluate, attention, serve and train --init-from.",
+        "target.spm, vocab.json) into an aiayn model for translate, evaluate, attention, serve and train --init-from; "
+        "or a GPT2LMHeadModel directory (config.json, weights, tokenizer.json or vocab.json + merges.txt) for generate, evaluate and serve.",
     )
     p.add_argument("src", metavar="SRC", help="a local Marian directory, or a hub name such as Helsinki-NLP/opus-mt-en-de (needs internet)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write model.safetensors to (or a .safetensors file)")
@@ -641,12 +642,28 @@ def _add_import_hf(sub):
 
 
 def _run_import_hf(args):
+    config = Path(args.src) / "config.json"
+    if config.is_file() and _json_field(config, "model_type") == "gpt2":
+        from aiayn.interop.hf_gpt2 import import_gpt2
+
+        path = import_gpt2(args.src, args.out)
+        print(f"wrote {path}; try it: aiayn generate --model {path} --prompt 'Hello'")
+        return
     from aiayn.interop.hf_marian import import_marian
 
     path = import_marian(args.src, args.out)
     print(
         f"wrote {path}; to decode as MarianMTModel.generate does: aiayn translate --model {path} --lp-style power --alpha 1 --early-stop hf"
     )
+
+
+def _json_field(path: Path, key: str):
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path} is not readable JSON: {e}") from None
 
 
 def _add_export(sub):
@@ -669,6 +686,16 @@ def _add_export(sub):
 
 
 def _run_export(args):
+    from aiayn.io.checkpoint import read_metadata, resolve_model_path
+
+    if read_metadata(resolve_model_path(args.model)).get("architecture") == "gpt":
+        if args.format != "hf" or args.quantization:
+            raise UserError("a GPT exports to --format hf (GPT2LMHeadModel)")
+        from aiayn.interop.hf_gpt2 import export_gpt2
+
+        out = export_gpt2(args.model, args.out, force=args.force)
+        print(f"wrote {out}: GPT2LMHeadModel.from_pretrained('{out}') loads it")
+        return
     if args.format == "hf":
         if args.quantization:
             raise UserError("--quantization applies to --format ctranslate2 only")
