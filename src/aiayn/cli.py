@@ -511,7 +511,7 @@ def _run_generate(args):
     )
     started, n_tokens = time.time(), 0
     if args.prompts:
-        prompts = [line.replace("\\n", "\n") for line in _read_input(args.prompts).read().splitlines()]
+        prompts = [line.replace("\\n", "\n") for line in _read_input(args.prompts)]
         for i in range(0, len(prompts), args.batch_size):
             for c in gen.generate(prompts[i : i + args.batch_size], options):
                 n_tokens += len(c.tokens)
