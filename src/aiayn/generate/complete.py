@@ -20,6 +20,7 @@ from aiayn.generate.search import SpecialTokens, beam_search, greedy_search, rep
 @dataclass(frozen=True)
 class GenerationOptions:
     max_new_tokens: int = 100
+    min_new_tokens: int = 0  # no EOS before this many
     temperature: float = 1.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
@@ -145,6 +146,7 @@ class Generator:
             max_len=torch.tensor(caps, device=self.device),
             prompt=tokens,
             stop=stop,
+            min_len=options.min_new_tokens,
             eos_at_cap=False,
             adjust=adjust if penalty != 1.0 else None,
             on_step=on_step,
@@ -160,6 +162,7 @@ class Generator:
                         max_len=torch.tensor(caps, device=self.device) + 1,
                         beam=options.beam,
                         alpha=0.0,
+                        min_len=options.min_new_tokens,
                         prompt=tokens,
                         stop=stop,
                     )

@@ -64,15 +64,16 @@ def _first_tokens(special: SpecialTokens, prompt: Tensor | None, n: int, rows_pe
     return prompt.to(device).repeat_interleave(rows_per, dim=0)
 
 
-def _constrain(lprobs: Tensor, special: SpecialTokens, before_min_len: bool, at_cap: Tensor) -> Tensor:
+def _constrain(lprobs: Tensor, special: SpecialTokens, before_min_len: bool, at_cap: Tensor | None) -> None:
     """What each row may produce next, in place: never padding; no EOS before min_len; only EOS in
-    the rows at their length cap (`at_cap`, [rows]). Returns the EOS column mask [V]."""
-    eos_column = torch.arange(lprobs.size(1), device=lprobs.device) == special.eos
+    the rows at their length cap (`at_cap`, [rows] bool, or None where no row is)."""
     lprobs[:, special.pad] = NEG_INF
     if before_min_len:
         lprobs[:, special.eos] = NEG_INF
-    lprobs[at_cap] = lprobs[at_cap].masked_fill(~eos_column, NEG_INF)
-    return eos_column
+    if at_cap is not None:
+        eos = lprobs[:, special.eos].clone()
+        lprobs.masked_fill_(at_cap[:, None], NEG_INF)
+        lprobs[:, special.eos] = torch.where(at_cap, eos, lprobs[:, special.eos])
 
 
 Adjust = Callable[[Tensor, Tensor, Tensor], Tensor] | None  # (logits [n, V], active rows [n], tokens so far [B, t]) -> logits
@@ -177,33 +178,43 @@ def _one_per_sentence(
     state = model.start(inputs)
     active = torch.arange(B, device=device)
     token = _first_tokens(special, prompt, B, 1, device)
-    out = torch.full((B, int(limit.max())), special.pad, dtype=torch.long, device=device)
+    T = int(limit.max())
+    out = torch.full((B, T), special.pad, dtype=torch.long, device=device)
     logprob = torch.zeros(B, dtype=torch.float64, device=device)
-    length = torch.zeros(B, dtype=torch.long, device=device)
+    length = torch.full((B,), T, dtype=torch.long, device=device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)  # by EOS (which the hypothesis leaves out)
-    for t in range(int(limit.max())):
+    row_limit, first_cap = limit, int(limit.min())  # the caps of the active rows; the earliest (known on the host)
+    for t in range(T):
         _check(stop)
         logits = model.step(token, state).float()  # [n, V]
         if adjust is not None:
             logits = adjust(logits, active, out[:, :t])
         lprobs = logits.log_softmax(-1)
-        at_cap = t + 1 >= limit[active]
-        _constrain(lprobs, special, t < min_len, at_cap if eos_at_cap else torch.zeros_like(at_cap))
+        capped = t + 1 >= first_cap  # some row is at its cap: check which (else no row is, without asking the device)
+        at_cap = row_limit <= t + 1 if capped else None
+        _constrain(lprobs, special, t < min_len, at_cap if eos_at_cap else None)
         picked = pick(lprobs)
-        out[active, t] = picked
-        logprob[active] += lprobs.gather(1, picked[:, None]).squeeze(1).double()
-        is_eos = picked.eq(special.eos)
-        ended[active[is_eos]] = True
-        done = is_eos | at_cap
+        if active.numel() == B:  # every row still running: plain column writes
+            out[:, t] = picked
+            logprob += lprobs.gather(1, picked[:, None]).squeeze(1).double()
+        else:
+            out[active, t] = picked
+            logprob[active] += lprobs.gather(1, picked[:, None]).squeeze(1).double()
+        done = picked.eq(special.eos)
+        if at_cap is not None:
+            done = done | at_cap
         if on_step is not None and (more := on_step(active, picked)) is not None:
-            done |= more
-        length[active[done]] = t + 1
+            done = done | more
         token = picked[:, None]
-        if done.any():
+        if done.any():  # the one host synchronisation of a step
+            finished = active[done]
+            length[finished] = t + 1
+            ended[finished] = picked[done].eq(special.eos)
             keep = (~done).nonzero().squeeze(1)
-            active, token = active[keep], token[keep]
+            active, token, row_limit = active[keep], token[keep], row_limit[keep]
             if not len(active):
                 break
+            first_cap = int(row_limit.min())
             state.select(keep)
     lp = length_penalty(length.double(), alpha, lp_style)
     return [
@@ -303,9 +314,9 @@ def beam_search(
         lprobs = model.step(token, state).float().log_softmax(-1)  # [n·K, V]
         V = lprobs.size(1)
         at_cap = (t + 1 >= limit[active]).repeat_interleave(K)
-        eos_column = _constrain(lprobs, special, t < min_len, at_cap)
+        _constrain(lprobs, special, t < min_len, at_cap)
         if stopping == "hf":  # HF's ForcedEOSTokenLogitsProcessor gives the forced EOS log-probability 0
-            lprobs[at_cap] = lprobs[at_cap].masked_fill(eos_column, 0.0)
+            lprobs[:, special.eos] = torch.where(at_cap, 0.0, lprobs[:, special.eos])
         candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
         top, flat = candidates.topk(2 * K, dim=1)  # [n, 2K], best first
         from_beam, new_token = flat // V, flat % V

@@ -91,32 +91,34 @@ class GPTConfig:
 class GPTState:
     """Incremental decoding of N hypotheses (G per prompt, prompt-major); follows nn.DecodingState.
 
-    kv_caches[l]: layer l's keys and values so far. keep: [N, T] True at the tokens that may be
-    attended to (False at left padding), or None while no row has padding. position: [N] the
-    position of each row's next token (rows start at different positions after left padding)."""
+    kv_caches[l]: layer l's keys and values so far; length: the tokens each row has taken in
+    (padding included). Where prompts were padded, keep: [N, T] True at the tokens that may be
+    attended to (False at left padding) and position: [N] each row's next position (rows start at
+    different positions); without padding every row is at position `length`."""
 
     kv_caches: list[KVCache]
     prompt_mask: Tensor | None  # [B, P] True at real prompt tokens; None when no prompt is padded
     keep: Tensor | None = None
     position: Tensor | None = None
     sentences: int = 0
+    length: int = 0
+
+    def _rows(self, rows: Tensor) -> None:
+        if self.keep is not None:
+            self.keep, self.position = self.keep.index_select(0, rows), self.position.index_select(0, rows)
 
     def reorder(self, order: Tensor) -> None:
         plan = KVCache.plan(order)
         for c in self.kv_caches:
             c.reorder(order, plan)
-        self.position = self.position.index_select(0, order)
-        if self.keep is not None:
-            self.keep = self.keep.index_select(0, order)
+        self._rows(order)
 
     def select(self, sentences: Tensor) -> None:
-        group = self.position.size(0) // self.sentences
+        group = self.kv_caches[0].rows // self.sentences
         rows = (sentences[:, None] * group + torch.arange(group, device=sentences.device)).reshape(-1)
         for c in self.kv_caches:
             c.select(rows)
-        self.position = self.position.index_select(0, rows)
-        if self.keep is not None:
-            self.keep = self.keep.index_select(0, rows)
+        self._rows(rows)
         self.sentences = sentences.numel()
 
 
@@ -197,27 +199,30 @@ class GPT(nn.Module):
         self-attention per layer, [N, h, L, T])."""
         N, L = tokens.shape
         device = tokens.device
-        if state.position is None:  # the first step: the prompts (repeated G times each for a beam)
+        first = state.length == 0
+        if first:  # the prompts (repeated G times each for a beam)
             state.sentences = state.sentences or N
-            group = N // state.sentences
             if state.prompt_mask is not None:
-                state.keep = state.prompt_mask.to(device).repeat_interleave(group, 0)
-                position = (state.keep.long().cumsum(1) - 1).clamp(min=0)  # [N, L]: a row's first real token is at 0
-            else:
-                position = torch.arange(L, device=device).expand(N, L)
-            state.position = position[:, -1] + 1
+                state.keep = state.prompt_mask.to(device).repeat_interleave(N // state.sentences, 0)
+                state.position = state.keep.long().sum(1)  # [N]: each row's next position (its first real token is at 0)
+        self._check_length(state.length + L)
+        if state.keep is None:  # no padding: every row is at the same position
+            positions = self.positions(L, state.length)  # [L, d_model]
+            mask = None
         else:
-            position = state.position[:, None] + torch.arange(L, device=device)
-            state.position = state.position + L
-            if state.keep is not None:
+            if first:
+                position = (state.keep.long().cumsum(1) - 1).clamp(min=0)  # [N, L]
+            else:
+                position = state.position[:, None] + torch.arange(L, device=device)
+                state.position = state.position + L
                 state.keep = torch.cat([state.keep, state.keep.new_ones(N, L)], 1)
-        self._check_length(int(position.max()) + 1)
-        mask = None
-        if state.keep is not None:  # padding is never attended to; a padding query attends to itself (its output is unused)
+            positions = self.positions.at(position)  # [N, L, d_model]
+            # padding is never attended to; a padding query attends to itself (its output is unused)
             T = state.keep.size(1)
             mask = state.keep[:, None, None, :].expand(N, 1, L, T).clone()
             mask[:, 0, torch.arange(L, device=device), torch.arange(T - L, T, device=device)] = True
-        x = self.dropout(self.token_embed(tokens) + self.positions.at(position))
+        state.length += L
+        x = self.dropout(self.token_embed(tokens) + positions)
         x, weights = self.layers(x, caches=state.kv_caches, mask=mask, need_weights=need_weights)
         logits = self.project(self.final_norm(x[:, -1]))
         return (logits, weights) if need_weights else logits
