@@ -6,7 +6,7 @@ export; the benchmark checks that both give the same logits). Random weights wou
 places, so both are held to the same length: EOS is suppressed until max_new_tokens (aiayn
 min_new_tokens, HF min_new_tokens). Prompts are real verses of the shipped English Bible text,
 tokenized by a BPE learned on it, cut to --prompt-tokens tokens (so a batch needs no padding and
-both libraries do the same work). Greedy decoding; reported: new tokens/s at batch 1 and 16.
+both libraries do the same work). Greedy decoding; reported: new tokens/s at batch 1 and 16 (--new-tokens, or what the context leaves).
 
     .venv/bin/python benchmarks/gpt_generate.py                    # gpt-tiny and the GPT-2 124M shape
     .venv/bin/python benchmarks/gpt_generate.py --presets gpt2 --new-tokens 64
@@ -67,12 +67,13 @@ def run(preset: str, tok, args) -> list[dict]:
     ours = models.build("gpt", cfg).eval()
     hf = to_gpt2_model(ours).eval()
     gen = Generator(ours, tok)
+    new_tokens = min(args.new_tokens, cfg.context - args.prompt_tokens)  # what fits in the context
     rows = []
     for batch in args.batch_sizes:
         ids = torch.tensor(prompts(tok, batch, args.prompt_tokens))
         with torch.no_grad():
             torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
-        options = GenerationOptions(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, temperature=0)
+        options = GenerationOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens, temperature=0)
         state = {}
 
         def aiayn_run():
@@ -84,8 +85,8 @@ def run(preset: str, tok, args) -> list[dict]:
                 out = hf.generate(
                     ids,
                     attention_mask=torch.ones_like(ids),
-                    max_new_tokens=args.new_tokens,
-                    min_new_tokens=args.new_tokens,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
                     do_sample=False,
                     pad_token_id=tok.eos_id,
                 )
@@ -93,13 +94,13 @@ def run(preset: str, tok, args) -> list[dict]:
 
         t_ours, t_hf = timed(aiayn_run, args.repeats), timed(hf_run, args.repeats)
         same = sum(a == b for a, b in zip(state["ours"], state["hf"]))
-        new = batch * args.new_tokens
+        new = batch * new_tokens
         rows.append(
             {
                 "preset": preset,
                 "parameters_M": round(ours.num_parameters() / 1e6, 1),
                 "batch": batch,
-                "new_tokens": args.new_tokens,
+                "new_tokens": new_tokens,
                 "prompt_tokens": args.prompt_tokens,
                 "aiayn_tokens_per_s": round(new / t_ours, 1),
                 "hf_tokens_per_s": round(new / t_hf, 1),
