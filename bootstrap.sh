@@ -20,24 +20,30 @@ has_torch() { "$VENV/bin/python" -W ignore -c "import torch" 2>/dev/null; }  # (
 has_torch || pip_install $TORCH_SPEC
 "$VENV/bin/python" -W ignore -c "import torch" || { echo "bootstrap: PyTorch did not install ($TORCH_SPEC)" >&2; exit 1; }
 
-# The browser test of `aiayn serve` drives Debian's chromium with Playwright from PyPI (no browser
-# download): install chromium with apt when it is missing and apt-get is there (quietly; a failure
-# only warns, and the browser test then skips with the reason).
-install_chromium() {
-  [ -x /usr/bin/chromium ] && return 0
-  command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: no /usr/bin/chromium and no apt-get: the browser test will be skipped" >&2; return 0; }
+# Debian packages some tests and demos use, installed with apt when missing and apt-get is there
+# (quietly; a failure only warns, and what needs the package then skips with the reason):
+#   chromium               the browser test of `aiayn serve` (Playwright from PyPI drives it: no browser download)
+#   dataset-fashion-mnist  `aiayn prepare --task images --dataset fashion-mnist` (/usr/share/datasets/fashion-mnist)
+install_debian() {  # PACKAGE PATH-IT-PROVIDES WHAT-NEEDS-IT
+  local package=$1 provides=$2 what=$3
+  [ -e "$provides" ] && return 0
+  command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: no $provides and no apt-get: $what will be skipped" >&2; return 0; }
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
-    sudo -n true 2>/dev/null || { echo "bootstrap: installing chromium needs root (or sudo): the browser test will be skipped" >&2; return 0; }
+    sudo -n true 2>/dev/null || { echo "bootstrap: installing $package needs root (or sudo): $what will be skipped" >&2; return 0; }
     sudo="sudo -n"
   fi
-  echo "bootstrap: installing chromium with apt-get (for the browser test)" >&2
+  echo "bootstrap: installing $package with apt-get (for $what)" >&2
   local log; log=$(mktemp)
-  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium; } >"$log" 2>&1; then
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$package"; } >"$log" 2>&1; then
     tail -n 20 "$log" >&2
-    echo "bootstrap: warning: chromium did not install: the browser test will be skipped" >&2
+    echo "bootstrap: warning: $package did not install: $what will be skipped" >&2
   fi
   rm -f "$log"
+}
+install_debian_packages() {
+  install_debian chromium /usr/bin/chromium "the browser test"
+  install_debian dataset-fashion-mnist /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz "Fashion-MNIST"
 }
 
 what=${1:-setup}
@@ -48,12 +54,13 @@ case "$what" in
     exec "$VENV/bin/aiayn" quickstart "$@" ;;
   test)
     pip_install -e ".[dev]"
-    install_chromium
+    install_debian_packages
     "$VENV/bin/ruff" check src tests benchmarks
     "$VENV/bin/ruff" format --check src tests benchmarks
     exec "$VENV/bin/python" -m pytest "$@" ;;
   setup)
     pip_install -e ".[dev]"
+    install_debian_packages
     echo "aiayn is installed in $VENV: source $VENV/bin/activate, then run 'aiayn --help'" ;;
   *)
     echo "usage: bash bootstrap.sh [quickstart|test|setup] [args]" >&2; exit 2 ;;

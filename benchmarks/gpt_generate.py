@@ -63,7 +63,9 @@ def timed(fn, repeats: int) -> float:
 
 def run(preset: str, tok, args) -> list[dict]:
     torch.manual_seed(0)
-    _, cfg = models.preset_config(preset, vocab_size=tok.vocab_size, eos_id=tok.eos_id, bos_id=-1, pad_id=tok.pad_id, dropout=0.0, attn_dropout=0.0)
+    _, cfg = models.preset_config(
+        preset, vocab_size=tok.vocab_size, eos_id=tok.eos_id, bos_id=-1, pad_id=tok.pad_id, dropout=0.0, attn_dropout=0.0
+    )
     ours = models.build("gpt", cfg).eval()
     hf = to_gpt2_model(ours).eval()
     gen = Generator(ours, tok)
@@ -135,7 +137,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         files = write_shipped_corpus(Path(tmp) / "text")
-        prepare_text({"train": [files["train"][0]]}, Path(tmp) / "data", TextOptions(vocab_size=args.vocab_size, progress=False), log=lambda *a: None)
+        prepare_text(
+            {"train": [files["train"][0]]}, Path(tmp) / "data", TextOptions(vocab_size=args.vocab_size, progress=False), log=lambda *a: None
+        )
         tok = load_lm_tokenizer(Path(tmp) / "data")
     rows = [row for preset in args.presets for row in run(preset, tok, args)]
     result = {

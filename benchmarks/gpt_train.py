@@ -40,6 +40,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
 
 from aiayn.runtime import cpu_info  # noqa: E402
 
@@ -77,19 +78,22 @@ def run_aiayn(data: Path, work: Path, args) -> dict:
     from aiayn.train.config import load_config
     from aiayn.train.trainer import Trainer
 
-    cfg = load_config(args.config, {"max_time": args.minutes, "max_updates": 0, "validate_every": 0, "save_every": 0, "threads": args.threads})
+    cfg = load_config(
+        args.config, {"max_time": args.minutes, "max_updates": 0, "validate_every": 0, "save_every": 0, "threads": args.threads}
+    )
     trainer = Trainer(cfg, data, work / "aiayn-run", log=lambda *a: None, progress=False)
     started = time.time()
     summary = trainer.train()
     wall = time.time() - started
     model, _ = load_model(work / "aiayn-run")
     log = [json.loads(line) for line in (work / "aiayn-run" / "log.jsonl").read_text().splitlines()]
-    train_seconds = max(e["time"] for e in log if e["type"] in ("train", "end"))
+    last = [e for e in log if e["type"] == "train"][-1]  # speed up to the last log line: the final validation is not training
     return {
         "model": model,
         "updates": summary["updates"],
         "tokens": summary["tokens_seen"],
-        "train_seconds": train_seconds,
+        "train_seconds": last["time"],
+        "speed": last["tokens_seen"] / last["time"],
         "wall_seconds": wall,
         "context": model.config.context,
         "batch": cfg.max_tokens // model.config.context,
@@ -99,7 +103,8 @@ def run_aiayn(data: Path, work: Path, args) -> dict:
 
 def run_hf(data: Path, work: Path, args, reference: dict) -> dict:
     import transformers
-    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+    from hf_budget import budget_callback, train_for
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
     from aiayn.data.text import TokenStream
 
@@ -133,22 +138,11 @@ def run_hf(data: Path, work: Path, args, reference: dict) -> dict:
         )
         return GPT2LMHeadModel(hf_cfg)
 
-    class Budget(TrainerCallback):
-        def __init__(self, seconds):
-            self.seconds, self.start = seconds, None
-
-        def on_train_begin(self, *a, **k):
-            self.start = time.time()
-
-        def on_step_end(self, targs, state, control, **k):
-            if time.time() - self.start >= self.seconds:
-                control.should_training_stop = True
-
     tc = reference["cfg"]
 
-    def trainer(max_steps, seconds, out):
+    def trainer(max_steps, seconds, name):
         targs = TrainingArguments(
-            output_dir=str(out),
+            output_dir=str(work / f"hf-{name}"),
             max_steps=max_steps,
             per_device_train_batch_size=B,
             learning_rate=tc.lr,
@@ -169,26 +163,17 @@ def run_hf(data: Path, work: Path, args, reference: dict) -> dict:
             dataloader_num_workers=0,
             disable_tqdm=True,
         )
-        return Trainer(model=model(), args=targs, train_dataset=Blocks(), callbacks=[Budget(seconds)])
+        return Trainer(model=model(), args=targs, train_dataset=Blocks(), callbacks=[budget_callback(seconds)])
 
-    probe = trainer(40, 1e9, work / "hf-probe")
-    started = time.time()
-    probe.train()
-    per_step = (time.time() - started) / 40
-    max_steps = max(tc.warmup_steps + 1, int(args.minutes * 60 / per_step))
-    run = trainer(max_steps, args.minutes * 60, work / "hf-run")
-    started = time.time()
-    out = run.train()
-    wall = time.time() - started
-    steps = run.state.global_step
+    r = train_for(trainer, args.minutes, min_steps=tc.warmup_steps + 1)
     return {
-        "model": run.model.eval(),
-        "updates": steps,
-        "tokens": steps * B * T,
-        "train_seconds": out.metrics.get("train_runtime", wall),
-        "wall_seconds": wall,
-        "planned_steps": max_steps,
-        "probe_seconds_per_step": per_step,
+        "model": r["trainer"].model.eval(),
+        "updates": r["steps"],
+        "tokens": r["steps"] * B * T,
+        "train_seconds": r["train_seconds"],
+        "wall_seconds": r["wall_seconds"],
+        "planned_steps": r["planned_steps"],
+        "probe_seconds_per_step": r["probe_seconds_per_step"],
         "transformers": transformers.__version__,
     }
 
@@ -211,7 +196,7 @@ def main() -> None:
         data = prepare(work, args.vocab_size)
         valid = TokenStream(data, "valid")
         ours = run_aiayn(data, work, args)
-        print(f"aiayn: {ours['updates']} updates, {ours['tokens'] / ours['train_seconds']:.0f} tokens/s", flush=True)
+        print(f"aiayn: {ours['updates']} updates, {ours['speed']:.0f} tokens/s", flush=True)
         theirs = run_hf(data, work, args, ours)
         print(f"HF:    {theirs['updates']} updates, {theirs['tokens'] / theirs['train_seconds']:.0f} tokens/s", flush=True)
         rows = {}
@@ -224,17 +209,25 @@ def main() -> None:
                 "updates": r["updates"],
                 "train_tokens": r["tokens"],
                 "train_seconds": round(r["train_seconds"], 1),
-                "tokens_per_s": round(r["tokens"] / r["train_seconds"], 1),
+                "tokens_per_s": round(r.get("speed", r["tokens"] / r["train_seconds"]), 1),
                 "valid_loss_nats": round(nll, 4),
                 "valid_ppl": round(math.exp(nll), 2),
                 "valid_bits_per_char": round(nll / math.log(2) * (len(valid) - 1) / valid.characters, 4),
-                **({"planned_steps": r["planned_steps"], "probe_seconds_per_step": round(r["probe_seconds_per_step"], 4)} if name == "hf" else {}),
+                **(
+                    {"planned_steps": r["planned_steps"], "probe_seconds_per_step": round(r["probe_seconds_per_step"], 4)}
+                    if name == "hf"
+                    else {}
+                ),
             }
     a, h = rows["aiayn"], rows["hf"]
     print(f"\n{'':8} {'updates':>8} {'tokens/s':>10} {'valid loss':>11} {'ppl':>8} {'bits/char':>10}")
     for name, r in rows.items():
-        print(f"{name:8} {r['updates']:>8} {r['tokens_per_s']:>10.0f} {r['valid_loss_nats']:>11.4f} {r['valid_ppl']:>8.2f} {r['valid_bits_per_char']:>10.4f}")
-    print(f"aiayn / HF training tokens/s: {a['tokens_per_s'] / h['tokens_per_s']:.2f}×; valid loss {a['valid_loss_nats'] - h['valid_loss_nats']:+.4f} nats")
+        print(
+            f"{name:8} {r['updates']:>8} {r['tokens_per_s']:>10.0f} {r['valid_loss_nats']:>11.4f} {r['valid_ppl']:>8.2f} {r['valid_bits_per_char']:>10.4f}"
+        )
+    print(
+        f"aiayn / HF training tokens/s: {a['tokens_per_s'] / h['tokens_per_s']:.2f}×; valid loss {a['valid_loss_nats'] - h['valid_loss_nats']:+.4f} nats"
+    )
     result = {
         "benchmark": "gpt_train",
         "machine": {

@@ -147,3 +147,12 @@ def test_stop_strings_cut_the_text_and_streaming_shows_what_is_returned():
     assert c.text == free[: free.find(stop)] and stop not in c.text
     assert c.finish_reason == "stop" and "".join(pieces) == c.text
     assert gen.generate(["x"], options.with_overrides(max_new_tokens=3))[0].finish_reason in ("length", "stop")
+
+
+def test_a_short_prompt_beside_a_long_one_uses_its_whole_context():
+    from aiayn.generate.complete import GenerationOptions
+
+    gen = generator()  # context 64, learned positions
+    long, short = "a" * 50, "b"
+    out = gen.generate([long, short], GenerationOptions(max_new_tokens=60, min_new_tokens=60, temperature=0))
+    assert len(out[0].tokens) == 64 - 51 and len(out[1].tokens) == 60  # each row to its own limit (bos + prompt + new ≤ 64)

@@ -96,4 +96,6 @@ def test_a_config_of_another_model_is_refused(tmp_path):
     with pytest.raises(InteropError, match="model_type"):
         gpt2_config({"model_type": "llama"})
     with pytest.raises(InteropError, match="scaled"):
-        gpt2_config({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 1, "vocab_size": 10, "scale_attn_by_inverse_layer_idx": True})
+        gpt2_config(
+            {"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 1, "vocab_size": 10, "scale_attn_by_inverse_layer_idx": True}
+        )

@@ -33,7 +33,10 @@ def test_the_token_stream_decodes_to_the_documents_between_separators(tmp_path, 
     tok = load_lm_tokenizer(char_data)
     stream = TokenStream(char_data, "valid").tokens
     docs = [tok.decode(part) for part in np.split(np.asarray(stream), np.flatnonzero(np.asarray(stream) == tok.eos_id))]
-    assert [d for d in docs if d] == ["In the beginning God created the heavens and the earth.\nThe earth was formless and empty.", "And God said, Let there be light."]
+    assert [d for d in docs if d] == [
+        "In the beginning God created the heavens and the earth.\nThe earth was formless and empty.",
+        "And God said, Let there be light.",
+    ]
     assert stream[0] == stream[-1] == tok.eos_id and meta["splits"]["valid"]["documents"] == 2
 
 
@@ -122,6 +125,16 @@ def test_training_lowers_the_loss_and_resume_is_bit_exact(char_data, tmp_path):
     a = load_file(tmp_path / "whole" / "checkpoints" / "step-00000020.safetensors")
     b = load_file(tmp_path / "cut" / "checkpoints" / "step-00000020.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # checkpoint averaging (§6.1) works on a language model as on a translation model
+    from aiayn.io.checkpoint import average_checkpoints, load_model
+
+    steps = [tmp_path / "whole" / "checkpoints" / f"step-{n:08d}.safetensors" for n in (10, 20)]
+    average_checkpoints(steps, tmp_path / "avg.safetensors")
+    model, ckpt = load_model(tmp_path / "avg.safetensors")
+    first = load_file(steps[0])
+    key = "layers.0.ffn.w1.weight"
+    torch.testing.assert_close(model.state_dict()[key], (first[key] + a[key]) / 2)
+    assert ckpt.task == "lm" and ckpt.tokenizer.sha256 == load_lm_tokenizer(char_data).sha256
 
 
 def test_a_translation_preset_on_text_is_refused(char_data, tmp_path):
@@ -134,9 +147,44 @@ def test_the_cli_prepares_trains_generates_and_evaluates(tmp_path, capsys):
 
     train_txt = write(tmp_path / "train.txt", TEXT * 30)
     write(tmp_path / "valid.txt", TEXT)
-    main(["prepare", "--task", "lm", "--train-text", str(train_txt), "--valid-text", str(tmp_path / "valid.txt"), "--vocab-size", "400", "--out", str(tmp_path / "d")])
-    main(["train", "--data", str(tmp_path / "d"), "--config", "gpt-tiny", "--out", str(tmp_path / "run"), "--max-updates", "30",
-          "--model.n_layers", "2", "--model.context", "32", "--max-tokens", "256", "--validate-every", "30", "--save-every", "30"])
+    main(
+        [
+            "prepare",
+            "--task",
+            "lm",
+            "--train-text",
+            str(train_txt),
+            "--valid-text",
+            str(tmp_path / "valid.txt"),
+            "--vocab-size",
+            "400",
+            "--out",
+            str(tmp_path / "d"),
+        ]
+    )
+    main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "d"),
+            "--config",
+            "gpt-tiny",
+            "--out",
+            str(tmp_path / "run"),
+            "--max-updates",
+            "30",
+            "--model.n_layers",
+            "2",
+            "--model.context",
+            "32",
+            "--max-tokens",
+            "256",
+            "--validate-every",
+            "30",
+            "--save-every",
+            "30",
+        ]
+    )
     capsys.readouterr()
     main(["generate", "--model", str(tmp_path / "run"), "--prompt", "In the", "--max-new-tokens", "8", "--seed", "1"])
     out = capsys.readouterr()

@@ -41,7 +41,12 @@ def _add_prepare(sub):
         "With --task lm: plain text for a language model (GPT), --train-text FILE... --valid-text FILE...; "
         "without text files, the English side of the shipped Bible corpus.",
     )
-    p.add_argument("--task", choices=["translation", "lm"], default="translation", help="translation (default) or lm (a GPT's text)")
+    p.add_argument(
+        "--task",
+        choices=["translation", "lm", "images"],
+        default="translation",
+        help="translation (default), lm (a GPT's text) or images (a ViT's)",
+    )
     for split in ("train", "valid", "test"):
         p.add_argument(f"--{split}-src", metavar="FILE", help=f"{split} source sentences")
         p.add_argument(f"--{split}-tgt", metavar="FILE", help=f"{split} target sentences")
@@ -51,11 +56,27 @@ def _add_prepare(sub):
         g.add_argument(f"--{split}-text", nargs="+", metavar="FILE", help=f"{split} text: UTF-8 files")
     g.add_argument("--char", action="store_true", help="one token per character instead of a BPE vocabulary")
     g.add_argument(
-        "--documents", choices=["blank-line", "file"], default="blank-line", help="what a document is: blank-line separated (default), or a whole file"
+        "--documents",
+        choices=["blank-line", "file"],
+        default="blank-line",
+        help="what a document is: blank-line separated (default), or a whole file",
+    )
+    g = p.add_argument_group("labelled images (--task images)")
+    g.add_argument(
+        "--dataset",
+        metavar="NAME|DIR",
+        help="fashion-mnist (Debian's dataset-fashion-mnist), digits (scikit-learn's 8×8 digits), or a directory with a folder of images per class",
+    )
+    g.add_argument("--image-size", type=S.int_at_least(1), default=0, help="resize every image to this square size (default: keep)")
+    g.add_argument(
+        "--valid-fraction", type=S.number(low=0, high=0.5), default=0.1, help="training images held out for validation (default 0.1)"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to create")
     p.add_argument(
-        "--vocab-size", type=S.int_at_least(1), default=None, help="subword vocabulary size (default 8000 for translation, ~37000 for WMT-scale data; 4000 for lm)"
+        "--vocab-size",
+        type=S.int_at_least(1),
+        default=None,
+        help="subword vocabulary size (default 8000 for translation, ~37000 for WMT-scale data; 4000 for lm)",
     )
     p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type (default bpe)")
     p.add_argument("--separate-vocab", action="store_true", help="one vocabulary per language instead of a joint one")
@@ -89,6 +110,10 @@ def _run_prepare(args):
 
     if args.task == "lm":
         return _prepare_text(args)
+    if args.task == "images":
+        return _prepare_images(args)
+    if args.dataset:
+        raise UserError("--dataset goes with --task images")
     if any(getattr(args, f"{s}_text") for s in ("train", "valid", "test")) or args.char:
         raise UserError("--train-text/--valid-text/--test-text and --char go with --task lm")
     splits = {}
@@ -121,6 +146,20 @@ def _run_prepare(args):
     meta = prepare(splits, args.out, opts, force=args.force)
     counts = ", ".join(f"{name} {s['pairs']}" for name, s in meta["splits"].items())
     print(f"wrote {args.out}: {counts} pairs; vocabulary {meta['vocab']['src']['size']} in {meta['seconds']}s")
+
+
+def _prepare_images(args):
+    from aiayn.data.images import ImageOptions, prepare_images
+
+    if not args.dataset:
+        raise UserError("--task images needs --dataset fashion-mnist, digits, or a directory of class folders")
+    opts = ImageOptions(valid_fraction=args.valid_fraction, image_size=args.image_size, skip_bad=args.skip_bad, seed=args.seed)
+    meta = prepare_images(args.dataset, args.out, opts, force=args.force)
+    counts = ", ".join(f"{name} {s['images']}" for name, s in meta["splits"].items())
+    img = meta["image"]
+    print(
+        f"wrote {args.out}: {counts} images of {img['width']}×{img['height']}×{img['channels']}, {len(meta['classes'])} classes, in {meta['seconds']}s"
+    )
 
 
 def _prepare_text(args):
@@ -474,7 +513,9 @@ def _add_generate(sub):
     p.add_argument("--temperature", type=S.number(low=0), default=0.8, help="softmax temperature (default 0.8; 0 is greedy)")
     p.add_argument("--top-k", type=S.int_at_least(0), default=0, help="sample from the k most probable tokens (0: off)")
     p.add_argument("--top-p", type=S.number(low=0, high=1, open_low=True), default=1.0, help="nucleus sampling (default 1: off)")
-    p.add_argument("--min-p", type=S.number(low=0, high=1, open_high=True), default=0.0, help="drop tokens below min-p × the top one's probability")
+    p.add_argument(
+        "--min-p", type=S.number(low=0, high=1, open_high=True), default=0.0, help="drop tokens below min-p × the top one's probability"
+    )
     p.add_argument("--repetition-penalty", type=S.number(low=0, open_low=True), default=1.0, help="> 1 makes repeating tokens less likely")
     p.add_argument("--beam", type=S.int_at_least(1), default=1, help="beam search with this beam (default 1: sample or greedy)")
     p.add_argument("--stop", action="append", default=[], metavar="STRING", help="end a continuation at this string (repeatable)")
@@ -532,6 +573,44 @@ def _run_generate(args):
     print(f"generated {n_tokens} tokens in {seconds:.1f}s ({n_tokens / max(seconds, 1e-9):.1f} tokens/s)", file=sys.stderr)
 
 
+def _add_classify(sub):
+    p = sub.add_parser(
+        "classify",
+        help="classify image files with an image model (ViT)",
+        description="Print each image's path and its most probable classes. A file that is not a readable image gets a one-line error; the others are still classified.",
+    )
+    p.add_argument("--model", required=True, metavar="MODEL", help="weights file or run directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--top-k", type=S.int_at_least(1), default=3, help="classes to show per image (default 3)")
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=_run_classify)
+
+
+def _run_classify(args):
+    import json
+
+    from aiayn.data.images import load_image
+    from aiayn.vision import Classifier
+
+    clf = Classifier.load(args.model, args.device)
+    failed = 0
+    for path in args.images:
+        try:
+            image = load_image(path, clf.spec)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"aiayn classify: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        (top,) = clf.classify(image[None], args.top_k)
+        if args.json:
+            print(json.dumps({"path": path, "labels": [{"label": c, "probability": round(p, 6)} for c, p in top]}, ensure_ascii=False))
+        else:
+            print(f"{path}\t" + "  ".join(f"{c} {p:.3f}" for c, p in top))
+    if failed:
+        raise UserError(f"{failed} of {len(args.images)} files could not be read as images")
+
+
 def _add_evaluate(sub):
     p = sub.add_parser(
         "evaluate",
@@ -543,6 +622,9 @@ def _add_evaluate(sub):
     p.add_argument("--ref", help="references, one a line")
     p.add_argument("--model", help="a language model (with --text)")
     p.add_argument("--text", help="UTF-8 text to score the language model on")
+    p.add_argument("--data", metavar="DIR", help="an image dataset to score an image model on (with --model): accuracy, confusion matrix")
+    p.add_argument("--split", default="test", help="the dataset split to score (default test)")
+    p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (with --model)")
     p.add_argument("--tokenize", default="13a", help="sacreBLEU tokenizer (default 13a; e.g. intl, zh, ja-mecab, char)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -554,6 +636,8 @@ def _run_evaluate(args):
 
     from aiayn.evaluate import evaluate_files
 
+    if args.model and args.data:
+        return _evaluate_images(args)
     if args.model or args.text:
         if not (args.model and args.text) or args.hyp or args.ref:
             raise UserError("a language model is scored with --model MODEL --text FILE (and no --hyp/--ref)")
@@ -581,10 +665,53 @@ def _run_evaluate(args):
         print(f"  chrF signature: {result['chrf_signature']}")
 
 
+def _evaluate_images(args):
+    import json
+
+    from aiayn.data.images import ImageSplit
+    from aiayn.tasks.images import evaluate_split
+    from aiayn.vision import Classifier, draw_confusion
+
+    clf = Classifier.load(args.model, args.device)
+    split = ImageSplit(args.data, args.split)
+    if split.meta["classes"] != clf.classes:
+        raise UserError(f"{args.data} has other classes than the model ({', '.join(split.meta['classes'][:5])}…)")
+    result = evaluate_split(clf.model, split, clf.spec, clf.device)
+    confusion = result.pop("confusion")
+    if args.confusion:
+        draw_confusion(confusion, clf.classes, args.confusion, f"{args.split}: accuracy {result['valid_accuracy']:.2f}%")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "accuracy": result["valid_accuracy"],
+                    "loss_bits": result["valid_nll"],
+                    "images": len(split),
+                    "confusion": confusion.tolist(),
+                }
+            )
+        )
+        return
+    print(
+        f"accuracy {result['valid_accuracy']:.2f}% on {len(split)} images of {args.data} ({args.split}); loss {result['valid_nll']:.4f} bits"
+    )
+    width = max(len(c) for c in clf.classes)
+    print(" " * (width + 2) + " ".join(f"{i:>5}" for i in range(len(clf.classes))) + "   (columns: predicted class)")
+    for i, row in enumerate(confusion):
+        share = row[i] / max(row.sum(), 1) * 100
+        print(f"{i:>2} {clf.classes[i]:<{width}}" + " ".join(f"{v:>5}" for v in row) + f"   {share:5.1f}%")
+    if args.confusion:
+        print(f"wrote {args.confusion}")
+
+
 def _add_attention(sub):
-    p = sub.add_parser("attention", help="draw attention heat maps for a sentence and its translation")
+    p = sub.add_parser(
+        "attention",
+        help="draw attention: heat maps for a sentence and its translation, or the rollout over an image",
+    )
     p.add_argument("--model", required=True, help="weights file or run directory")
-    p.add_argument("--text", required=True, help="the source sentence")
+    p.add_argument("--text", help="the source sentence (a translation model)")
+    p.add_argument("--image", help="an image file (an image model): attention rollout over it")
     p.add_argument("--out", default="attention.png", help="PNG file to write")
     p.add_argument("--kind", choices=["cross", "encoder", "both"], default="both", help="encoder-decoder, encoder self-attention, or both")
     p.add_argument("--layers", type=int, nargs="+", help="layers to draw (1-based; negative counts from the end; default all)")
@@ -598,6 +725,19 @@ def _add_attention(sub):
 def _run_attention(args):
     import json
 
+    if args.image:
+        from aiayn.data.images import load_image
+        from aiayn.vision import Classifier, draw_rollout
+
+        clf = Classifier.load(args.model, args.device)
+        image = load_image(args.image, clf.spec)
+        grid, top = clf.rollout(image)
+        label = ", ".join(f"{c} {p:.2f}" for c, p in top)
+        path = draw_rollout(image, grid, args.out, f"{Path(args.image).name}: {label}")
+        print(f"{args.image}: {label}\nwrote {path}")
+        return
+    if not args.text:
+        raise UserError("give --text SENTENCE (a translation model) or --image FILE (an image model)")
     from aiayn import runtime
     from aiayn.generate.translate import Translator
     from aiayn.heatmaps import attention_maps, render
@@ -631,10 +771,11 @@ def _run_plot(args):
 def _add_import_hf(sub):
     p = sub.add_parser(
         "import-hf",
-        help="import a Hugging Face Marian model (the 1,000+ OPUS-MT models) or a GPT-2",
+        help="import a Hugging Face Marian model (the 1,000+ OPUS-MT models), a GPT-2 or a ViT",
         description="Convert a MarianMTModel checkpoint (config.json, model.safetensors or pytorch_model.bin, source.spm, "
         "target.spm, vocab.json) into an aiayn model for translate, evaluate, attention, serve and train --init-from; "
-        "or a GPT2LMHeadModel directory (config.json, weights, tokenizer.json or vocab.json + merges.txt) for generate, evaluate and serve.",
+        "a GPT2LMHeadModel directory (config.json, weights, tokenizer.json or vocab.json + merges.txt) for generate, evaluate and serve; "
+        "or a ViTForImageClassification directory (config.json, weights, preprocessor_config.json) for classify, evaluate and serve.",
     )
     p.add_argument("src", metavar="SRC", help="a local Marian directory, or a hub name such as Helsinki-NLP/opus-mt-en-de (needs internet)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write model.safetensors to (or a .safetensors file)")
@@ -643,6 +784,12 @@ def _add_import_hf(sub):
 
 def _run_import_hf(args):
     config = Path(args.src) / "config.json"
+    if config.is_file() and _json_field(config, "model_type") == "vit":
+        from aiayn.interop.hf_vit import import_vit
+
+        path = import_vit(args.src, args.out)
+        print(f"wrote {path}; try it: aiayn classify --model {path} IMAGE")
+        return
     if config.is_file() and _json_field(config, "model_type") == "gpt2":
         from aiayn.interop.hf_gpt2 import import_gpt2
 
@@ -688,7 +835,16 @@ def _add_export(sub):
 def _run_export(args):
     from aiayn.io.checkpoint import read_metadata, resolve_model_path
 
-    if read_metadata(resolve_model_path(args.model)).get("architecture") == "gpt":
+    architecture = read_metadata(resolve_model_path(args.model)).get("architecture")
+    if architecture == "vit":
+        if args.format != "hf" or args.quantization:
+            raise UserError("a ViT exports to --format hf (ViTForImageClassification)")
+        from aiayn.interop.hf_vit import export_vit
+
+        out = export_vit(args.model, args.out, force=args.force)
+        print(f"wrote {out}: ViTForImageClassification.from_pretrained('{out}') and ViTImageProcessor.from_pretrained('{out}') load it")
+        return
+    if architecture == "gpt":
         if args.format != "hf" or args.quantization:
             raise UserError("a GPT exports to --format hf (GPT2LMHeadModel)")
         from aiayn.interop.hf_gpt2 import export_gpt2
@@ -815,6 +971,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_average,
         _add_translate,
         _add_generate,
+        _add_classify,
         _add_evaluate,
         _add_attention,
         _add_plot,

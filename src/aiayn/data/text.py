@@ -163,7 +163,9 @@ class TextStats:
         self.skipped = Counter() if self.skipped is None else self.skipped
 
 
-def read_documents(path: str | Path, documents: str = "blank-line", skip_bad: bool = False, stats: TextStats | None = None) -> Iterator[list[str]]:
+def read_documents(
+    path: str | Path, documents: str = "blank-line", skip_bad: bool = False, stats: TextStats | None = None
+) -> Iterator[list[str]]:
     """Yield each document of a UTF-8 text file as its lines (without newlines). documents="file":
     the whole file is one; "blank-line": blank lines separate them. A line that is not UTF-8 or holds
     a control character other than tab stops with an error naming the file and line, or with

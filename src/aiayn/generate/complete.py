@@ -84,7 +84,11 @@ class Generator:
         return ids or [self.model.config.eos_id]  # an empty prompt starts a document
 
     def generate(
-        self, prompts: list[str], options: GenerationOptions = GenerationOptions(), on_text: Callable[[int, str], None] | None = None, stop=None
+        self,
+        prompts: list[str],
+        options: GenerationOptions = GenerationOptions(),
+        on_text: Callable[[int, str], None] | None = None,
+        stop=None,
     ) -> list[Completion]:
         """Continue every prompt; on_text(i, new_text) is called as prompt i's text grows."""
         options.check()

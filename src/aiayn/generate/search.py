@@ -98,7 +98,19 @@ def greedy_search(
 ) -> list[Hypothesis]:
     """Take the most probable token at each step until EOS or the sentence's cap `max_len` ([B], EOS included)."""
     return _one_per_sentence(
-        model, inputs, special, max_len, alpha, lp_style, min_len, prompt, lambda lprobs: lprobs.argmax(-1), stop, eos_at_cap, adjust, on_step
+        model,
+        inputs,
+        special,
+        max_len,
+        alpha,
+        lp_style,
+        min_len,
+        prompt,
+        lambda lprobs: lprobs.argmax(-1),
+        stop,
+        eos_at_cap,
+        adjust,
+        on_step,
     )
 
 
@@ -168,8 +180,19 @@ def sample(
 
 
 def _one_per_sentence(
-    model, inputs, special: SpecialTokens, limit: Tensor, alpha, lp_style, min_len, prompt, pick, stop: Stop = None,
-    eos_at_cap: bool = True, adjust: Adjust = None, on_step: OnStep = None,
+    model,
+    inputs,
+    special: SpecialTokens,
+    limit: Tensor,
+    alpha,
+    lp_style,
+    min_len,
+    prompt,
+    pick,
+    stop: Stop = None,
+    eos_at_cap: bool = True,
+    adjust: Adjust = None,
+    on_step: OnStep = None,
 ) -> list[Hypothesis]:
     """Greedy search and sampling: one hypothesis per sentence, extended by `pick` (argmax or a draw)
     until EOS, or until its cap (where EOS is forced, unless eos_at_cap=False: a language model's
@@ -217,9 +240,7 @@ def _one_per_sentence(
             first_cap = int(row_limit.min())
             state.select(keep)
     lp = length_penalty(length.double(), alpha, lp_style)
-    return [
-        Hypothesis(out[i, : length[i] - int(ended[i])].tolist(), (logprob[i] / lp[i]).item(), logprob[i].item()) for i in range(B)
-    ]
+    return [Hypothesis(out[i, : length[i] - int(ended[i])].tolist(), (logprob[i] / lp[i]).item(), logprob[i].item()) for i in range(B)]
 
 
 STOPPING = {False: "exact", True: "nbest", "exact": "exact", "nbest": "nbest", "beam": "beam", "hf": "hf"}

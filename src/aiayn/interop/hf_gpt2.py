@@ -190,4 +190,3 @@ def export_gpt2(model_path: str | Path, out: str | Path, force: bool = False) ->
         else:
             tok.save(tmp / "spm.model")
     return Path(out)
-

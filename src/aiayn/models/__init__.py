@@ -14,6 +14,7 @@ from torch import nn
 from aiayn.models.gpt import GPT, GPTConfig, GPTState
 from aiayn.models.presets import PRESETS
 from aiayn.models.seq2seq import EncoderOut, Seq2SeqState, Transformer, TransformerConfig
+from aiayn.models.vit import ViT, ViTConfig, attention_rollout
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "transformer": Architecture("transformer", TransformerConfig, Transformer, "translation"),
     "gpt": Architecture("gpt", GPTConfig, GPT, "lm"),
+    "vit": Architecture("vit", ViTConfig, ViT, "images"),
 }
 
 
@@ -71,6 +73,9 @@ __all__ = [
     "Seq2SeqState",
     "Transformer",
     "TransformerConfig",
+    "ViT",
+    "ViTConfig",
+    "attention_rollout",
     "architecture",
     "architecture_of",
     "build",

@@ -102,6 +102,7 @@ class GPTState:
     position: Tensor | None = None
     sentences: int = 0
     length: int = 0
+    furthest: int = 0  # the furthest position a remaining row has reached (known on the host)
 
     def _rows(self, rows: Tensor) -> None:
         if self.keep is not None:
@@ -120,6 +121,8 @@ class GPTState:
             c.select(rows)
         self._rows(rows)
         self.sentences = sentences.numel()
+        if self.position is not None and self.position.numel():
+            self.furthest = int(self.position.max())  # of the rows that remain
 
 
 class GPT(nn.Module):
@@ -205,7 +208,12 @@ class GPT(nn.Module):
             if state.prompt_mask is not None:
                 state.keep = state.prompt_mask.to(device).repeat_interleave(N // state.sentences, 0)
                 state.position = state.keep.long().sum(1)  # [N]: each row's next position (its first real token is at 0)
-        self._check_length(state.length + L)
+                state.furthest = int(state.position.max())
+            else:
+                state.furthest = L
+        else:
+            state.furthest += L
+        self._check_length(state.furthest)
         if state.keep is None:  # no padding: every row is at the same position
             positions = self.positions(L, state.length)  # [L, d_model]
             mask = None

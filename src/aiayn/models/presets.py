@@ -17,4 +17,12 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "gpt-tiny": ("gpt", dict(d_model=128, n_heads=4, d_ff=512, n_layers=4, context=128, dropout=0.0, attn_dropout=0.0)),
     "gpt-small": ("gpt", dict(d_model=384, n_heads=6, d_ff=1536, n_layers=6, context=256, dropout=0.2, attn_dropout=0.2)),
     "gpt2": ("gpt", dict(d_model=768, n_heads=12, d_ff=3072, n_layers=12, context=1024, dropout=0.1, attn_dropout=0.1)),
+    # ViT (models/vit.py); image_size, in_channels and n_classes come from the dataset. vit-tiny is sized for
+    # CPUs (patch 4: 7 × 7 patches of a 28 × 28 image); vit-small is DeiT-S's shape, vit-base ViT-B/16.
+    "vit-tiny": (
+        "vit",
+        dict(image_size=28, patch_size=4, in_channels=1, n_classes=10, d_model=128, n_heads=4, d_ff=512, n_layers=6, drop_path=0.1),
+    ),
+    "vit-small": ("vit", dict(image_size=224, patch_size=16, d_model=384, n_heads=6, d_ff=1536, n_layers=12, drop_path=0.1)),
+    "vit-base": ("vit", dict(image_size=224, patch_size=16, d_model=768, n_heads=12, d_ff=3072, n_layers=12, drop_path=0.1)),
 }

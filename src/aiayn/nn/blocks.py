@@ -93,21 +93,29 @@ class Residual(nn.Module):
     The hook for a conditioned norm: `modulation` = (shift, scale, gate) computed from a
     conditioning vector gives DiT's adaLN-Zero (Peebles & Xie 2023, §3.2),
     x + gate · Sublayer(LayerNorm(x) · (1 + scale) + shift), pre-norm only.
+    Two options of deep pre-norm stacks (ViT, CaiT, DeiT): `layer_scale`, a learned per-channel
+    scale of the sub-layer's output (Touvron et al. 2021, "Going deeper with Image Transformers",
+    §2), passed in by the block that owns it; and `drop_path`, stochastic depth (Huang et al. 2016):
+    while training, each example skips the sub-layer with probability drop_path.
     Holds no parameters: the norm belongs to the block, so its state-dict key stays the block's.
     """
 
-    def __init__(self, dropout: float, pre_norm: bool):
+    def __init__(self, dropout: float, pre_norm: bool, drop_path: float = 0.0):
         super().__init__()
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
         self.dropout = Dropout(dropout)
-        self.pre_norm = pre_norm
+        self.pre_norm, self.drop_path = pre_norm, drop_path
 
-    def forward(self, x: Tensor, norm: nn.Module, sublayer: Callable, modulation: Modulation | None = None):
+    def forward(
+        self, x: Tensor, norm: nn.Module, sublayer: Callable, modulation: Modulation | None = None, layer_scale: Tensor | None = None
+    ):
         """sublayer(h) returns a tensor, or (tensor, extra); returns (new x, extra or None)."""
         if not self.pre_norm:
             if modulation is not None:
                 raise ValueError("a conditioned norm (modulation) needs pre_norm=True")
             out, extra = _split(sublayer(x))
-            return norm(x + self.dropout(out)), extra
+            return norm(x + self._branch(out, layer_scale)), extra
         h = norm(x)
         if modulation is not None:
             shift, scale, gate = modulation
@@ -115,7 +123,16 @@ class Residual(nn.Module):
         out, extra = _split(sublayer(h))
         if modulation is not None:
             out = gate * out
-        return x + self.dropout(out), extra
+        return x + self._branch(out, layer_scale), extra
+
+    def _branch(self, out: Tensor, layer_scale: Tensor | None) -> Tensor:
+        if layer_scale is not None:
+            out = out * layer_scale
+        out = self.dropout(out)
+        if self.drop_path and self.training:  # one keep/drop per example (the first dimension)
+            keep = torch.rand((out.size(0),) + (1,) * (out.dim() - 1), device=out.device) >= self.drop_path
+            out = out * keep.to(out.dtype) / (1.0 - self.drop_path)
+        return out
 
 
 def _split(out):
@@ -127,7 +144,8 @@ class Block(nn.Module):
     attention when `cross` (§3.2.3), and the feed-forward network (§3.3), each wrapped by `Residual`.
 
     The paper's encoder layer is Block(causal=False, cross=False), its decoder layer
-    Block(causal=True, cross=True); a GPT block is Block(causal=True, pre_norm=True).
+    Block(causal=True, cross=True); a GPT block is Block(causal=True, pre_norm=True); a ViT block
+    Block(pre_norm=True, activation="gelu"), with stochastic depth and LayerScale as options.
     """
 
     def __init__(
@@ -146,6 +164,8 @@ class Block(nn.Module):
         bias: bool = True,
         norm_eps: float = 1e-5,
         norm_affine: bool = True,
+        drop_path: float = 0.0,
+        layer_scale: float = 0.0,
     ):
         super().__init__()
 
@@ -159,7 +179,12 @@ class Block(nn.Module):
             self.cross_attn_norm = norm()
         self.ffn = FeedForward(d_model, d_ff, activation, activation_dropout, bias)
         self.ffn_norm = norm()
-        self.residual = Residual(dropout, pre_norm)
+        self.residual = Residual(dropout, pre_norm, drop_path)
+        if layer_scale:  # LayerScale (CaiT): one learned scale per channel and sub-layer, starting small
+            self.self_attn_scale = nn.Parameter(torch.full((d_model,), float(layer_scale)))
+            if cross:
+                self.cross_attn_scale = nn.Parameter(torch.full((d_model,), float(layer_scale)))
+            self.ffn_scale = nn.Parameter(torch.full((d_model,), float(layer_scale)))
 
     @property
     def has_cross(self) -> bool:
@@ -185,11 +210,13 @@ class Block(nn.Module):
         Returns the new x and, with need_weights, the attention weights: the cross-attention's
         where the block has one ([N, h, L, S]), else the self-attention's ([N, h, L, L])."""
         mod = modulation or (None, None, None)
+        scale = lambda name: getattr(self, name, None)  # noqa: E731 - LayerScale, where the block has it
         x, weights = self.residual(
             x,
             self.self_attn_norm,
             lambda h: self.self_attn(h, mask=mask, cache=cache, need_weights=need_weights and not self.has_cross, packing=packing),
             mod[0],
+            scale("self_attn_scale"),
         )
         if self.has_cross:
             x, weights = self.residual(
@@ -197,8 +224,9 @@ class Block(nn.Module):
                 self.cross_attn_norm,
                 lambda h: self.cross_attn(h, memory, mask=memory_mask, need_weights=need_weights, packing=packing),
                 mod[1] if len(mod) > 2 else None,
+                scale("cross_attn_scale"),
             )
-        x, _ = self.residual(x, self.ffn_norm, self.ffn, mod[-1])
+        x, _ = self.residual(x, self.ffn_norm, self.ffn, mod[-1], scale("ffn_scale"))
         return x, weights
 
 

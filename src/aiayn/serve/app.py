@@ -37,8 +37,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiayn import __version__
+from aiayn.generate.complete import Generator
 from aiayn.generate.translate import Translation, Translator
-from aiayn.serve.batcher import Batcher, BatcherClosed, DecodeKey, QueueFull, source_lengths
+from aiayn.vision import Classifier
+from aiayn.serve import classify, completions
+from aiayn.serve.batcher import Batcher, BatcherClosed, CompletionBatcher, DecodeKey, QueueFull, source_lengths
 
 log = logging.getLogger("aiayn.serve")
 STATIC = Path(__file__).parent / "static"
@@ -251,12 +254,17 @@ class BodyLimit:
 
 
 # ---------------------------------------------------------------- the app
-def load_translator(model: str | Path, device: str = "auto", precision: str = "fp32") -> Translator:
+def load_translator(model: str | Path, device: str = "auto", precision: str = "fp32"):
+    """A Translator for a translation model, a Generator for a language model."""
     from aiayn import runtime
     from aiayn.io.checkpoint import load_model
 
     device = runtime.device(device)
     loaded, ckpt = load_model(model, device)
+    if ckpt.task == "lm":
+        return Generator(loaded, ckpt.tokenizer, device=device, precision=precision)
+    if ckpt.task == "images":
+        return Classifier(loaded, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), device)
     return Translator(loaded, *ckpt.tokenizers, device=device, precision=precision, warn=lambda message: log.warning("%s", message))
 
 
@@ -296,21 +304,28 @@ def create_app(
     name: str | None = None,
 ) -> FastAPI:
     """The service for a checkpoint (weights file or run directory, loaded now, so that a bad
-    path fails before the server starts) or for a ready Translator."""
+    path fails before the server starts) or for a ready Translator or Generator (a language model:
+    the completions API, serve.completions)."""
     settings = settings or ServeSettings()
-    if isinstance(model, Translator):
+    if isinstance(model, (Translator, Generator, Classifier)):
         translator, path = model, None
     else:
         translator, path = load_translator(model, device, precision), str(model)
     name = name or (Path(path).name if path else "model")
-    batcher = Batcher(
+    is_lm, is_images = isinstance(translator, Generator), isinstance(translator, Classifier)
+    batcher = (CompletionBatcher if is_lm else Batcher)(
         translator,
         max_batch_tokens=settings.max_batch_tokens,
         max_batch_texts=settings.max_batch_texts,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
     )
-    info = _model_info(translator, name, path)
+    if is_lm:
+        info = completions.model_info(translator, name, path)
+    elif is_images:
+        info = classify.model_info(translator, name, path)
+    else:
+        info = _model_info(translator, name, path)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -323,8 +338,16 @@ def create_app(
             await batcher.close()
 
     app = FastAPI(
-        title="aiayn translation service",
-        description="The Transformer of 'Attention Is All You Need': translation with dynamic batching.",
+        title=f"aiayn {'language model' if is_lm else 'image classification' if is_images else 'translation'} service",
+        description="The Transformer of 'Attention Is All You Need': "
+        + (
+            "text generation (the OpenAI completions API) with dynamic batching"
+            if is_lm
+            else "image classification"
+            if is_images
+            else "translation with dynamic batching"
+        )
+        + ".",
         version=__version__,
         lifespan=lifespan,
         responses={code: {"model": ErrorResponse} for code in (413, 422, 503, 504)},
@@ -387,42 +410,48 @@ def create_app(
             raise HTTPException(413, f"{where} has {len(text)} characters; the limit is {settings.max_chars}")
 
     # ------------------------------------------------------------ routes
-    @app.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True, tags=["translation"])
-    async def translate(req: TranslateRequest, request: Request) -> TranslateResponse:
-        """Translate sentences; the answer has one entry per text, in order."""
-        if len(req.texts) > settings.max_texts:
-            raise HTTPException(413, f"{len(req.texts)} texts in one request; the limit is {settings.max_texts}")
-        for i, text in enumerate(req.texts):
-            check_text(i, text)
-        key = DecodeKey(beam=req.beam, nbest=req.nbest, alpha=req.length_penalty, max_length=req.max_length)
-        lengths = source_lengths(translator, req.texts)  # tokenized once, for the cost and for the batcher
-        cost = request_cost(translator, lengths, key)
-        if cost > settings.max_request_cost:
-            raise HTTPException(
-                413,
-                f"this request may cost {cost} beam × output steps (beam {req.beam} × each text's output cap, summed); "
-                f"the limit is {settings.max_request_cost}: send fewer or shorter texts, a smaller beam or a max_length",
-            )
-        results = await run(batcher.translate(req.texts, key, req.alignment, lengths), "translation", request)
-        return TranslateResponse(translations=[_translation_out(translator, tr, req) for tr in results])
+    if is_lm:
+        completions.add_routes(app, translator, batcher, settings, run, name)
+    elif is_images:
+        classify.add_routes(app, translator, batcher, settings, run)
+    else:
 
-    @app.post(
-        "/v1/attention",
-        tags=["translation"],
-        responses={
-            200: {
-                "description": "source and target subwords, the translation, and the weights cross[layer][head][target][source] (encoder[layer][head][source][source] with encoder=true)"
-            }
-        },
-    )
-    async def attention(req: AttentionRequest) -> Response:
-        """Translate one sentence and return its attention weights, as `aiayn attention --json`."""
-        check_text(None, req.text)
-        n = len(translator.src_tok.encode([req.text])[0])
-        if n > settings.max_attention_tokens:
-            raise HTTPException(413, f"the text has {n} subwords; attention maps are limited to {settings.max_attention_tokens}")
-        body = await run(batcher.run_exclusive(lambda: _attention_json(translator, req)), "attention map")
-        return Response(body, media_type="application/json")
+        @app.post("/v1/translate", response_model=TranslateResponse, response_model_exclude_none=True, tags=["translation"])
+        async def translate(req: TranslateRequest, request: Request) -> TranslateResponse:
+            """Translate sentences; the answer has one entry per text, in order."""
+            if len(req.texts) > settings.max_texts:
+                raise HTTPException(413, f"{len(req.texts)} texts in one request; the limit is {settings.max_texts}")
+            for i, text in enumerate(req.texts):
+                check_text(i, text)
+            key = DecodeKey(beam=req.beam, nbest=req.nbest, alpha=req.length_penalty, max_length=req.max_length)
+            lengths = source_lengths(translator, req.texts)  # tokenized once, for the cost and for the batcher
+            cost = request_cost(translator, lengths, key)
+            if cost > settings.max_request_cost:
+                raise HTTPException(
+                    413,
+                    f"this request may cost {cost} beam × output steps (beam {req.beam} × each text's output cap, summed); "
+                    f"the limit is {settings.max_request_cost}: send fewer or shorter texts, a smaller beam or a max_length",
+                )
+            results = await run(batcher.translate(req.texts, key, req.alignment, lengths), "translation", request)
+            return TranslateResponse(translations=[_translation_out(translator, tr, req) for tr in results])
+
+        @app.post(
+            "/v1/attention",
+            tags=["translation"],
+            responses={
+                200: {
+                    "description": "source and target subwords, the translation, and the weights cross[layer][head][target][source] (encoder[layer][head][source][source] with encoder=true)"
+                }
+            },
+        )
+        async def attention(req: AttentionRequest) -> Response:
+            """Translate one sentence and return its attention weights, as `aiayn attention --json`."""
+            check_text(None, req.text)
+            n = len(translator.src_tok.encode([req.text])[0])
+            if n > settings.max_attention_tokens:
+                raise HTTPException(413, f"the text has {n} subwords; attention maps are limited to {settings.max_attention_tokens}")
+            body = await run(batcher.run_exclusive(lambda: _attention_json(translator, req)), "attention map")
+            return Response(body, media_type="application/json")
 
     @app.get("/v1/models", tags=["service"])
     async def models() -> dict:
@@ -435,7 +464,7 @@ def create_app(
         ok = batcher.running
         return JSONResponse({"status": "ok" if ok else "shutting_down", **batcher.stats()}, status_code=200 if ok else 503)
 
-    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    page = (STATIC / ("generate.html" if is_lm else "classify.html" if is_images else "index.html")).read_text(encoding="utf-8")
     csp = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -13,6 +13,9 @@ caller has gone (timed out, disconnected) are dropped before they are decoded, a
 callers have all timed out stops decoding at its next step, so the model is free for the next
 batch.
 `close()` stops taking requests and finishes every pending one.
+
+`CompletionBatcher` does the same for a language model: requests with equal generation options
+are continued together by one `Generator.generate` call, each text streaming back to its caller.
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ def source_lengths(translator: Translator, texts: list[str]) -> list[int]:
 class _Request:
     texts: list[str]
     key: DecodeKey
-    alignment: bool
-    tokens: int  # source subwords (+ EOS) × beam: its share of a batch
+    extra: Any  # what else its decoding needs: for a translation whether to align, for a completion where its text streams to
+    tokens: int  # its share of a batch: source subwords (+ EOS) × beam; a completion's prompt and new tokens
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
 
@@ -280,11 +283,54 @@ class Batcher:
         translator.options = batch[0].key.options(self.translator.options)
         translator.max_tokens = self.max_batch_tokens
         texts = [t for r in batch for t in r.texts]
-        alignment = any(r.alignment for r in batch)
+        alignment = any(r.extra for r in batch)
         gone = lambda: all(r.future.done() for r in batch)  # noqa: E731 - each caller's wait was cancelled (timed out)
         translations = translator.translate(texts, alignment_layer=-1 if alignment else None, stop=gone)
         out, start = [], 0
         for r in batch:
             out.append(translations[start : start + len(r.texts)])
+            start += len(r.texts)
+        return out
+
+
+class CompletionBatcher(Batcher):
+    """Dynamic batching for a language model: prompts of requests with equal generation options
+    (the key) are continued together; each request's new text streams to its own callback."""
+
+    def __init__(self, generator, **kwargs):
+        super().__init__(generator, **kwargs)
+
+    async def complete(self, prompts: list[str], options, on_text: Callable[[int, str], None] | None = None, tokens: int = 0):
+        """Continue the prompts with `options` (a GenerationOptions: the batching key); on_text(i, new_text)
+        is called on the event loop as prompt i's text grows. Returns the Completions in order."""
+        if not self.running:
+            raise BatcherClosed("the server is shutting down")
+        if self.queue_depth >= self.max_queue:
+            raise QueueFull(f"{self.max_queue} requests are already waiting")
+        loop = asyncio.get_running_loop()
+        stream = None
+        if on_text is not None:
+            stream = lambda i, text: loop.call_soon_threadsafe(on_text, i, text)  # noqa: E731 - called on the model thread
+        cost = tokens or len(prompts) * options.max_new_tokens
+        request = _Request(prompts, options, stream, cost, loop.create_future())
+        self._pending.append(request)
+        self._arrived.set()
+        return await request.future
+
+    def _decode(self, batch: list[_Request]) -> list[list]:
+        prompts = [t for r in batch for t in r.texts]
+        owner = [(r, i) for r in batch for i in range(len(r.texts))]
+
+        def on_text(row: int, text: str) -> None:
+            r, i = owner[row]
+            if r.extra is not None and not r.future.done():
+                r.extra(i, text)
+
+        gone = lambda: all(r.future.done() for r in batch)  # noqa: E731
+        streaming = any(r.extra is not None for r in batch)
+        completions = self.translator.generate(prompts, batch[0].key, on_text=on_text if streaming else None, stop=gone)
+        out, start = [], 0
+        for r in batch:
+            out.append(completions[start : start + len(r.texts)])
             start += len(r.texts)
         return out

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TASKS = {"translation": "aiayn.tasks.translation:TranslationTask", "lm": "aiayn.tasks.lm:LanguageModelTask"}
+TASKS = {
+    "translation": "aiayn.tasks.translation:TranslationTask",
+    "lm": "aiayn.tasks.lm:LanguageModelTask",
+    "images": "aiayn.tasks.images:ImageClassificationTask",
+}
 
 
 def for_dataset(data_dir: str | Path):

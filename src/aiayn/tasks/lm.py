@@ -119,7 +119,9 @@ class LanguageModelTask:
         values = dict(values)
         preset = values.pop("preset", "gpt-tiny")
         ids = self.meta["special_ids"]
-        return models.preset_config(preset, vocab_size=self.meta["vocab"]["size"], eos_id=ids["eos"], bos_id=ids["eos"], pad_id=ids["pad"], **values)
+        return models.preset_config(
+            preset, vocab_size=self.meta["vocab"]["size"], eos_id=ids["eos"], bos_id=ids["eos"], pad_id=ids["pad"], **values
+        )
 
     def check_compatible(self, ckpt, what: str) -> None:
         from aiayn.data.text import lm_tokenizer_from_assets
@@ -150,11 +152,15 @@ class LanguageModelTask:
     # ----- validation
     @torch.no_grad()
     def validate(self, model: nn.Module, cfg, where: torch.device, precision: str) -> dict:
-        return evaluate_stream(model, self.valid_data.tokens, where, precision, cfg.max_tokens, self.valid_data.characters, cfg.label_smoothing)
+        return evaluate_stream(
+            model, self.valid_data.tokens, where, precision, cfg.max_tokens, self.valid_data.characters, cfg.label_smoothing
+        )
 
 
 @torch.no_grad()
-def evaluate_stream(model, tokens: np.ndarray, where, precision: str = "fp32", max_tokens: int = 8192, characters: int = 0, label_smoothing: float = 0.0) -> dict:
+def evaluate_stream(
+    model, tokens: np.ndarray, where, precision: str = "fp32", max_tokens: int = 8192, characters: int = 0, label_smoothing: float = 0.0
+) -> dict:
     """Loss and perplexity of a token stream, in consecutive windows of the model's context: every
     token after the first is predicted once. Losses in bits; bits per character where the text's
     length in characters is known (comparable across vocabularies)."""

@@ -25,6 +25,7 @@ class TrainConfig:
     adam_betas: tuple = (0.9, 0.98)
     adam_eps: float = 1e-9
     weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam (the paper's; weight_decay is an L2 term) | adamw (decoupled weight decay, Loshchilov & Hutter)
     lr_schedule: str = "paper"  # paper: d_model^-0.5·min(step^-0.5, step·warmup^-1.5)·lr_scale | inverse_sqrt: peak lr | cosine
     lr_scale: float = 1.0
     lr: float = 0.0  # peak learning rate, for lr_schedule=inverse_sqrt and cosine
@@ -111,6 +112,7 @@ RULES = {
     "max_sentences": S.AT_LEAST_0,
     "adam_eps": S.POSITIVE,
     "weight_decay": S.AT_LEAST_0,
+    "optimizer": S.Rule(choices=("adam", "adamw")),
     "lr_schedule": S.Rule(choices=("paper", "inverse_sqrt", "cosine")),
     "min_lr": S.AT_LEAST_0,
     "lr_scale": S.POSITIVE,

@@ -110,7 +110,7 @@ class Trainer:
             )
         if cfg.compile:
             compile_stacks(self.model)  # regional: one graph per kind of block, dynamic shapes
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
             self.model.parameters(), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=True
         )  # one fused kernel (CPU and CUDA)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None

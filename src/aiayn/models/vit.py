@@ -1,0 +1,187 @@
+"""ViT: an image classified by the Transformer's encoder (Dosovitskiy et al. 2020, "An Image is
+Worth 16x16 Words"), assembled from the block set.
+
+    image ─► patches (strided conv) ─► [CLS] + patches + positions ─► Stack of N Block(pre_norm)
+          ─► LayerNorm ─► the [CLS] state (or the patches' mean) ─► Linear ─► class logits
+
+§3.1 of the ViT paper: "we prepend a learnable embedding to the sequence of embedded patches ...
+whose state at the output of the Transformer encoder serves as the image representation"; the
+blocks are the paper's encoder layers (§3.1 of Vaswani et al.) in pre-norm order with GELU.
+Stochastic depth (DeiT) and LayerScale (CaiT) are options of `Block`. `attention_rollout`
+(Abnar & Zuidema 2020) shows which patches the class token's representation comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from aiayn import schema
+from aiayn.nn import Block, Dropout, Linear, PatchEmbedding, Stack, sinusoid_table_2d
+
+
+@dataclass
+class ViTConfig:
+    image_size: int = 224  # square images of image_size × image_size pixels
+    patch_size: int = 16
+    in_channels: int = 3
+    n_classes: int = 1000
+    d_model: int = 768
+    n_heads: int = 12
+    d_ff: int = 3072
+    n_layers: int = 12
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth of the last block; earlier blocks get linearly less (DeiT)
+    layer_scale: float = 0.0  # LayerScale's initial value (CaiT: 1e-5 … 1e-1); 0: off
+    activation: str = "gelu"
+    pooling: str = "cls"  # cls: the class token's state | mean: the mean of the patches' states
+    positional: str = "learned"  # learned | sinusoidal (2-D)
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ViTConfig":
+        from aiayn.models.presets import PRESETS
+
+        if name not in PRESETS or PRESETS[name][0] != "vit":
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(n for n, (a, _) in PRESETS.items() if a == 'vit')}")
+        return cls(**{**PRESETS[name][1], **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def check(cls, values: dict, where: str = "") -> None:
+        from aiayn.nn import ACTIVATIONS
+
+        S = schema
+        rules = {
+            "image_size": S.AT_LEAST_1,
+            "patch_size": S.AT_LEAST_1,
+            "in_channels": S.AT_LEAST_1,
+            "n_classes": S.AT_LEAST_1,
+            "d_model": S.AT_LEAST_1,
+            "n_heads": S.AT_LEAST_1,
+            "d_ff": S.AT_LEAST_1,
+            "n_layers": S.AT_LEAST_1,
+            "dropout": S.PROBABILITY,
+            "attn_dropout": S.PROBABILITY,
+            "drop_path": S.PROBABILITY,
+            "layer_scale": S.AT_LEAST_0,
+            "activation": S.Rule(choices=tuple(ACTIVATIONS)),
+            "pooling": S.Rule(choices=("cls", "mean")),
+            "positional": S.Rule(choices=("learned", "sinusoidal")),
+            "layer_norm_eps": S.POSITIVE,
+        }
+        schema.check(cls, values, where, rules, what="model config")
+        if "d_model" in values and "n_heads" in values and values["d_model"] % values["n_heads"]:
+            raise ValueError(f"{where}d_model={values['d_model']} is not divisible by {where}n_heads={values['n_heads']}")
+        if "image_size" in values and "patch_size" in values and values["image_size"] % values["patch_size"]:
+            raise ValueError(f"{where}image_size={values['image_size']} is not a multiple of {where}patch_size={values['patch_size']}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ViTConfig":
+        cls.check(values)
+        return cls(**values)
+
+
+class ViT(nn.Module):
+    """A Vision Transformer classifier."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = cfg = config
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size={cfg.image_size} is not a multiple of patch_size={cfg.patch_size}")
+        self.patch_embed = PatchEmbedding(cfg.in_channels, cfg.patch_size, cfg.d_model)
+        n_tokens = cfg.grid**2 + (cfg.pooling == "cls")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.pooling == "cls" else None
+        if cfg.positional == "learned":
+            self.position_embed = nn.Parameter(torch.zeros(1, n_tokens, cfg.d_model))
+        else:  # fixed 2-D sinusoids for the patches (MAE, DiT); the class token gets none
+            table = sinusoid_table_2d(cfg.grid, cfg.grid, cfg.d_model)
+            if cfg.pooling == "cls":
+                table = torch.cat([torch.zeros(1, cfg.d_model), table])
+            self.register_buffer("position_table", table[None], persistent=False)
+        self.dropout = Dropout(cfg.dropout)
+        self.layers = Stack(
+            Block(
+                cfg.d_model,
+                cfg.n_heads,
+                cfg.d_ff,
+                pre_norm=True,
+                dropout=cfg.dropout,
+                attn_dropout=cfg.attn_dropout,
+                activation=cfg.activation,
+                norm_eps=cfg.layer_norm_eps,
+                drop_path=cfg.drop_path * i / max(cfg.n_layers - 1, 1),
+                layer_scale=cfg.layer_scale,
+            )
+            for i in range(cfg.n_layers)
+        )
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.head = Linear(cfg.d_model, cfg.n_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """timm's and the ViT paper's: truncated-normal(0.02) weights and positions, zero biases, a zero head."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.size(0), -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.config.positional == "learned":
+            nn.init.trunc_normal_(self.position_embed, std=0.02)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, list]:
+        """images: [B, C, H, W] (normalised) -> the encoder's output [B, 1 + patches, d_model] (class
+        token first where there is one) and, with need_weights, the attention per layer [B, h, L, L]."""
+        x = self.patch_embed(images)  # [B, N, d_model]
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1)
+        positions = self.position_embed if self.config.positional == "learned" else self.position_table
+        if positions.size(1) != x.size(1):
+            raise ValueError(
+                f"the images give {x.size(1)} tokens; the model was built for {positions.size(1)} (image_size {self.config.image_size})"
+            )
+        x = self.dropout(x + positions)
+        x, weights = self.layers(x, need_weights=need_weights)
+        return self.final_norm(x), weights
+
+    def pool(self, states: Tensor) -> Tensor:
+        return states[:, 0] if self.config.pooling == "cls" else states.mean(1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images: [B, C, H, W] -> class logits [B, n_classes]."""
+        return self.head(self.pool(self.features(images)[0]))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def attention_rollout(weights: list[Tensor], residual: float = 0.5) -> Tensor:
+    """Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers", §3: the attention of
+    each layer averaged over heads, mixed with the identity for the residual connection
+    (A' = residual·I + (1 − residual)·A, rows renormalised), multiplied through the layers.
+    weights: per layer [B, h, L, L] -> [B, L, L], each row a distribution over the input tokens."""
+    rollout = None
+    for w in weights:
+        a = w.float().mean(1)  # [B, L, L]
+        a = residual * torch.eye(a.size(-1), device=a.device) + (1 - residual) * a
+        a = a / a.sum(-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    return rollout

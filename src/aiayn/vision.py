@@ -1,0 +1,115 @@
+"""Using an image classifier: classify image files, draw attention rollout over an image, and
+draw a confusion matrix (`aiayn classify`, `aiayn attention --image`, `aiayn evaluate --data`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Classifier:
+    """A ViT with its class names and image format (the checkpoint's assets)."""
+
+    model: torch.nn.Module
+    classes: list[str]
+    spec: dict
+    device: torch.device
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "Classifier":
+        from aiayn import runtime
+        from aiayn.io.checkpoint import load_model
+
+        where = runtime.device(device)
+        model, ckpt = load_model(path, where)
+        if ckpt.task != "images":
+            raise ValueError(f"{ckpt.path} is a {ckpt.task} model, not an image classifier")
+        return cls(model, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), where)
+
+    @torch.no_grad()
+    def probabilities(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 [B, H, W, C] -> class probabilities [B, n_classes]."""
+        from aiayn.data.images import to_tensor
+
+        return self.model(to_tensor(images, self.spec).to(self.device)).float().softmax(-1).cpu()
+
+    def classify(self, images: np.ndarray, top_k: int = 3) -> list[list[tuple[str, float]]]:
+        probs = self.probabilities(images)
+        k = min(top_k, probs.size(1))
+        top = probs.topk(k, dim=-1)
+        return [[(self.classes[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist())] for ps, idx in zip(top.values, top.indices)]
+
+    @torch.no_grad()
+    def rollout(self, image: np.ndarray) -> tuple[np.ndarray, list[tuple[str, float]]]:
+        """The attention rollout of the class token (or, with mean pooling, of all tokens on average) over
+        the patch grid [grid, grid], and the top predictions."""
+        from aiayn.data.images import to_tensor
+        from aiayn.models import attention_rollout
+
+        x = to_tensor(image[None], self.spec).to(self.device)
+        states, weights = self.model.features(x, need_weights=True)
+        probs = self.model.head(self.model.pool(states)).float().softmax(-1)[0].cpu()
+        r = attention_rollout(weights)[0]  # [L, L]
+        g = self.model.config.grid
+        row = r[0, 1:] if self.model.config.pooling == "cls" else r.mean(0)
+        top = probs.topk(min(3, probs.numel()))
+        return row.reshape(g, g).cpu().numpy(), [(self.classes[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+
+
+def draw_rollout(image: np.ndarray, grid_map: np.ndarray, out: str | Path, title: str = "") -> Path:
+    """The image beside its rollout map laid over it, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    H, W = image.shape[:2]
+    shown = image[..., 0] if image.shape[-1] == 1 else image
+    cmap = "gray" if image.shape[-1] == 1 else None
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))
+    axes[0].imshow(shown, cmap=cmap)
+    axes[0].set_title("image", fontsize=9)
+    axes[1].imshow(shown, cmap=cmap)
+    axes[1].imshow(grid_map, cmap="inferno", alpha=0.6, extent=(-0.5, W - 0.5, H - 0.5, -0.5), interpolation="nearest")
+    axes[1].set_title("attention rollout", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
+
+
+def draw_confusion(confusion: np.ndarray, classes: list[str], out: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    shares = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if confusion[i, j]:
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7, color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
