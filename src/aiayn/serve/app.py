@@ -39,9 +39,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aiayn import __version__
 from aiayn.generate.complete import Generator
 from aiayn.generate.translate import Translation, Translator
-from aiayn.vision import Classifier
 from aiayn.serve import classify, completions
 from aiayn.serve.batcher import Batcher, BatcherClosed, CompletionBatcher, DecodeKey, QueueFull, source_lengths
+from aiayn.vision import Classifier
 
 log = logging.getLogger("aiayn.serve")
 STATIC = Path(__file__).parent / "static"
