@@ -131,7 +131,8 @@ class ViT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """timm's and the ViT paper's: truncated-normal(0.02) weights and positions, zero biases, a zero head."""
+        """timm's: truncated-normal(0.02) weights, class token and positions, zero biases; the patch
+        projection Xavier-uniform over its flattened patch."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -144,8 +145,6 @@ class ViT(nn.Module):
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self.config.positional == "learned":
             nn.init.trunc_normal_(self.position_embed, std=0.02)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
 
     def features(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, list]:
         """images: [B, C, H, W] (normalised) -> the encoder's output [B, 1 + patches, d_model] (class
