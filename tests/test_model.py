@@ -378,13 +378,14 @@ def test_onednn_products_agree_with_mkl_and_follow_weight_changes():
 
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.preset("tiny", pre_norm=False, vocab_size=300)).eval()
-    src, tgt = torch.randint(4, 300, (3, 9)), torch.randint(4, 300, (3, 7))
+    src, tgt = torch.randint(4, 300, (8, 9)), torch.randint(4, 300, (8, 7))
     with torch.no_grad():
         with gemm_library("mkl"):
             reference = model(src, tgt)
         with gemm_library("onednn"):
-            fast = model(src, tgt)  # packs every weight
-            assert model.output_proj._packed is not None
+            fast = model(src, tgt)  # packs the weights of products of ≥ Linear.ONEDNN_MIN_MACS multiply-adds
+            assert model.output_proj._packed is not None  # 56 rows × 128 × 300
+            assert model.decoder_layers[0].self_attn.out_proj._packed is None  # 56 × 128 × 128: too small, MKL
             assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-5)
             assert torch.equal(copy.deepcopy(model)(src, tgt), fast)  # copies drop the packed weights, not the results
             model.decoder_layers[0].ffn.w1.weight.mul_(-1)  # an in-place change is seen: repacked
