@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -191,6 +192,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        for old in [work / "aiayn-run", *work.glob("hf-*")]:  # runs of an earlier call (the data is kept)
+            shutil.rmtree(old, ignore_errors=True)
         from aiayn.data.text import TokenStream
 
         data = prepare(work, args.vocab_size)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -163,6 +164,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        for old in [work / "aiayn-run", *work.glob("hf-*")]:  # runs of an earlier call (the data is kept)
+            shutil.rmtree(old, ignore_errors=True)
         data = work / "data"
         if not data.is_dir():
             prepare_images("fashion-mnist", data)

@@ -83,6 +83,35 @@ def test_paper_schedule_matches_equation_3():
         assert inverse_sqrt_lr(step, peak, 4000) == pytest.approx(paper_lr(step, 512, 4000))
 
 
+def test_cosine_schedule_reaches_its_floor_at_the_end_of_the_budget(small_dataset, tmp_path, monkeypatch):
+    from aiayn.train.schedule import cosine_lr
+
+    assert cosine_lr(50, 1e-3, 100, 0.0) == pytest.approx(5e-4)  # warm-up
+    assert cosine_lr(100, 1e-3, 100, 0.0, min_lr=1e-4) == pytest.approx(1e-3)
+    assert cosine_lr(500, 1e-3, 100, 0.5, min_lr=1e-4) == pytest.approx(1e-4 + 0.45e-3)
+    assert cosine_lr(900, 1e-3, 100, 1.0, min_lr=1e-4) == pytest.approx(1e-4)
+    # by updates: the trainer's progress is step / max_updates
+    cfg = TrainConfig.from_dict(
+        {"model": {"preset": "tiny"}, "lr_schedule": "cosine", "lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 5, "max_updates": 40}
+    )
+    t = Trainer(cfg, small_dataset, tmp_path / "a", log=lambda *a: None, progress=False)
+    assert t.lr(40) == pytest.approx(1e-5) and t.lr(20) > t.lr(30) > t.lr(40)
+    # by the clock (max_time): progress is the share of the minutes spent, whichever is further
+    cfg = TrainConfig.from_dict(
+        {"model": {"preset": "tiny"}, "lr_schedule": "cosine", "lr": 1e-3, "min_lr": 0.0, "warmup_steps": 5, "max_time": 10}
+    )
+    t = Trainer(cfg, small_dataset, tmp_path / "b", log=lambda *a: None, progress=False)
+    now = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    t._session_start, t.train_seconds = 1000.0, 0.0
+    now[0] = 1000.0 + 300  # half of the 10 minutes
+    assert t.lr(50) == pytest.approx(0.5e-3)
+    now[0] = 1000.0 + 600
+    assert t.lr(60) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="cosine decays over the budget"):
+        Trainer(TrainConfig.from_dict({"model": {"preset": "tiny"}, "lr_schedule": "cosine", "lr": 1e-3}), small_dataset, tmp_path / "c")
+
+
 def test_label_smoothed_loss_by_hand():
     logits = torch.tensor([[2.0, 1.0, 0.1, -1.0], [0.5, 0.5, 3.0, 0.0]])
     target = torch.tensor([0, 2])

@@ -251,7 +251,7 @@ def to_tensor(images: np.ndarray, spec: dict):
     """uint8 [B, H, W, C] -> normalised float [B, C, H, W]."""
     import torch
 
-    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     mean = torch.tensor(spec["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(spec["std"]).clamp(min=1e-6).view(1, -1, 1, 1)
     return (x - mean) / std
