@@ -13,7 +13,6 @@ of unequal length left-padded and masked, so a batch of prompts decodes as each 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -21,12 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from aiayn import schema
+from aiayn.models.config import ModelConfig, check_heads
 from aiayn.nn import Block, Dropout, KVCache, Linear, PositionalEncoding, Stack, TokenEmbedding
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
     """Hyper-parameters, named as the paper names them (d_model, n_heads, d_ff, N = n_layers)."""
+
+    ARCHITECTURE = "gpt"
 
     vocab_size: int = 50257
     d_model: int = 768
@@ -44,17 +46,6 @@ class GPTConfig:
     eos_id: int = 3  # the document separator: ends a generation
     bos_id: int = 3  # put before every prompt (our datasets start each document after a separator); -1: nothing (GPT-2)
     pad_id: int = 0  # fills left-padded prompts (never attended to, never produced)
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "GPTConfig":
-        from aiayn.models.presets import PRESETS
-
-        if name not in PRESETS or PRESETS[name][0] != "gpt":
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(n for n, (a, _) in PRESETS.items() if a == 'gpt')}")
-        return cls(**{**PRESETS[name][1], **overrides})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
     @classmethod
     def check(cls, values: dict, where: str = "") -> None:
@@ -78,13 +69,7 @@ class GPTConfig:
             "pad_id": S.AT_LEAST_0,
         }
         schema.check(cls, values, where, rules, what="model config")
-        if "d_model" in values and "n_heads" in values and values["d_model"] % values["n_heads"]:
-            raise ValueError(f"{where}d_model={values['d_model']} is not divisible by {where}n_heads={values['n_heads']}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "GPTConfig":
-        cls.check(values)
-        return cls(**values)
+        check_heads(values, where)
 
 
 @dataclass

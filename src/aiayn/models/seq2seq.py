@@ -10,19 +10,21 @@ Read top to bottom: the config (Table 3), then the model: embeddings (§3.4, §3
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from aiayn import runtime, schema
+from aiayn.models.config import ModelConfig, check_heads
 from aiayn.nn import Block, Dropout, KVCache, Linear, Packing, PositionalEncoding, Stack, TokenEmbedding
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(ModelConfig):
     """Hyper-parameters; the names are the paper's (Table 3: N, d_model, d_ff, h, P_drop)."""
+
+    ARCHITECTURE = "transformer"
 
     src_vocab_size: int = 37000
     tgt_vocab_size: int = 37000
@@ -75,9 +77,6 @@ class TransformerConfig:
         values.update(overrides)
         return cls(**values)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
     def check(cls, values: dict, where: str = "") -> None:
         """Types and ranges of (some of) the fields, before a model is built."""
@@ -106,13 +105,7 @@ class TransformerConfig:
             "eos_id": S.AT_LEAST_0,
         }
         schema.check(cls, values, where, rules, what="model config")
-        if "d_model" in values and "n_heads" in values and values["d_model"] % values["n_heads"]:
-            raise ValueError(f"{where}d_model={values['d_model']} is not divisible by {where}n_heads={values['n_heads']}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TransformerConfig":
-        cls.check(values)
-        return cls(**values)
+        check_heads(values, where)
 
 
 @dataclass

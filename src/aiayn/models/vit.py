@@ -13,18 +13,20 @@ Stochastic depth (DeiT) and LayerScale (CaiT) are options of `Block`. `attention
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from aiayn import schema
+from aiayn.models.config import ModelConfig, check_heads
 from aiayn.nn import Block, Dropout, Linear, PatchEmbedding, Stack, sinusoid_table_2d
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(ModelConfig):
+    ARCHITECTURE = "vit"
+
     image_size: int = 224  # square images of image_size × image_size pixels
     patch_size: int = 16
     in_channels: int = 3
@@ -45,17 +47,6 @@ class ViTConfig:
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "ViTConfig":
-        from aiayn.models.presets import PRESETS
-
-        if name not in PRESETS or PRESETS[name][0] != "vit":
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(n for n, (a, _) in PRESETS.items() if a == 'vit')}")
-        return cls(**{**PRESETS[name][1], **overrides})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
     @classmethod
     def check(cls, values: dict, where: str = "") -> None:
@@ -81,15 +72,9 @@ class ViTConfig:
             "layer_norm_eps": S.POSITIVE,
         }
         schema.check(cls, values, where, rules, what="model config")
-        if "d_model" in values and "n_heads" in values and values["d_model"] % values["n_heads"]:
-            raise ValueError(f"{where}d_model={values['d_model']} is not divisible by {where}n_heads={values['n_heads']}")
+        check_heads(values, where)
         if "image_size" in values and "patch_size" in values and values["image_size"] % values["patch_size"]:
             raise ValueError(f"{where}image_size={values['image_size']} is not a multiple of {where}patch_size={values['patch_size']}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ViTConfig":
-        cls.check(values)
-        return cls(**values)
 
 
 class ViT(nn.Module):
