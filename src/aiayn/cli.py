@@ -12,6 +12,13 @@ from pathlib import Path
 
 from aiayn import schema as S
 
+PRECISIONS = ["auto", "fp32", "bf16", "fp16", "int8"]
+PRECISION_HELP = (
+    "arithmetic of decoding: fp32 (default); bf16 or fp16 (autocast); int8 (CPU: weights int8 per output channel, "
+    "activations quantized per step); auto (bf16 on a GPU, and on a CPU where bf16 measures faster, else fp32). "
+    "A model exported with --format int8 always decodes in int8"
+)
+
 DESCRIPTION = """\
 aiayn: the Transformer of "Attention Is All You Need", exact and fast.
 
@@ -309,7 +316,7 @@ def _add_search_options(p):
         help="source tokens × beam per batch (default 4096 on a CPU, 32768 on a GPU, 4096 with --engine ctranslate2)",
     )
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision for decoding")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
 
 
 def _search_options(args):
@@ -368,7 +375,7 @@ def _ctranslate2_translator(args):
         raise UserError("--engine ctranslate2 translates with one model, not an ensemble")
     if args.print_alignment is not None:
         raise UserError("--print-alignment is not available with --engine ctranslate2")
-    compute_type = {"fp32": "default", "bf16": "bfloat16", "fp16": "float16"}[args.precision]
+    compute_type = {"fp32": "default", "bf16": "bfloat16", "fp16": "float16", "int8": "int8", "auto": "auto"}[args.precision]
     return CTranslate2Translator(
         args.model[0],
         options=_search_options(args),
@@ -521,7 +528,7 @@ def _add_generate(sub):
     p.add_argument("--stop", action="append", default=[], metavar="STRING", help="end a continuation at this string (repeatable)")
     p.add_argument("--seed", type=S.int_at_least(0), help="seed for sampling (reproducible output)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--batch-size", type=S.int_at_least(1), default=16, help="prompts generated together (default 16)")
     p.set_defaults(run=_run_generate)
 
@@ -816,12 +823,19 @@ def _json_field(path: Path, key: str):
 def _add_export(sub):
     p = sub.add_parser(
         "export",
-        help="export a model for Hugging Face transformers or CTranslate2",
-        description="Write a model as a Hugging Face Marian directory (MarianMTModel / MarianTokenizer.from_pretrained) "
-        "or as a CTranslate2 model (aiayn translate --engine ctranslate2, or ctranslate2.Translator).",
+        help="export a model for Hugging Face transformers or CTranslate2, or quantized to int8",
+        description="Write a model as a Hugging Face directory (MarianMTModel / MarianTokenizer.from_pretrained, and "
+        "GPT-2 and ViT for those models), as a CTranslate2 model (aiayn translate --engine ctranslate2, or "
+        "ctranslate2.Translator), or as an aiayn model with int8 projections (--format int8).",
     )
     p.add_argument("model", metavar="MODEL", help="weights file, run directory or model directory")
-    p.add_argument("--format", required=True, choices=["hf", "ctranslate2"], help="hf: transformers' MarianMTModel; ctranslate2")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["hf", "ctranslate2", "int8"],
+        help="hf: transformers (MarianMTModel, GPT2LMHeadModel, ViTForImageClassification); ctranslate2; "
+        "int8: an aiayn model whose projections are int8 (CPU decoding, ~4x smaller)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
     p.add_argument(
         "--quantization",
@@ -835,6 +849,14 @@ def _add_export(sub):
 def _run_export(args):
     from aiayn.io.checkpoint import read_metadata, resolve_model_path
 
+    if args.format == "int8":
+        if args.quantization:
+            raise UserError("--quantization applies to --format ctranslate2 only")
+        from aiayn.io.checkpoint import export_int8
+
+        out = export_int8(args.model, args.out, force=args.force)
+        print(f"wrote {out / 'model.safetensors'} (int8 projections): translate, generate, classify and serve decode it in int8 on the CPU")
+        return
     architecture = read_metadata(resolve_model_path(args.model)).get("architecture")
     if architecture == "vit":
         if args.format != "hf" or args.quantization:
@@ -897,7 +919,7 @@ def _add_serve(sub):
     p.add_argument("--port", type=S.int_between(0, 65535), default=8000, help="(default 8000)")
     p.add_argument("--name", help="model name shown by /v1/models (default: the file or directory name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast precision for decoding")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-texts", type=S.int_at_least(1), default=64, help="texts per request (default 64; more: 413)")

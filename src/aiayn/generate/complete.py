@@ -15,6 +15,7 @@ import torch
 
 from aiayn import runtime
 from aiayn.generate.search import SpecialTokens, beam_search, greedy_search, repetition_penalty, sample
+from aiayn.nn.int8 import for_precision
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,8 @@ class Generator:
 
     def __init__(self, model, tokenizer, *, device: str | torch.device = "cpu", precision: str = "fp32"):
         self.device = runtime.device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
+        self.model, self.precision = for_precision(model.to(self.device).eval(), precision, self.device)
         self.tokenizer = tokenizer
-        self.precision = runtime.resolve_precision(precision, self.device)
         cfg = model.config
         self.special = SpecialTokens(pad=cfg.pad_id, eos=cfg.eos_id, start=cfg.eos_id)
 

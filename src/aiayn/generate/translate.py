@@ -18,6 +18,7 @@ from aiayn import runtime
 from aiayn.data.tokenizer import Tokenizer
 from aiayn.generate.search import Hypothesis, SpecialTokens, Stop, beam_search, greedy_search, sample
 from aiayn.models import Transformer
+from aiayn.nn.int8 import for_precision
 
 
 @dataclass
@@ -147,6 +148,14 @@ class Translator:
         **option_overrides,
     ):
         models = model if isinstance(model, list) else [model]
+        self.device = runtime.device(device) if device is not None else next(models[0].parameters()).device
+        self.warn = warn or (lambda message: None)
+        if precision == "bf16" and self.device.type == "cpu" and not runtime.cpu_has_bf16():
+            self.warn("this CPU has no bf16 units: bf16 autocast will be slower than fp32 (4x on an AVX2-only AMD EPYC)")
+        resolved = [for_precision(m, precision, self.device) for m in models]  # int8: quantized copies
+        models, self.precision = [m for m, _ in resolved], resolved[0][1]
+        if len({p for _, p in resolved}) > 1:
+            raise ValueError("an ensemble of int8 and float models: quantize them all or none")
         self.model = models[0] if len(models) == 1 else Ensemble(models)
         self.model.eval()
         self.models = models
@@ -154,13 +163,8 @@ class Translator:
         self.options = (options or SearchOptions()).with_overrides(**option_overrides)
         cfg = models[0].config
         self.max_input_len = max_input_len or (cfg.max_positions - 1 if cfg.positional == "learned" else 1024)
-        self.device = runtime.device(device) if device is not None else next(models[0].parameters()).device
         self.max_tokens = max_tokens or runtime.default_max_tokens(self.device)
         runtime.configure_attention(self.device, cudnn_attention)  # each decoding step has a new key length
-        self.precision = precision
-        self.warn = warn or (lambda message: None)
-        if precision == "bf16" and self.device.type == "cpu" and not runtime.cpu_has_bf16():
-            self.warn("this CPU has no bf16 units: bf16 autocast will be slower than fp32 (4x on an AVX2-only AMD EPYC)")
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         return encode_lines(self.src_tok, texts, self.max_input_len, self.warn)

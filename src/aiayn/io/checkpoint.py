@@ -118,7 +118,12 @@ def save_model(
     """Write weights + architecture + config + the task's assets (strings) to one safetensors file, atomically."""
     from safetensors.torch import save_file
 
+    from aiayn.nn.int8 import is_int8
+
     arch = models.architecture_of(model)
+    extra = dict(extra or {})
+    if is_int8(model):
+        extra["weights"] = "int8"
     metadata = {
         "format": FORMAT,
         "aiayn_version": __version__,
@@ -126,7 +131,7 @@ def save_model(
         "config": json.dumps(model.config.to_dict()),
         "task": task or arch.task,
         "assets": json.dumps(assets),
-        "extra": json.dumps(extra or {}),
+        "extra": json.dumps(extra),
     }
     tensors = unique_tensors(model)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
@@ -144,6 +149,12 @@ class Checkpoint:
 
     def build(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         model = models.build(self.architecture, self.config)
+        if self.extra.get("weights") == "int8":  # written by `aiayn export --format int8`: the projections are int8
+            from aiayn.nn.int8 import quantize_int8
+
+            if torch.device(device).type != "cpu":
+                raise CheckpointError(f"{self.path} holds int8 weights, which run on the CPU only (use --device cpu)")
+            quantize_int8(model)
         load_weights(model, self.tensors, str(self.path))
         return model.to(device).eval()
 
@@ -286,6 +297,8 @@ def average_checkpoints(paths: list[str | Path], out: str | Path) -> None:
     if not paths:
         raise CheckpointError("no checkpoints to average")
     first = read_checkpoint(paths[-1])
+    if first.extra.get("weights") == "int8":
+        raise CheckpointError(f"{paths[-1]} holds int8 weights: average the float checkpoints, then quantize")
     total = {k: v.double() for k, v in first.tensors.items()}
     for p in paths[:-1]:
         ckpt = read_checkpoint(p)
@@ -293,7 +306,7 @@ def average_checkpoints(paths: list[str | Path], out: str | Path) -> None:
             raise CheckpointError(
                 f"{p} has another model config or vocabulary than {paths[-1]}; only checkpoints of one run can be averaged"
             )
-        if set(ckpt.tensors) != set(total):
+        if set(ckpt.tensors) != set(total) or ckpt.extra.get("weights") == "int8":
             raise CheckpointError(f"{p} holds other tensors than {paths[-1]}")
         for k, v in ckpt.tensors.items():
             total[k] += v.double()
@@ -301,3 +314,20 @@ def average_checkpoints(paths: list[str | Path], out: str | Path) -> None:
     load_weights(model, {k: (v / len(paths)).to(first.tensors[k].dtype) for k, v in total.items()}, str(paths[-1]))
     extra = {**first.extra, "averaged": [str(p) for p in paths]}
     save_model(out, model, first.assets, extra, first.task)
+
+
+def export_int8(model_path: str | Path, out: str | Path, force: bool = False) -> Path:
+    """`aiayn export MODEL --format int8 --out DIR`: DIR/model.safetensors with every projection
+    int8 per output channel (nn.int8), ~4× smaller for those weights; the tokenizers and config
+    are the model's own. `translate`, `generate`, `classify` and `serve` decode it in int8."""
+    from aiayn.interop import export_directory
+    from aiayn.nn.int8 import quantize_int8
+
+    source = resolve_model_path(model_path)
+    ckpt = read_checkpoint(source)
+    if ckpt.extra.get("weights") == "int8":
+        raise CheckpointError(f"{source} is already int8")
+    model = quantize_int8(ckpt.build("cpu"))
+    with export_directory(out, force, source) as tmp:
+        save_model(tmp / "model.safetensors", model, ckpt.assets, {**ckpt.extra, "quantized_from": str(source)}, ckpt.task)
+    return Path(out).resolve()
