@@ -132,7 +132,7 @@ def main() -> None:
     results = {}
     special = special_tokens(model)
 
-    def aiayn(beam):
+    def aiayn(beam, model=model):
         total = 0
         for src, _ in tensors:
             if beam == 1:
@@ -151,6 +151,9 @@ def main() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return aiayn(beam)
 
+    def aiayn_int8(beam):  # int8 projections (nn.int8): `--precision int8`, or a model exported with --format int8
+        return aiayn(beam, model=int8_model)
+
     def aiayn_mkl(beam):  # the same model with every product through MKL (AIAYN_GEMM=mkl)
         with gemm_library("mkl"):
             return aiayn(beam)
@@ -165,6 +168,10 @@ def main() -> None:
             systems.append(("aiayn (MKL)", aiayn_mkl))
         if not args.skip_bf16:
             systems.append(("aiayn bf16 autocast", aiayn_bf16))
+        from aiayn.nn.int8 import for_precision
+
+        int8_model, _ = for_precision(model, "int8", device)
+        systems.append(("aiayn int8", aiayn_int8))
     if not args.skip_hf:
         from aiayn.interop.hf_marian import to_marian_model
 
@@ -248,14 +255,16 @@ def main() -> None:
 
     where = torch.cuda.get_device_name() if cuda else f"{args.threads} threads"
     print(f"\n{args.size} dims, {n_sent} test verses in batches of {args.batch_size}, output forced to {L} tokens, {where}")
-    print(f"{'system':<22} {'search':<8} {'tok/s':>8} {'sent/s':>7} {'vs HF':>6} {'vs CT2 fp32':>11}")
+    print(f"{'system':<22} {'search':<8} {'tok/s':>8} {'sent/s':>7} {'vs HF':>6} {'vs CT2 fp32':>11} {'vs CT2 int8':>11}")
+
+    def ratio(r, other):
+        return f"{r['tokens_per_s'] / other['tokens_per_s']:.2f}" if other else "-"
+
     for (name, beam), r in results.items():
-        hf_r = results.get(("HF generate", beam))
-        ct_r = results.get(("CTranslate2 float32", beam))
-        vs_hf = f"{r['tokens_per_s'] / hf_r['tokens_per_s']:.2f}" if hf_r else "-"
-        vs_ct = f"{r['tokens_per_s'] / ct_r['tokens_per_s']:.2f}" if ct_r else "-"
         print(
-            f"{name:<22} {'greedy' if beam == 1 else 'beam 4':<8} {r['tokens_per_s']:>8.1f} {r['sentences_per_s']:>7.2f} {vs_hf:>6} {vs_ct:>11}"
+            f"{name:<22} {'greedy' if beam == 1 else 'beam 4':<8} {r['tokens_per_s']:>8.1f} {r['sentences_per_s']:>7.2f} "
+            f"{ratio(r, results.get(('HF generate', beam))):>6} {ratio(r, results.get(('CTranslate2 float32', beam))):>11} "
+            f"{ratio(r, results.get(('CTranslate2 int8', beam))):>11}"
         )
     record = {
         "command": " ".join(sys.argv),
@@ -271,6 +280,7 @@ def main() -> None:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpu": cpu_info("model name") or platform.processor(),
+            "flags": sorted(f for f in cpu_info("flags").split() if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f),
         },
         "gemm_library": "oneDNN" if onednn_inference() else "MKL",
         "results": [{"system": name, "beam": beam, **r} for (name, beam), r in results.items()],

@@ -419,3 +419,35 @@ def test_attention_png_has_one_panel_per_layer_and_head(trained_run, tmp_path):
     assert len(maps["cross"][0][0]) == len(maps["target"]) and len(maps["cross"][0][0][0]) == len(maps["source"])
     for row in maps["cross"][1][2]:
         assert sum(row) == pytest.approx(1.0, abs=1e-4)
+
+
+# ---------------------------------------------------------------- device-side bookkeeping (the GPU's way, checked on the CPU)
+@pytest.mark.parametrize("search", ["greedy", "beam", "beam-nbest"])
+def test_checking_for_done_sentences_every_k_steps_changes_no_result(trained, sources, search):
+    """A GPU search marks finished rows on the device and asks the host every 8 steps
+    (runtime.search_sync_every); the CPU drops them every step. Same hypotheses either way."""
+    model, _ = trained
+    texts, tok = sources
+    src = as_batch(tok.encode(texts))
+    results = {}
+    for k in (1, 3, 8):
+        if search == "greedy":
+            results[k] = [[h] for h in run_greedy(model, src, sync_every=k)]
+        else:
+            kw = dict(beam=4, nbest=2, early_stop="beam") if search == "beam-nbest" else dict(beam=4)
+            results[k] = run_beam(model, src, sync_every=k, **kw)
+    for k in (3, 8):
+        for a, b in zip(results[1], results[k]):
+            assert [h.tokens for h in a] == [h.tokens for h in b]
+            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+
+
+def test_sampling_with_device_side_bookkeeping_stops_rows_at_eos(trained, sources):
+    model, _ = trained
+    texts, tok = sources
+    src = as_batch(tok.encode(texts[:8]))
+    gen = torch.Generator().manual_seed(0)
+    hyps = run_sample(model, src, generator=gen, sync_every=8, max_len_a=0, max_len_b=12)
+    assert all(len(h.tokens) <= 11 and PAD not in h.tokens and EOS not in h.tokens for h in hyps)
+    for h, row in zip(hyps, src):  # the reported log-probability is the hypothesis's own (EOS included), by teacher forcing
+        assert h.logprob == pytest.approx(forced_logprob(model, row[row.ne(PAD)], h.tokens), abs=1e-3)

@@ -317,6 +317,13 @@ def _add_search_options(p):
     )
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    g.add_argument(
+        "--shortlist",
+        metavar="FILE",
+        help="restrict each batch's output vocabulary to what its source words suggest: a dataset's shortlist.safetensors "
+        "(or the dataset directory), learned by 'aiayn prepare' with the model's vocabulary; faster for large vocabularies",
+    )
+    g.add_argument("--shortlist-size", type=S.int_between(1, 64), default=32, help="target candidates per source piece (default 32)")
 
 
 def _search_options(args):
@@ -355,6 +362,14 @@ def _translator(args, models: list[str]):
     for _, ckpt in loaded[1:]:
         if vocabulary_id(*ckpt.tokenizers) != vocabulary_id(*first.tokenizers):
             raise UserError(f"{ckpt.path} has another vocabulary than {first.path}: an ensemble needs one vocabulary")
+    shortlist = None
+    if args.shortlist:
+        from aiayn.generate.shortlist import Shortlist
+
+        try:
+            shortlist = Shortlist.for_model(args.shortlist, loaded[0][0], *first.tokenizers, k=args.shortlist_size)
+        except (OSError, ValueError) as e:
+            raise UserError(str(e)) from None
     return Translator(
         [m for m, _ in loaded],
         *first.tokenizers,
@@ -362,6 +377,7 @@ def _translator(args, models: list[str]):
         max_tokens=args.max_tokens,
         device=device,
         precision=args.precision,
+        shortlist=shortlist,
         warn=_warn,
     )
 
@@ -375,6 +391,8 @@ def _ctranslate2_translator(args):
         raise UserError("--engine ctranslate2 translates with one model, not an ensemble")
     if args.print_alignment is not None:
         raise UserError("--print-alignment is not available with --engine ctranslate2")
+    if args.shortlist:
+        raise UserError("--shortlist is aiayn's own; CTranslate2 takes a vocabulary map at conversion (its vmap)")
     compute_type = {"fp32": "default", "bf16": "bfloat16", "fp16": "float16", "int8": "int8", "auto": "auto"}[args.precision]
     return CTranslate2Translator(
         args.model[0],

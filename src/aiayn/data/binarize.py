@@ -8,6 +8,7 @@ A dataset directory holds:
     {split}.{src,tgt}.bin     token ids of every sentence back to back (no BOS/EOS), uint16 or int32
     {split}.{src,tgt}.len     int32 length of each sentence
     {split}.{src,tgt}.txt     the cleaned text of valid/test (references for BLEU)
+    shortlist.safetensors     source piece -> associated target pieces (data.lexicon), for --shortlist
 It is built in a temporary sibling directory and renamed into place when complete, so an
 interrupted run never leaves something that looks like a dataset.
 """
@@ -285,6 +286,17 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
                 for side in SIDES:
                     (work / f"{name}.{side}.txt").unlink()
 
+        # 4. the lexical table of vocabulary shortlists (generate.shortlist), from the training pairs
+        from aiayn.data.lexicon import learn_lexicon, save_lexicon
+
+        arrays = {}
+        for side in SIDES:
+            lengths = np.fromfile(work / f"train.{side}.len", dtype=np.int32)
+            arrays[side] = (np.fromfile(work / f"train.{side}.bin", dtype=dtype), np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
+        table, frequent = learn_lexicon(*arrays["src"], *arrays["tgt"], src_tok.vocab_size, tgt_tok.vocab_size)
+        save_lexicon(work / "shortlist.safetensors", table, frequent, {"src_sha256": src_tok.sha256, "tgt_sha256": tgt_tok.sha256})
+        del arrays
+
         meta = {
             "format_version": FORMAT_VERSION,
             "aiayn_version": __version__,
@@ -303,6 +315,7 @@ def prepare(splits: dict[str, tuple], out_dir: str | Path, opts: PrepareOptions 
             },
             "special_ids": {"pad": src_tok.pad_id, "unk": src_tok.unk_id, "bos": src_tok.bos_id, "eos": src_tok.eos_id},
             "splits": split_meta,
+            "shortlist": "shortlist.safetensors",
             "inputs": inputs,
             "options": {k: v for k, v in asdict(opts).items() if k not in ("workers", "progress")},
         }

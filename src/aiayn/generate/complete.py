@@ -120,7 +120,7 @@ class Generator:
                 return None
             done = torch.zeros_like(picked, dtype=torch.bool)
             for n, (row, tok) in enumerate(zip(active.tolist(), picked.tolist())):
-                if tok == cfg.eos_id:
+                if tok in (cfg.eos_id, cfg.pad_id) or stopped[row]:  # (pad: a row done, still in the batch on a GPU)
                     continue
                 generated[row].append(tok)
                 text = self.tokenizer.decode(generated[row])

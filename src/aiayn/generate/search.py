@@ -95,6 +95,7 @@ def greedy_search(
     eos_at_cap: bool = True,
     adjust: Adjust = None,
     on_step: OnStep = None,
+    sync_every: int | None = None,
 ) -> list[Hypothesis]:
     """Take the most probable token at each step until EOS or the sentence's cap `max_len` ([B], EOS included)."""
     return _one_per_sentence(
@@ -111,6 +112,7 @@ def greedy_search(
         eos_at_cap,
         adjust,
         on_step,
+        sync_every,
     )
 
 
@@ -167,6 +169,7 @@ def sample(
     eos_at_cap: bool = True,
     adjust: Adjust = None,
     on_step: OnStep = None,
+    sync_every: int | None = None,
 ) -> list[Hypothesis]:
     """Draw each token from the model's distribution, filtered by `sampling_filter`. The
     log-probabilities reported are the model's own (before temperature and cuts)."""
@@ -176,7 +179,9 @@ def sample(
         logits = sampling_filter(lprobs, temperature, top_k, top_p, min_p)
         return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
-    return _one_per_sentence(model, inputs, special, max_len, alpha, lp_style, min_len, prompt, pick, stop, eos_at_cap, adjust, on_step)
+    return _one_per_sentence(
+        model, inputs, special, max_len, alpha, lp_style, min_len, prompt, pick, stop, eos_at_cap, adjust, on_step, sync_every
+    )
 
 
 def _one_per_sentence(
@@ -193,11 +198,19 @@ def _one_per_sentence(
     eos_at_cap: bool = True,
     adjust: Adjust = None,
     on_step: OnStep = None,
+    sync_every: int | None = None,
 ) -> list[Hypothesis]:
     """Greedy search and sampling: one hypothesis per sentence, extended by `pick` (argmax or a draw)
     until EOS, or until its cap (where EOS is forced, unless eos_at_cap=False: a language model's
-    text just stops there), or until `on_step` says the row is done."""
+    text just stops there), or until `on_step` says the row is done.
+
+    Which rows are done is kept on the device (a mask; finished rows go on being computed, their
+    tokens ignored); every `sync_every` steps (runtime.search_sync_every: every step on a CPU, 8 on
+    a GPU) the host asks whether any row is done, and drops those rows from the batch and state."""
+    from aiayn import runtime
+
     B, device = limit.size(0), limit.device
+    sync_every = sync_every or runtime.search_sync_every(device)
     state = model.start(inputs)
     active = torch.arange(B, device=device)
     token = _first_tokens(special, prompt, B, 1, device)
@@ -206,6 +219,7 @@ def _one_per_sentence(
     logprob = torch.zeros(B, dtype=torch.float64, device=device)
     length = torch.full((B,), T, dtype=torch.long, device=device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)  # by EOS (which the hypothesis leaves out)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)  # per active row: done, not yet dropped
     row_limit, first_cap = limit, int(limit.min())  # the caps of the active rows; the earliest (known on the host)
     for t in range(T):
         _check(stop)
@@ -217,28 +231,34 @@ def _one_per_sentence(
         at_cap = row_limit <= t + 1 if capped else None
         _constrain(lprobs, special, t < min_len, at_cap if eos_at_cap else None)
         picked = pick(lprobs)
-        if active.numel() == B:  # every row still running: plain column writes
+        gained = lprobs.gather(1, picked[:, None]).squeeze(1).double()
+        if sync_every > 1:  # rows already done keep their results
+            picked = picked.masked_fill(finished, special.pad)
+            gained = gained.masked_fill(finished, 0.0)
+        if active.numel() == B:  # every row still in the batch: plain column writes
             out[:, t] = picked
-            logprob += lprobs.gather(1, picked[:, None]).squeeze(1).double()
+            logprob += gained
         else:
             out[active, t] = picked
-            logprob[active] += lprobs.gather(1, picked[:, None]).squeeze(1).double()
+            logprob[active] += gained
         done = picked.eq(special.eos)
         if at_cap is not None:
             done = done | at_cap
         if on_step is not None and (more := on_step(active, picked)) is not None:
             done = done | more
+        newly = done & ~finished
+        length[active] = torch.where(newly, t + 1, length[active])
+        ended[active] = torch.where(newly, picked.eq(special.eos), ended[active])
+        finished = finished | done
         token = picked[:, None]
-        if done.any():  # the one host synchronisation of a step
-            finished = active[done]
-            length[finished] = t + 1
-            ended[finished] = picked[done].eq(special.eos)
-            keep = (~done).nonzero().squeeze(1)
-            active, token, row_limit = active[keep], token[keep], row_limit[keep]
-            if not len(active):
-                break
-            first_cap = int(row_limit.min())
-            state.select(keep)
+        if (t + 1) % sync_every == 0 or t + 1 == T:
+            if finished.any():  # a host synchronisation: every sync_every steps
+                keep = (~finished).nonzero().squeeze(1)
+                if not len(keep):
+                    break
+                active, token, row_limit, finished = active[keep], token[keep], row_limit[keep], finished[keep]
+                first_cap = int(row_limit.min())
+                state.select(keep)
     lp = length_penalty(length.double(), alpha, lp_style)
     return [Hypothesis(out[i, : length[i] - int(ended[i])].tolist(), (logprob[i] / lp[i]).item(), logprob[i].item()) for i in range(B)]
 
@@ -274,6 +294,7 @@ def beam_search(
     min_len: int = 0,
     prompt: Tensor | None = None,
     stop: Stop = None,
+    sync_every: int | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search with length penalty (§6.1: beam size 4, α = 0.6), batched over sentences and beams.
 
@@ -298,8 +319,11 @@ def beam_search(
     `max_len` ([B]) caps each sentence's output, EOS included; `prompt` ([B, P]) replaces the start
     symbol as the first decoder input (a prefill). Returns, per sentence, `nbest` hypotheses, best
     first. `stop` (any search) is asked before every step; when it says True the search raises
-    SearchCancelled.
+    SearchCancelled. Done sentences are marked on the device, their pools frozen, and dropped from
+    the batch every `sync_every` steps (runtime.search_sync_every: every step on a CPU).
     """
+    from aiayn import runtime
+
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size ({beam}), got {nbest}")
     if early_stop not in STOPPING:
@@ -308,6 +332,7 @@ def beam_search(
     pool_size = beam if stopping in ("beam", "hf") else nbest
     limit = max_len  # [B]
     B, K, device = limit.size(0), beam, limit.device
+    sync_every = sync_every or runtime.search_sync_every(device)
     state = model.start(inputs)  # e.g. the encoder's keys/values, once per sentence, never per beam
     T = int(limit.max())
     active = torch.arange(B, device=device)  # original index of each sentence still being decoded
@@ -320,6 +345,7 @@ def beam_search(
     pool_tokens = torch.full((B, pool_size, T), special.pad, dtype=torch.long, device=device)
     pool_len = torch.zeros((B, pool_size), dtype=torch.long, device=device)
     result = [None] * B
+    sentence_done = torch.zeros(B, dtype=torch.bool, device=device)  # per active sentence: done, pool frozen
 
     def finish(rows: Tensor) -> None:
         for r in rows.tolist():  # bookkeeping per finished sentence: no model work here
@@ -344,8 +370,8 @@ def beam_search(
         is_eos = new_token.eq(special.eos)
 
         # finished candidates (EOS among the best K) join the pool
-        ends = is_eos & (torch.arange(2 * K, device=device) < K) & top.gt(NEG_INF)
-        if ends.any():
+        ends = is_eos & (torch.arange(2 * K, device=device) < K) & top.gt(NEG_INF) & ~sentence_done[:, None]
+        if sync_every > 1 or ends.any():  # (on a GPU without asking: the update is a no-op where nothing ends)
             length = t + 1
             prefix = hyps.view(n, K, t).gather(1, from_beam[:, :, None].expand(n, 2 * K, t))  # [n, 2K, t]
             new_tokens = torch.cat(
@@ -383,13 +409,15 @@ def beam_search(
             bound = scores.max(1).values / best_lp
             done = full & (pool_score[:, -1] >= bound)
         done |= scores.max(1).values.eq(NEG_INF) | (t + 1 >= limit[active])
-        if done.any():
-            finish(done.nonzero().squeeze(1))
-            keep = (~done).nonzero().squeeze(1)
+        sentence_done = sentence_done | done
+        if ((t + 1) % sync_every == 0 or t + 1 == T) and sentence_done.any():  # a host synchronisation
+            finish(sentence_done.nonzero().squeeze(1))
+            keep = (~sentence_done).nonzero().squeeze(1)
             if not keep.numel():
                 break
             rows = (keep[:, None] * K + torch.arange(K, device=device)).view(-1)
             active, scores, hyps, token = active[keep], scores[keep], hyps[rows], token[rows]
             pool_score, pool_logp, pool_len, pool_tokens = pool_score[keep], pool_logp[keep], pool_len[keep], pool_tokens[keep]
+            sentence_done = sentence_done[keep]
             state.select(keep)
     return result

@@ -17,6 +17,7 @@ from torch import Tensor
 from aiayn import runtime
 from aiayn.data.tokenizer import Tokenizer
 from aiayn.generate.search import Hypothesis, SpecialTokens, Stop, beam_search, greedy_search, sample
+from aiayn.generate.shortlist import Shortlist, Shortlisted
 from aiayn.models import Transformer
 from aiayn.nn.int8 import for_precision
 
@@ -113,6 +114,10 @@ class Ensemble(torch.nn.Module):
     def start(self, inputs: Tensor) -> "EnsembleState":
         return EnsembleState([m.start(inputs) for m in self.models])
 
+    def restrict_output(self, state: "EnsembleState", ids: Tensor) -> None:
+        for m, s in zip(self.models, state.states):
+            m.restrict_output(s, ids)
+
     def step(self, tokens: Tensor, state: "EnsembleState") -> Tensor:
         lprobs = [m.step(tokens, s).float().log_softmax(-1) for m, s in zip(self.models, state.states)]
         return torch.stack(lprobs).mean(0)
@@ -144,10 +149,12 @@ class Translator:
         device: str | torch.device | None = None,
         precision: str = "fp32",
         cudnn_attention: bool = False,
+        shortlist: Shortlist | None = None,
         warn=None,
         **option_overrides,
     ):
         models = model if isinstance(model, list) else [model]
+        self.shortlist = shortlist  # restrict each batch's output vocabulary (generate.shortlist)
         self.device = runtime.device(device) if device is not None else next(models[0].parameters()).device
         self.warn = warn or (lambda message: None)
         if precision == "bf16" and self.device.type == "cpu" and not runtime.cpu_has_bf16():
@@ -199,16 +206,16 @@ class Translator:
             lp_style=o.lp_style,
             stop=stop,
         )
+        model = self.model if self.shortlist is None else Shortlisted(self.model, self.shortlist)
         with runtime.autocast(self.precision, self.device):
             if o.sampling:
                 generator = torch.Generator(device=self.device).manual_seed(o.seed)
                 return [
-                    [h]
-                    for h in sample(self.model, src, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, generator=generator, **common)
+                    [h] for h in sample(model, src, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, generator=generator, **common)
                 ]
             if o.beam == 1 and o.nbest == 1:
-                return [[h] for h in greedy_search(self.model, src, **common)]
-            return beam_search(self.model, src, beam=o.beam, nbest=o.nbest, early_stop=o.early_stop, **common)
+                return [[h] for h in greedy_search(model, src, **common)]
+            return beam_search(model, src, beam=o.beam, nbest=o.nbest, early_stop=o.early_stop, **common)
 
     def translate(self, texts: list[str], alignment_layer: int | None = None, stop: Stop = None) -> list[Translation]:
         """Translate raw sentences; alignment_layer (e.g. -1) also gives each output subword the

@@ -133,6 +133,7 @@ class Seq2SeqState:
     cross_kv: list[tuple[Tensor, Tensor]]
     memory_mask: Tensor
     length: int = 0
+    output: tuple[Tensor, nn.Module] | None = None  # a shortlist: (target ids, the projection to them alone)
 
     def reorder(self, order: Tensor) -> None:
         """Beam search: hypothesis n now continues hypothesis order[n] (of the same sentence)."""
@@ -255,10 +256,22 @@ class Transformer(nn.Module):
         x = self.decoder_norm(x)
         return (x if packing is None else packing.unpack(x)), weights
 
-    def project(self, hidden: Tensor) -> Tensor:
-        """§3.4 pre-softmax linear transformation: [..., d_model] -> logits [..., tgt_vocab]."""
+    def project(self, hidden: Tensor, restricted: tuple[Tensor, nn.Module] | None = None) -> Tensor:
+        """§3.4 pre-softmax linear transformation: [..., d_model] -> logits [..., tgt_vocab]. With
+        `restricted` (ids, their projection: a shortlist) only those logits are computed, the others are −∞."""
+        if restricted is not None:
+            ids, proj = restricted
+            part = proj(hidden)
+            if self.final_logits_bias is not None:
+                part = part + self.final_logits_bias[ids]
+            logits = part.new_full((*hidden.shape[:-1], self.config.tgt_vocab_size), float("-inf"))
+            return logits.index_copy_(-1, ids, part)
         logits = self.output_proj(hidden)
         return logits if self.final_logits_bias is None else logits + self.final_logits_bias
+
+    def restrict_output(self, state: Seq2SeqState, ids: Tensor) -> None:
+        """Let a search's steps compute the logits of these target ids alone (generate.shortlist)."""
+        state.output = (ids, self.output_proj.rows(ids))
 
     def forward(self, src_tokens: Tensor, tgt_in: Tensor) -> Tensor:
         """src_tokens: [B, S], tgt_in: [B, T] -> logits [B, T, tgt_vocab]."""
@@ -281,7 +294,7 @@ class Transformer(nn.Module):
             x, caches=state.kv_caches, memories=state.cross_kv, memory_mask=state.memory_mask, need_weights=need_weights
         )
         state.length += tokens.size(1)
-        logits = self.project(self.decoder_norm(x[:, -1]))
+        logits = self.project(self.decoder_norm(x[:, -1]), state.output)
         return (logits, weights) if need_weights else logits
 
     # ----- Bookkeeping

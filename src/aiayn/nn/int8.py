@@ -55,6 +55,14 @@ class Int8Linear(nn.Module):
             out.bias.copy_(linear.bias.detach().float())
         return out
 
+    def rows(self, index: Tensor) -> "Int8Linear":
+        """The map to these outputs alone (a vocabulary shortlist)."""
+        out = Int8Linear(self.in_features, index.numel(), bias=self.bias is not None)
+        out.weight_q, out.weight_scale = self.weight_q.index_select(0, index), self.weight_scale.index_select(0, index)
+        if self.bias is not None:
+            out.bias = self.bias.index_select(0, index)
+        return out
+
     def dequantized_weight(self) -> Tensor:
         return self.weight_q.float() * self.weight_scale[:, None]
 

@@ -44,6 +44,14 @@ class Linear(nn.Linear):
             return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
+    def rows(self, index: Tensor) -> "Linear":
+        """The map to these outputs alone (a vocabulary shortlist), for inference: x W[index]ᵀ + b[index]."""
+        out = Linear(self.in_features, index.numel(), bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
+        out.weight.data = self.weight.detach().index_select(0, index)
+        if self.bias is not None:
+            out.bias.data = self.bias.detach().index_select(0, index)
+        return out.eval().requires_grad_(False)
+
     def train(self, mode: bool = True) -> "Linear":
         self._packed = None
         return super().train(mode)
