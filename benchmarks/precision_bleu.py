@@ -2,7 +2,8 @@
 
 Translates a test set with one trained translation model (a run directory or weights file) at
 each precision aiayn offers on this CPU (fp32, bf16 autocast where the CPU has bf16 units, int8),
-and with CTranslate2 float32 and int8 on the same weights, all with beam 4 (α = 0.6, GNMT length
+and with a vocabulary shortlist (--shortlist, fp32 and int8), and with CTranslate2 float32 and int8
+on the same weights, all with beam 4 (α = 0.6, GNMT length
 penalty for aiayn, CTranslate2's own with the same α), and reports sacreBLEU BLEU / chrF, the
 number of outputs identical to aiayn fp32, and sentences/s (natural output lengths, 2 threads).
 
@@ -35,6 +36,8 @@ def main() -> None:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-ct2", action="store_true")
+    p.add_argument("--shortlist", help="also decode with this vocabulary shortlist (the model's dataset directory)")
+    p.add_argument("--shortlist-size", type=int, default=32)
     p.add_argument("--output", type=Path, default=HERE / "results" / "precision_bleu.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -53,6 +56,13 @@ def main() -> None:
     for precision in precisions:
         translator = Translator(model, *ckpt.tokenizers, beam=args.beam, precision=precision, device="cpu")
         systems[f"aiayn {precision}"] = lambda tr=translator: [t.text for t in tr.translate(sources)]
+    if args.shortlist:
+        from aiayn.generate.shortlist import Shortlist
+
+        shortlist = Shortlist.for_model(args.shortlist, model, *ckpt.tokenizers, k=args.shortlist_size)
+        for precision in ("fp32", "int8"):
+            translator = Translator(model, *ckpt.tokenizers, beam=args.beam, precision=precision, device="cpu", shortlist=shortlist)
+            systems[f"aiayn {precision} shortlist"] = lambda tr=translator: [t.text for t in tr.translate(sources)]
     if not args.skip_ct2:
         from aiayn.interop.ctranslate2 import CTranslate2Translator, export_ctranslate2
 
@@ -79,12 +89,12 @@ def main() -> None:
         )
     base = rows["aiayn fp32"]
     print(f"\n{len(sources)} sentences, beam {args.beam}, {args.threads} threads, {runtime.cpu_info('model name')}")
-    print(f"{'system':<20} {'BLEU':>6} {'ΔBLEU':>6} {'chrF':>6} {'same as fp32':>12} {'sent/s':>7} {'vs fp32':>7}")
+    print(f"{'system':<24} {'BLEU':>6} {'ΔBLEU':>6} {'chrF':>6} {'same as fp32':>12} {'sent/s':>7} {'vs fp32':>7}")
     for name, r in rows.items():
         r["same_as_fp32"] = sum(a == b for a, b in zip(r["hypotheses"], base["hypotheses"]))
         r["speed_vs_aiayn_fp32"] = round(r["sentences_per_s"] / base["sentences_per_s"], 3)
         print(
-            f"{name:<20} {r['bleu']:>6.2f} {r['bleu'] - base['bleu']:>+6.2f} {r['chrf']:>6.2f} {r['same_as_fp32']:>12} "
+            f"{name:<24} {r['bleu']:>6.2f} {r['bleu'] - base['bleu']:>+6.2f} {r['chrf']:>6.2f} {r['same_as_fp32']:>12} "
             f"{r['sentences_per_s']:>7.2f} {r['speed_vs_aiayn_fp32']:>7.2f}"
         )
     for r in rows.values():
@@ -95,6 +105,8 @@ def main() -> None:
         "model": str(path),
         "sentences": len(sources),
         "beam": args.beam,
+        "vocabulary": model.config.tgt_vocab_size,
+        "shortlist": {"path": args.shortlist, "k": args.shortlist_size} if args.shortlist else None,
         "machine": {
             "cpu": runtime.cpu_info("model name") or platform.processor(),
             "flags": sorted(f for f in runtime.cpu_info("flags").split() if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f),

@@ -58,7 +58,7 @@ def build(size: str, vocab_size: int, work: Path):
     ckpt = work / "model.safetensors"
     save_model(ckpt, model, tokenizer_assets(*tokenizers))
     sources = [tokenizers[0].encode([line])[0] for line in corpus["test"][0].read_text(encoding="utf-8").splitlines()]
-    return model, tokenizers, ckpt, sources
+    return model, tokenizers, ckpt, sources, data
 
 
 def batches_of(sources: list[list[int]], n: int, batch_size: int) -> list[list[list[int]]]:
@@ -114,6 +114,7 @@ def main() -> None:
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-ct2", action="store_true")
     p.add_argument("--skip-bf16", action="store_true", help="leave out bf16 autocast (slow on CPUs without bf16 units)")
+    p.add_argument("--shortlist", action="store_true", help="also aiayn with a vocabulary shortlist (fp32 and int8)")
     p.add_argument("--output", type=Path, default=HERE / "results" / "translate_throughput.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,7 +122,7 @@ def main() -> None:
     from aiayn.runtime import cpu_info, gemm_library, onednn_inference
 
     work = Path(tempfile.mkdtemp(prefix="aiayn-translate-bench-"))
-    model, tokenizers, ckpt, sources = build(args.size, args.vocab_size, work)
+    model, tokenizers, ckpt, sources, data = build(args.size, args.vocab_size, work)
     cfg = model.config
     L = args.length
     batches = batches_of(sources, args.sentences, args.batch_size)
@@ -132,18 +133,18 @@ def main() -> None:
     results = {}
     special = special_tokens(model)
 
-    def aiayn(beam, model=model):
+    def aiayn(beam, model=model, shortlist=None):
         total = 0
         for src, _ in tensors:
+            searched, ids = model, special
+            if shortlist is not None:  # as Translator does it: the search runs over the batch's candidates
+                searched = Shortlisted(model, shortlist.vocabulary(src, cfg.pad_id), special)
+                ids = searched.special
+            cap = torch.full((src.size(0),), L, device=src.device)
             if beam == 1:
-                hyps = greedy_search(model, src, special=special, max_len=torch.full((src.size(0),), L, device=src.device), min_len=L - 1)
+                hyps = greedy_search(searched, src, special=ids, max_len=cap, min_len=L - 1)
             else:
-                hyps = [
-                    h[0]
-                    for h in beam_search(
-                        model, src, special=special, max_len=torch.full((src.size(0),), L, device=src.device), beam=beam, min_len=L - 1
-                    )
-                ]
+                hyps = [h[0] for h in beam_search(searched, src, special=ids, max_len=cap, beam=beam, min_len=L - 1)]
             total += sum(len(h.tokens) + 1 for h in hyps)
         return total
 
@@ -172,6 +173,12 @@ def main() -> None:
 
         int8_model, _ = for_precision(model, "int8", device)
         systems.append(("aiayn int8", aiayn_int8))
+        if args.shortlist:  # each batch's output vocabulary restricted (generate.shortlist; random weights: speed only)
+            from aiayn.generate.shortlist import Shortlist, Shortlisted
+
+            shortlist = Shortlist.for_model(data, model, *tokenizers)
+            systems.append(("aiayn shortlist", lambda beam: aiayn(beam, shortlist=shortlist)))
+            systems.append(("aiayn int8 shortlist", lambda beam: aiayn(beam, model=int8_model, shortlist=shortlist)))
     if not args.skip_hf:
         from aiayn.interop.hf_marian import to_marian_model
 

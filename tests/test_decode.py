@@ -451,3 +451,20 @@ def test_sampling_with_device_side_bookkeeping_stops_rows_at_eos(trained, source
     assert all(len(h.tokens) <= 11 and PAD not in h.tokens and EOS not in h.tokens for h in hyps)
     for h, row in zip(hyps, src):  # the reported log-probability is the hypothesis's own (EOS included), by teacher forcing
         assert h.logprob == pytest.approx(forced_logprob(model, row[row.ne(PAD)], h.tokens), abs=1e-3)
+
+
+def test_the_gpu_decoding_path_run_on_the_cpu_gives_the_same_translations(trained, sources, monkeypatch):
+    """All of the GPU's choices at once (done rows masked and dropped every 8 steps, every cache row
+    gathered at each reorder without asking which moved), through the Translator."""
+    from aiayn import runtime
+
+    model, ckpt = trained
+    texts, _ = sources
+    expected = [(t.tokens, t.score) for t in Translator(model, *ckpt.tokenizers, beam=4).translate(texts)]
+    greedy = [t.tokens for t in Translator(model, *ckpt.tokenizers, beam=1).translate(texts)]
+    monkeypatch.setattr(runtime, "search_sync_every", lambda where: 8)
+    monkeypatch.setattr(runtime, "partial_cache_reorder", lambda where: False)
+    got = [(t.tokens, t.score) for t in Translator(model, *ckpt.tokenizers, beam=4).translate(texts)]
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    assert [g[1] for g in got] == pytest.approx([e[1] for e in expected], abs=1e-4)
+    assert [t.tokens for t in Translator(model, *ckpt.tokenizers, beam=1).translate(texts)] == greedy

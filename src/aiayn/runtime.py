@@ -279,6 +279,13 @@ def search_sync_every(where: torch.device) -> int:
     return 8 if where.type == "cuda" else 1
 
 
+def partial_cache_reorder(where: torch.device) -> bool:
+    """Whether beam search's KV-cache reorder first finds the rows that change and copies just those
+    (the CPU: most beams keep their row, and finding them is a cheap look at the host's own memory),
+    or gathers every row without asking (a GPU, where finding them would wait for the device)."""
+    return where.type == "cpu"
+
+
 def default_max_tokens(where: torch.device) -> int:
     """Source tokens × beam per decoding batch where none is given. A CPU is busy with a small
     batch. A GPU needs many hypotheses per step: on an H200 (base, beam 4, fp32) 256 sentences a

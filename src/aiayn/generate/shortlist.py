@@ -66,7 +66,7 @@ class Shortlist:
         )
 
     def vocabulary(self, src: Tensor, pad: int) -> Tensor:
-        """The sorted target ids a batch of sources [B, S] may produce."""
+        """The sorted target ids a batch of sources [B, S] may produce (its candidates)."""
         pieces = src[src.ne(pad)].unique().cpu()
         pieces = pieces[pieces < self.table.size(0)]
         suggested = self.table[pieces, : self.k].reshape(-1)
@@ -75,17 +75,32 @@ class Shortlist:
 
 
 class Shortlisted(torch.nn.Module):
-    """A model (or ensemble) searched over each batch's shortlist: `start` restricts its output
-    projection to `shortlist.vocabulary(sources)`; `step` is the model's own."""
+    """A model (or ensemble) searched over a batch's candidate ids alone.
 
-    def __init__(self, model, shortlist: Shortlist):
+    The search runs in the candidates' own numbering (0 … n−1, `ids` sorted): the model's logits
+    are computed for them alone ([N, n], no vocabulary-sized tensor anywhere), the tokens a step is
+    fed are mapped back to the model's ids, and so are the hypotheses (`to_model_ids`). Padding
+    the start symbol and EOS are among the candidates, so that `special` has a number for each; the
+    searches never produce padding."""
+
+    def __init__(self, model, ids: Tensor, special):
         super().__init__()
-        self.model, self.shortlist, self.config = model, shortlist, model.config
+        from aiayn.generate.search import SpecialTokens
+
+        keep = torch.tensor([special.pad, special.start, special.eos], device=ids.device)
+        self.model, self.config = model, model.config
+        self.ids = torch.cat([ids, keep]).unique()  # sorted
+        where = {int(t): n for n, t in enumerate(self.ids.tolist())}
+        self.special = SpecialTokens(pad=where[special.pad], eos=where[special.eos], start=where[special.start])
 
     def start(self, inputs: Tensor):
         state = self.model.start(inputs)
-        self.model.restrict_output(state, self.shortlist.vocabulary(inputs, self.config.pad_id))
+        self.model.restrict_output(state, self.ids)
         return state
 
     def step(self, tokens: Tensor, state, **kw):
-        return self.model.step(tokens, state, **kw)
+        return self.model.step(self.ids[tokens], state, **kw)
+
+    def to_model_ids(self, tokens: list[int]) -> list[int]:
+        ids = self.ids.tolist()
+        return [ids[t] for t in tokens]

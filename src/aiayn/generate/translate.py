@@ -198,15 +198,23 @@ class Translator:
 
     def search(self, src: Tensor, stop: Stop = None) -> list[list[Hypothesis]]:
         o = self.options
+        special, model = special_tokens(self.model), self.model
+        if self.shortlist is not None:  # the search runs over the batch's candidates, numbered 0 … n−1
+            model = Shortlisted(self.model, self.shortlist.vocabulary(src, special.pad), special)
+            results = self._search(model, src, model.special, stop)
+            return [[dataclasses.replace(h, tokens=model.to_model_ids(h.tokens)) for h in hyps] for hyps in results]
+        return self._search(model, src, special, stop)
+
+    def _search(self, model, src: Tensor, special: SpecialTokens, stop: Stop) -> list[list[Hypothesis]]:
+        o = self.options
         common = dict(
-            special=special_tokens(self.model),
+            special=special,
             max_len=max_lengths(self.models[0], src, o.max_len_a, o.max_len_b),
             min_len=o.min_len,
             alpha=o.alpha,
             lp_style=o.lp_style,
             stop=stop,
         )
-        model = self.model if self.shortlist is None else Shortlisted(self.model, self.shortlist)
         with runtime.autocast(self.precision, self.device):
             if o.sampling:
                 generator = torch.Generator(device=self.device).manual_seed(o.seed)

@@ -133,7 +133,7 @@ class Seq2SeqState:
     cross_kv: list[tuple[Tensor, Tensor]]
     memory_mask: Tensor
     length: int = 0
-    output: tuple[Tensor, nn.Module] | None = None  # a shortlist: (target ids, the projection to them alone)
+    output: tuple[Tensor, nn.Module] | None = None  # a shortlist: (target ids, the projection to them alone); steps give their logits
 
     def reorder(self, order: Tensor) -> None:
         """Beam search: hypothesis n now continues hypothesis order[n] (of the same sentence)."""
@@ -258,14 +258,11 @@ class Transformer(nn.Module):
 
     def project(self, hidden: Tensor, restricted: tuple[Tensor, nn.Module] | None = None) -> Tensor:
         """§3.4 pre-softmax linear transformation: [..., d_model] -> logits [..., tgt_vocab]. With
-        `restricted` (ids, their projection: a shortlist) only those logits are computed, the others are −∞."""
+        `restricted` (ids, their projection: a shortlist), the logits of those ids alone, [..., len(ids)]."""
         if restricted is not None:
             ids, proj = restricted
-            part = proj(hidden)
-            if self.final_logits_bias is not None:
-                part = part + self.final_logits_bias[ids]
-            logits = part.new_full((*hidden.shape[:-1], self.config.tgt_vocab_size), float("-inf"))
-            return logits.index_copy_(-1, ids, part)
+            logits = proj(hidden)
+            return logits if self.final_logits_bias is None else logits + self.final_logits_bias[ids]
         logits = self.output_proj(hidden)
         return logits if self.final_logits_bias is None else logits + self.final_logits_bias
 

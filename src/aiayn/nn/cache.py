@@ -58,10 +58,15 @@ class KVCache:
         return self.k[:end].permute(1, 2, 0, 3), self.v[:end].permute(1, 2, 0, 3)
 
     @staticmethod
-    def plan(order: Tensor) -> tuple[Tensor, Tensor, bool]:
+    def plan(order: Tensor) -> tuple[Tensor, Tensor, bool] | None:
         """How to apply `order` (the same for every layer, so worked out once per step): the rows
         that change, the rows they copy from, and whether copying just those is enough (they are
-        few and copy only from rows that stay, as beam search arranges it)."""
+        few and copy only from rows that stay, as beam search arranges it). None: gather every row,
+        without asking the device which rows move (runtime.partial_cache_reorder: on a GPU)."""
+        from aiayn import runtime
+
+        if not runtime.partial_cache_reorder(order.device):
+            return None
         moved = order.ne(torch.arange(order.numel(), device=order.device))
         changed = moved.nonzero().squeeze(1)
         sources = order[changed]
@@ -77,8 +82,9 @@ class KVCache:
         if self.k.requires_grad:  # decoding under autograd (unusual): a plain gather
             self.k, self.v = self.k.index_select(1, order), self.v.index_select(1, order)
             return
-        changed, sources, partial = plan if plan is not None else self.plan(order)
-        if changed.numel() == 0:
+        plan = plan if plan is not None else self.plan(order)
+        changed, sources, partial = plan if plan is not None else (None, None, False)
+        if changed is not None and changed.numel() == 0:
             return
         if partial:
             for buf in (self.k, self.v):

@@ -46,7 +46,9 @@ class Linear(nn.Linear):
 
     def rows(self, index: Tensor) -> "Linear":
         """The map to these outputs alone (a vocabulary shortlist), for inference: x W[index]ᵀ + b[index]."""
-        out = Linear(self.in_features, index.numel(), bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
+        out = torch.nn.utils.skip_init(
+            Linear, self.in_features, index.numel(), bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype
+        )  # (no random initialisation of weights about to be replaced)
         out.weight.data = self.weight.detach().index_select(0, index)
         if self.bias is not None:
             out.bias.data = self.bias.detach().index_select(0, index)
