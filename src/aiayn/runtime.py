@@ -106,29 +106,35 @@ def int8_reduce_range() -> bool:
 
 @functools.cache
 def bf16_faster_on_cpu() -> bool:
-    """Whether bf16 products beat fp32 on this CPU, measured (a decoding-sized 128 × 512 × 2048
-    product, a few ms) rather than guessed from the CPU's name. On a 2-core AMD EPYC Zen 4
-    (AVX-512 BF16) bf16 took 0.56× the time of fp32 through oneDNN; on an AVX2-only EPYC it takes about 4×."""
+    """Whether decoding's products run faster under bf16 autocast than in fp32 on this CPU,
+    measured (a projection of 32 rows × 512 → 2048 through aiayn's Linear as decoding runs it,
+    oneDNN included; a few ms) rather than guessed from the CPU's name; bf16 must win by 20%.
+    On a 2-core AMD EPYC Zen 4 (AVX-512 BF16) the two were within 15% at this size and whole beam
+    searches equal, so it answers no there; on an AVX2-only EPYC bf16 runs at about 0.25×."""
     import time
 
     import torch
 
+    from aiayn.nn.linear import Linear
+
     if not cpu_has_bf16():
         return False
-    x, w = torch.randn(128, 512), torch.randn(2048, 512)
-    xb, wb = x.bfloat16(), w.bfloat16()
+    layer, x = Linear(512, 2048).eval(), torch.randn(32, 512)
 
-    def best(fn) -> float:
-        fn()
+    def best() -> float:
+        layer(x)
         times = []
-        for _ in range(5):
+        for _ in range(7):
             t = time.perf_counter()
-            fn()
+            layer(x)
             times.append(time.perf_counter() - t)
         return min(times)
 
     with torch.no_grad():
-        return best(lambda: torch.nn.functional.linear(xb, wb)) < 0.8 * best(lambda: torch.nn.functional.linear(x, w))
+        fp32 = best()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = best()
+    return bf16 < 0.8 * fp32
 
 
 def inference_precision(precision: str, where: torch.device) -> str:
@@ -277,6 +283,16 @@ def search_sync_every(where: torch.device) -> int:
     each check stalls the queue of launches, so finished rows are masked on the device and the
     batch is compacted every 8 steps."""
     return 8 if where.type == "cuda" else 1
+
+
+def decoding_attention_in_fp32(x: torch.Tensor) -> bool:
+    """Whether bf16 decoding on a CPU keeps attention in fp32 (queries of one step, the KV cache,
+    the encoder's keys and values). PyTorch's CPU attention kernel is slow in bf16 at one query:
+    greedy decoding of base dimensions on a 2-core AMD EPYC Zen 4 spent 480 ms in bf16 attention
+    against 122 ms in fp32, which made bf16 decoding slower than fp32 although its products were faster."""
+    import torch
+
+    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled()
 
 
 def partial_cache_reorder(where: torch.device) -> bool:

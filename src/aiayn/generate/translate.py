@@ -197,7 +197,6 @@ class Translator:
         return source_batch(seqs, cfg.pad_id, cfg.eos_id).to(self.device)
 
     def search(self, src: Tensor, stop: Stop = None) -> list[list[Hypothesis]]:
-        o = self.options
         special, model = special_tokens(self.model), self.model
         if self.shortlist is not None:  # the search runs over the batch's candidates, numbered 0 … n−1
             model = Shortlisted(self.model, self.shortlist.vocabulary(src, special.pad), special)

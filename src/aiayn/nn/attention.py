@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aiayn import runtime
 from aiayn.nn.cache import KVCache
 from aiayn.nn.linear import Linear
 
@@ -46,6 +47,12 @@ def scaled_dot_product_attention(
             mask = causal if mask is None else mask & causal
             is_causal = False
     if not need_weights:
+        if q.size(-2) == 1 and runtime.decoding_attention_in_fp32(q):  # (autocast off: it would cast back to bf16)
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(
+                    q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
+                )
+            return out.to(q.dtype), None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         return out, None
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # [B, h, Lq, Lk]
@@ -173,6 +180,8 @@ class CrossAttention(_MultiHead):
         if packing is not None:
             kv = packing.unpack(kv)  # [n, 2·d_model] -> [B, S, 2·d_model]
         k, v = kv.chunk(2, dim=-1)
+        if runtime.decoding_attention_in_fp32(kv):  # once per source, not at every step
+            k, v = k.float(), v.float()
         return self._heads(k), self._heads(v)
 
     def forward(

@@ -9,6 +9,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from aiayn import runtime
+
 
 class DecodingState(Protocol):
     """What beam search, greedy search and sampling need of a model's incremental state.
@@ -45,6 +47,8 @@ class KVCache:
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add the keys/values of L new steps ([N, h, L, d_k]); return all of them as [N, h, t, d_k] views."""
         end = self.length + k.size(2)
+        if runtime.decoding_attention_in_fp32(k):  # bf16 decoding on a CPU keeps its cache in fp32
+            k, v = k.float(), v.float()
         if self.k is None or end > self.k.size(0):
             capacity = max(end, 2 * (self.k.size(0) if self.k is not None else 16))
             grown = [t.new_empty((capacity, *t.shape[:2], t.size(3))) for t in (k, v)]
