@@ -702,3 +702,15 @@ def test_the_translate_endpoint_survives_requests_drawn_from_its_own_schema(tran
 
     check()
     assert 200 in answers and 422 in answers  # both kinds were reached
+
+
+def test_serve_decodes_in_int8_when_asked(trained_run):
+    int8 = load_translator(trained_run, device="cpu", precision="int8")
+
+    async def main():
+        async with api(int8) as client:
+            return await client.get("/v1/models"), await client.post("/v1/translate", json={"texts": SENTENCES[:2], "beam": 4})
+
+    models, out = run(main())
+    assert int8.precision == "int8" and models.json()["models"][0]["precision"] == "int8"
+    assert [t["text"] for t in out.json()["translations"]] == [t.text for t in int8.translate(SENTENCES[:2])]

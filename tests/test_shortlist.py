@@ -70,8 +70,8 @@ def test_the_shortlist_keeps_the_references_tokens_and_the_special_ids(trained, 
         covered += sum(int(t) in vocab for t in tgt)
         total += len(tgt)
     # one sentence at a time (the hardest case: a batch's shortlist is the union of its sentences');
-    # measured 0.97 on this 2,000-pair slice with k = 32
-    assert covered / total > 0.93
+    # measured 0.935 on this 2,000-pair slice with k = 32 (0.896 with k = 16)
+    assert covered / total > 0.9
 
 
 def test_greedy_translations_inside_the_shortlist_are_unchanged(trained, shortlist, shipped):
