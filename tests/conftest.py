@@ -68,3 +68,11 @@ def trained_run(small_dataset, tmp_path_factory):
     )
     Trainer(cfg, small_dataset, run, log=lambda *a: None, progress=False).train()
     return run
+
+
+@pytest.fixture(scope="session")
+def trained(trained_run):
+    """(model, checkpoint) of trained_run's last checkpoint."""
+    from aiayn.io.checkpoint import load_model
+
+    return load_model(trained_run / "checkpoints" / "step-00000250.safetensors")

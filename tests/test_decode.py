@@ -10,15 +10,8 @@ import pytest
 import torch
 
 from aiayn.generate import Translator, beam_search, greedy_search, length_penalty, max_lengths, sample, special_tokens
-from aiayn.io.checkpoint import load_model
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
-
-
-@pytest.fixture(scope="module")
-def trained(trained_run):
-    model, ckpt = load_model(trained_run / "checkpoints" / "step-00000250.safetensors")
-    return model, ckpt
 
 
 @pytest.fixture(scope="module")

@@ -171,11 +171,6 @@ def test_precision_choices():
 
 
 @pytest.fixture(scope="module")
-def trained(trained_run):
-    return load_model(trained_run / "checkpoints" / "step-00000250.safetensors")
-
-
-@pytest.fixture(scope="module")
 def sources(trained, shipped):
     _, ckpt = trained
     return shipped["test"][0].read_text().splitlines()[:24], ckpt.src_tokenizer

@@ -11,7 +11,6 @@ from aiayn.data.binarize import ParallelDataset
 from aiayn.data.lexicon import learn_lexicon
 from aiayn.generate import Translator
 from aiayn.generate.shortlist import Shortlist
-from aiayn.io.checkpoint import load_model
 
 
 def corpus(pairs):
@@ -46,11 +45,6 @@ def test_restricted_projection_equals_the_full_one_on_its_ids(trained):
         part = model.project(hidden, (ids, model.output_proj.rows(ids)))
     assert part.shape == (5, 4)  # the candidates' logits alone
     torch.testing.assert_close(part, full[:, ids])
-
-
-@pytest.fixture(scope="module")
-def trained(trained_run):
-    return load_model(trained_run / "checkpoints" / "step-00000250.safetensors")
 
 
 @pytest.fixture(scope="module")
