@@ -876,6 +876,8 @@ def _run_export(args):
         print(f"wrote {out / 'model.safetensors'} (int8 projections): translate, generate, classify and serve decode it in int8 on the CPU")
         return
     architecture = read_metadata(resolve_model_path(args.model)).get("architecture")
+    if architecture == "rnnsearch":
+        raise UserError("an RNNsearch model has no counterpart in transformers or CTranslate2; --format int8 exports it quantized")
     if architecture == "vit":
         if args.format != "hf" or args.quantization:
             raise UserError("a ViT exports to --format hf (ViTForImageClassification)")

@@ -18,7 +18,6 @@ from aiayn import runtime
 from aiayn.data.tokenizer import Tokenizer
 from aiayn.generate.search import Hypothesis, SpecialTokens, Stop, beam_search, greedy_search, sample
 from aiayn.generate.shortlist import Shortlist, Shortlisted
-from aiayn.models import Transformer
 from aiayn.nn.int8 import for_precision
 
 
@@ -63,13 +62,18 @@ def output_cap(source_length: int, max_len_a: float, max_len_b: int) -> int:
     return max(1, math.floor(max_len_a * source_length) + max_len_b)
 
 
+def learned_positions(config) -> int:
+    """How many positions a model's learned position table holds (0: none, as sinusoids and recurrent models)."""
+    return config.max_positions if getattr(config, "positional", None) == "learned" else 0
+
+
 def max_lengths(model, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
     """Per sentence of a source batch: `output_cap` ([B], long), and no more than the model's
     learned positions reach."""
     src_len = (src.ne(model.config.pad_id).sum(1) - 1).tolist()  # without the source EOS
     limit = torch.tensor([output_cap(n, max_len_a, max_len_b) for n in src_len], device=src.device)
-    if model.config.positional == "learned":
-        limit = limit.clamp(max=model.config.max_positions)
+    if positions := learned_positions(model.config):
+        limit = limit.clamp(max=positions)
     return limit
 
 
@@ -103,7 +107,7 @@ class SearchOptions:
 class Ensemble(torch.nn.Module):
     """Several models of one vocabulary decoding together: the average of their log-probabilities."""
 
-    def __init__(self, models: list[Transformer]):
+    def __init__(self, models: list[torch.nn.Module]):
         super().__init__()
         self.models = torch.nn.ModuleList(models)
         self.config = models[0].config
@@ -139,7 +143,7 @@ class EnsembleState:
 class Translator:
     def __init__(
         self,
-        model: Transformer | list[Transformer],
+        model: torch.nn.Module | list[torch.nn.Module],
         src_tokenizer: Tokenizer,
         tgt_tokenizer: Tokenizer,
         *,
@@ -169,7 +173,7 @@ class Translator:
         self.src_tok, self.tgt_tok = src_tokenizer, tgt_tokenizer
         self.options = (options or SearchOptions()).with_overrides(**option_overrides)
         cfg = models[0].config
-        self.max_input_len = max_input_len or (cfg.max_positions - 1 if cfg.positional == "learned" else 1024)
+        self.max_input_len = max_input_len or (learned_positions(cfg) - 1 if learned_positions(cfg) else 1024)
         self.max_tokens = max_tokens or runtime.default_max_tokens(self.device)
         runtime.configure_attention(self.device, cudnn_attention)  # each decoding step has a new key length
 
@@ -229,7 +233,7 @@ class Translator:
         source subword that layer's encoder-decoder attention (averaged over heads) weighs most.
         `stop` is asked before every decoding step; True raises generate.search.SearchCancelled (the
         server uses it to give up on a batch whose callers have all gone)."""
-        n_layers = len(self.models[0].decoder_layers)
+        n_layers = self.models[0].cross_attention_layers()
         if alignment_layer is not None and not -n_layers <= alignment_layer < n_layers:
             raise ValueError(
                 f"alignment layer {alignment_layer}: the model has {n_layers} decoder layers (0 to {n_layers - 1}, or -1 for the last)"

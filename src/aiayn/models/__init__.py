@@ -13,6 +13,7 @@ from torch import nn
 
 from aiayn.models.gpt import GPT, GPTConfig, GPTState
 from aiayn.models.presets import PRESETS
+from aiayn.models.rnnsearch import RNNSearch, RNNSearchConfig, RNNState
 from aiayn.models.seq2seq import EncoderOut, Seq2SeqState, Transformer, TransformerConfig
 from aiayn.models.vit import ViT, ViTConfig, attention_rollout
 
@@ -29,6 +30,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "transformer": Architecture("transformer", TransformerConfig, Transformer, "translation"),
     "gpt": Architecture("gpt", GPTConfig, GPT, "lm"),
     "vit": Architecture("vit", ViTConfig, ViT, "images"),
+    "rnnsearch": Architecture("rnnsearch", RNNSearchConfig, RNNSearch, "translation"),
 }
 
 
@@ -70,6 +72,9 @@ __all__ = [
     "GPT",
     "GPTConfig",
     "GPTState",
+    "RNNSearch",
+    "RNNSearchConfig",
+    "RNNState",
     "Seq2SeqState",
     "Transformer",
     "TransformerConfig",

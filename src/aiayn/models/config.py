@@ -13,11 +13,16 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides):
+        """A named configuration (models/presets.py) with overrides; `vocab_size=` sets both vocabularies of an encoder-decoder."""
         from aiayn.models.presets import PRESETS
 
         if name not in PRESETS or PRESETS[name][0] != cls.ARCHITECTURE:
             names = [n for n, (arch, _) in PRESETS.items() if arch == cls.ARCHITECTURE]
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(names)}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if "vocab_size" in overrides and "vocab_size" not in fields:  # an encoder-decoder: both vocabularies
+            vocab = overrides.pop("vocab_size")
+            overrides = {"src_vocab_size": vocab, "tgt_vocab_size": vocab, **overrides}
         return cls(**{**PRESETS[name][1], **overrides})
 
     def to_dict(self) -> dict:

@@ -12,6 +12,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # stable at the high learning rates of short runs (post-norm stalled at 2e-3 on the Bible valid set).
     "small": ("transformer", dict(d_model=256, n_heads=4, d_ff=1024, n_encoder_layers=4, n_decoder_layers=4, dropout=0.1, pre_norm=True)),
     "tiny": ("transformer", dict(d_model=128, n_heads=4, d_ff=512, n_encoder_layers=2, n_decoder_layers=2, dropout=0.1, pre_norm=True)),
+    # RNNsearch (models/rnnsearch.py): the paper's sizes (Bahdanau et al. 2014, Appendix A), and one of about
+    # tiny's parameter count (1.88M against 1.95M at a vocabulary of 8,000) with the output tied to the embeddings.
+    "rnnsearch": ("rnnsearch", dict(d_embed=620, d_hidden=1000, d_attn=1000, d_output=500, dropout=0.2)),
+    "rnnsearch-tiny": ("rnnsearch", dict(d_embed=128, d_hidden=160, d_attn=160, d_output=128, tie_output=True, dropout=0.2)),
     # GPT (models/gpt.py). gpt-tiny: nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide); gpt-small: its
     # GPU recipe for characters (6 layers, 384 wide, context 256); gpt2: GPT-2's 124M shape.
     "gpt-tiny": ("gpt", dict(d_model=128, n_heads=4, d_ff=512, n_layers=4, context=128, dropout=0.0, attn_dropout=0.0)),

@@ -63,21 +63,6 @@ class TransformerConfig(ModelConfig):
             )
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "TransformerConfig":
-        """A named configuration (models.presets: base, big, small, tiny) with overrides; `vocab_size=` sets both vocabularies."""
-        from aiayn.models.presets import PRESETS
-
-        if name not in PRESETS or PRESETS[name][0] != "transformer":
-            names = [n for n, (arch, _) in PRESETS.items() if arch == "transformer"]
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(names)}")
-        values = dict(PRESETS[name][1])
-        if "vocab_size" in overrides:
-            vocab = overrides.pop("vocab_size")
-            values.update(src_vocab_size=vocab, tgt_vocab_size=vocab)
-        values.update(overrides)
-        return cls(**values)
-
-    @classmethod
     def check(cls, values: dict, where: str = "") -> None:
         """Types and ranges of (some of) the fields, before a model is built."""
         from aiayn.nn import ACTIVATIONS
@@ -295,6 +280,10 @@ class Transformer(nn.Module):
         return (logits, weights) if need_weights else logits
 
     # ----- Bookkeeping
+    def cross_attention_layers(self) -> int:
+        """How many layers of encoder-decoder attention `decode(need_weights=True)` returns."""
+        return len(self.decoder_layers)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # shared tensors count once
 

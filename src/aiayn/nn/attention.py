@@ -227,10 +227,14 @@ class AdditiveAttention(nn.Module):
         return self.key_proj(memory)
 
     def forward(self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """query: [B, d_query] (the previous decoder state); keys: `keys(memory)`; memory: [B, S, d_memory];
-        mask: [B, S], True at real tokens. Returns the context [B, d_memory] and the weights [B, S]."""
-        energy = self.v(torch.tanh(self.query_proj(query)[:, None, :] + keys)).squeeze(-1)  # [B, S]
+        """query: [B, d_query], or [B, G, d_query] for G queries per source (a beam's hypotheses);
+        keys: `keys(memory)`; memory: [B, S, d_memory]; mask: [B, S], True at real tokens.
+        Returns the context [B, (G,) d_memory] and the weights [B, (G,) S]."""
+        grouped = query.dim() == 3
+        q = self.query_proj(query if grouped else query[:, None])  # [B, G, d_attn]
+        energy = self.v(torch.tanh(q[:, :, None, :] + keys[:, None])).squeeze(-1)  # [B, G, S]
         if mask is not None:
-            energy = energy.masked_fill(~mask, float("-inf"))
+            energy = energy.masked_fill(~mask[:, None], float("-inf"))
         weights = energy.softmax(-1)
-        return torch.bmm(weights[:, None, :], memory).squeeze(1), weights
+        context = torch.bmm(weights, memory)  # [B, G, d_memory]
+        return (context, weights) if grouped else (context.squeeze(1), weights.squeeze(1))

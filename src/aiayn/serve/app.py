@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aiayn import __version__
 from aiayn.generate.complete import Generator
 from aiayn.generate.translate import Translation, Translator
+from aiayn.models import RNNSearch, architecture_of
 from aiayn.serve import classify, completions
 from aiayn.serve.batcher import Batcher, BatcherClosed, CompletionBatcher, DecodeKey, QueueFull, source_lengths
 from aiayn.vision import Classifier
@@ -275,21 +276,24 @@ def _finite(x: float) -> float | None:
 def _model_info(translator: Translator, name: str, path: str | None) -> dict:
     model = translator.models[0]
     c = model.config
-    return {
-        "id": name,
-        "path": path,
-        "parameters": model.num_parameters(),
-        "config": {
+    if isinstance(model, RNNSearch):
+        shape = {"d_embed": c.d_embed, "d_hidden": c.d_hidden, "d_attn": c.d_attn, "encoder_layers": c.n_encoder_layers}
+    else:
+        shape = {
             "d_model": c.d_model,
             "heads": c.n_heads,
             "d_ff": c.d_ff,
             "encoder_layers": c.n_encoder_layers,
             "decoder_layers": c.n_decoder_layers,
-            "src_vocab_size": c.src_vocab_size,
-            "tgt_vocab_size": c.tgt_vocab_size,
             "positional": c.positional,
             "pre_norm": c.pre_norm,
-        },
+        }
+    return {
+        "id": name,
+        "path": path,
+        "parameters": model.num_parameters(),
+        "architecture": architecture_of(model).name,
+        "config": {**shape, "src_vocab_size": c.src_vocab_size, "tgt_vocab_size": c.tgt_vocab_size},
         "device": str(translator.device),
         "precision": translator.precision,
     }

@@ -98,7 +98,6 @@ class TranslationTask:
             src_vocab_size=self.meta["vocab"]["src"]["size"],
             tgt_vocab_size=self.meta["vocab"]["tgt"]["size"],
             share_embeddings=self.meta["joint_vocab"],
-            tie_output=values.pop("tie_output", True),
             pad_id=ids["pad"],
             unk_id=ids["unk"],
             bos_id=ids["bos"],

@@ -45,6 +45,8 @@ def learning_rate(
     min_lr: float = 0.0,
 ) -> float:
     if schedule == "paper":
+        if not d_model:
+            raise ValueError("lr_schedule 'paper' is defined by d_model; this model has none: use inverse_sqrt or cosine with lr")
         return paper_lr(step, d_model, warmup_steps, lr_scale)
     if schedule == "inverse_sqrt":
         return inverse_sqrt_lr(step, peak_lr, warmup_steps)

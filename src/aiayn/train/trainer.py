@@ -102,6 +102,10 @@ class Trainer:
             self._check_preset_fits(cfg.model.get("preset", "base"))
             self.architecture, self.model_config = self.task.model_config(cfg.model)
             self.model = models.build(self.architecture, self.model_config)
+        if cfg.lr_schedule == "paper" and not hasattr(self.model_config, "d_model"):
+            raise ValueError(
+                f"lr_schedule paper is defined by d_model, which a {self.architecture} model has not: use inverse_sqrt or cosine with lr"
+            )
         self.model.to(self.device)
         self.loss_model: nn.Module = self.task.loss_model(self.model, cfg.label_smoothing)
         if self.world.distributed:
@@ -289,7 +293,7 @@ class Trainer:
         return learning_rate(
             step,
             schedule=c.lr_schedule,
-            d_model=self.model_config.d_model,
+            d_model=getattr(self.model_config, "d_model", 0),  # the paper's schedule only (a Transformer's)
             warmup_steps=c.warmup_steps,
             lr_scale=c.lr_scale,
             peak_lr=c.lr,
