@@ -125,7 +125,8 @@ class Trainer:
         self.nonfinite_total = self.nonfinite_in_a_row = 0
         self.best: float | None = None
         self.bad_validations = 0
-        self.tokens_seen = 0
+        self.tokens_seen = 0  # every token of every batch (a translation's source and target)
+        self.loss_tokens_seen = 0  # the tokens the loss is taken on (a translation's target tokens)
         self.train_seconds = 0.0
         torch.manual_seed(cfg.seed + self.world.rank)  # dropout differs per rank
         if resume:
@@ -231,6 +232,7 @@ class Trainer:
                 "best": self.best,
                 "bad_validations": self.bad_validations,
                 "tokens_seen": self.tokens_seen,
+                "loss_tokens_seen": self.loss_tokens_seen,
                 "train_seconds": self.train_seconds,
                 "vocab_sha256": self.task.vocab_id,
                 "world_size": self.world.size,
@@ -244,6 +246,9 @@ class Trainer:
             for step, _path in list_checkpoints(self.run_dir)[: -self.cfg.keep_last or None] if self.cfg.keep_last else []:
                 for p in step_paths(self.run_dir, step):
                     p.unlink(missing_ok=True)
+            self._record(
+                {"type": "checkpoint", "file": weights.name, "tokens_seen": self.tokens_seen, "loss_tokens_seen": self.loss_tokens_seen}
+            )
         distributed.barrier(self.world)
         return weights
 
@@ -273,6 +278,7 @@ class Trainer:
             "train_seconds",
         ):
             setattr(self, key, state[key])
+        self.loss_tokens_seen = state.get("loss_tokens_seen", 0)  # (not in states saved before it was counted)
         self._set_rng_state(state["rng"][self.world.rank])
         self.log(f"resumed from {weights} (update {self.step}, epoch {self.epoch + 1}, batch {self.position})")
 
@@ -375,6 +381,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += int(tokens)
+        self.loss_tokens_seen += int(loss_tokens)
         return {
             "loss": loss_total / loss_tokens / math.log(2),
             "nll": nll_total / loss_tokens / math.log(2),
@@ -509,6 +516,7 @@ class Trainer:
             "reason": self.stop_reason,
             "updates": self.step,
             "tokens_seen": self.tokens_seen,
+            "loss_tokens_seen": self.loss_tokens_seen,
             "nonfinite": self.nonfinite_total,
             "best": self.best,
         }
