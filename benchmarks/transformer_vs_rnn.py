@@ -97,13 +97,12 @@ def evaluate_mark(dataset: Path, run: Path, ckpts: list[dict], seconds: float, a
     }
 
 
-def pieces_for_peer(dataset: Path, out: Path) -> Path:
+def pieces_for_peer(data: Path, dataset: Path, out: Path) -> Path:
     """The prepared splits as sentencepiece pieces (the peer sees the same vocabulary and segmentation)."""
     from aiayn.data.binarize import load_tokenizers
 
     src_tok, tgt_tok = load_tokenizers(dataset)
     out.mkdir(parents=True, exist_ok=True)
-    data = REPO.parent / "shared" / "data" / "bible-en-es"
     for split in ("train", "valid", "test"):
         for side, lang, tok in (("src", "en", src_tok), ("tgt", "es", tgt_tok)):
             lines = (data / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
@@ -111,13 +110,13 @@ def pieces_for_peer(dataset: Path, out: Path) -> Path:
     return out
 
 
-def run_peer(dataset: Path, work: Path, minutes: float, threads: int) -> dict:
+def run_peer(data: Path, dataset: Path, work: Path, minutes: float, threads: int) -> dict:
     import peer_rnn
 
     from aiayn.data.binarize import load_tokenizers
     from aiayn.evaluate import evaluate_files
 
-    pieces = pieces_for_peer(dataset, work / "pieces")
+    pieces = pieces_for_peer(data, dataset, work / "pieces")
     # rnnsearch-tiny's decoder size (160) and embeddings (128); OpenNMT-py gives each encoder direction half of it
     result = peer_rnn.run(pieces, work / "onmt", minutes, emb=128, hidden=160, size_match="decoder", threads=threads)
     _, tgt_tok = load_tokenizers(dataset)
@@ -148,7 +147,7 @@ def budget_part(args, dataset: Path) -> dict:
                 )
         results[system] = {"config": config, "curve": curve}
     if not args.skip_peer:
-        results["opennmt-py"] = run_peer(dataset, args.work / "peer", args.minutes, args.threads)
+        results["opennmt-py"] = run_peer(args.data, dataset, args.work / "peer", args.minutes, args.threads)
     return results
 
 

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from aiayn.generate import beam_search, greedy_search, max_lengths, sample, special_tokens
+from aiayn.generate.translate import source_batch
 from aiayn.models import RNNSearch, RNNSearchConfig, build
 from aiayn.models.rnnsearch import gru_update
 from aiayn.nn import AdditiveAttention, Linear
@@ -29,12 +30,8 @@ def small_model(vocab=60, seed=0, **kw) -> RNNSearch:
     return RNNSearch(RNNSearchConfig(**{**values, **kw})).eval()
 
 
-def as_batch(seqs, pad=PAD, eos=EOS):
-    out = torch.full((len(seqs), max(len(s) for s in seqs) + 1), pad)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s)
-        out[i, len(s)] = eos
-    return out
+def as_batch(seqs):
+    return source_batch(seqs, PAD, EOS)
 
 
 def train_config(**overrides) -> TrainConfig:

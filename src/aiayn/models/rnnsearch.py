@@ -28,6 +28,7 @@ from aiayn import schema
 from aiayn.models.config import ModelConfig
 from aiayn.models.seq2seq import EncoderOut
 from aiayn.nn import AdditiveAttention, Dropout, Linear, TokenEmbedding
+from aiayn.nn.cache import hypothesis_rows
 
 
 @dataclass
@@ -105,8 +106,7 @@ class RNNState:
     def select(self, sentences: Tensor) -> None:
         """Keep only the given source sentences (with all their hypotheses)."""
         group = self.state.size(0) // self.memory.size(0)
-        rows = (sentences[:, None] * group + torch.arange(group, device=sentences.device)).reshape(-1)
-        self.state = self.state.index_select(0, rows)
+        self.state = self.state.index_select(0, hypothesis_rows(sentences, group))
         self.memory, self.keys, self.mask = (t.index_select(0, sentences) for t in (self.memory, self.keys, self.mask))
 
 

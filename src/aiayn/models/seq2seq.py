@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from aiayn import runtime, schema
 from aiayn.models.config import ModelConfig, check_heads
 from aiayn.nn import Block, Dropout, KVCache, Linear, Packing, PositionalEncoding, Stack, TokenEmbedding
+from aiayn.nn.cache import hypothesis_rows
 
 
 @dataclass
@@ -131,7 +132,7 @@ class Seq2SeqState:
         B = self.memory_mask.size(0)
         group = self.kv_caches[0].rows // B if self.kv_caches else 0
         if group:
-            rows = (sentences[:, None] * group + torch.arange(group, device=sentences.device)).reshape(-1)
+            rows = hypothesis_rows(sentences, group)
             for c in self.kv_caches:
                 c.select(rows)
         self.cross_kv = [(k.index_select(0, sentences), v.index_select(0, sentences)) for k, v in self.cross_kv]

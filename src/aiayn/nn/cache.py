@@ -26,6 +26,11 @@ class DecodingState(Protocol):
         """Keep only these sentences (all their rows), e.g. the unfinished ones."""
 
 
+def hypothesis_rows(sentences: Tensor, group: int) -> Tensor:
+    """The rows of these sentences' hypotheses, G = group per sentence, sentence-major."""
+    return (sentences[:, None] * group + torch.arange(group, device=sentences.device)).reshape(-1)
+
+
 class KVCache:
     """The keys and values of one decoder self-attention layer for the steps decoded so far.
 
