@@ -24,6 +24,7 @@ has_torch || pip_install $TORCH_SPEC
 # (quietly; a failure only warns, and what needs the package then skips with the reason):
 #   chromium               the browser test of `aiayn serve` (Playwright from PyPI drives it: no browser download)
 #   dataset-fashion-mnist  `aiayn prepare --task images --dataset fashion-mnist` (/usr/share/datasets/fashion-mnist)
+#   fonts-noto-color-emoji `aiayn prepare --task image-text --dataset emoji` (the emoji, named by Unicode)
 install_debian() {  # PACKAGE PATH-IT-PROVIDES WHAT-NEEDS-IT
   local package=$1 provides=$2 what=$3
   [ -e "$provides" ] && return 0
@@ -44,6 +45,7 @@ install_debian() {  # PACKAGE PATH-IT-PROVIDES WHAT-NEEDS-IT
 install_debian_packages() {
   install_debian chromium /usr/bin/chromium "the browser test"
   install_debian dataset-fashion-mnist /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz "Fashion-MNIST"
+  install_debian fonts-noto-color-emoji /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf "the emoji dataset"
 }
 
 what=${1:-setup}

@@ -46,13 +46,15 @@ def _add_prepare(sub):
         description="Check and clean parallel text, learn a sentencepiece vocabulary and write a binarized dataset. "
         "Give each split as two files (one sentence a line) or one TSV file (source<TAB>target). "
         "With --task lm: plain text for a language model (GPT), --train-text FILE... --valid-text FILE...; "
-        "without text files, the English side of the shipped Bible corpus.",
+        "without text files, the English side of the shipped Bible corpus. "
+        "With --task images: labelled images (ViT). With --task image-text: images with captions (CLIP), "
+        "--pairs FILE.tsv or --dataset shapes|emoji.",
     )
     p.add_argument(
         "--task",
-        choices=["translation", "lm", "images"],
+        choices=["translation", "lm", "images", "image-text"],
         default="translation",
-        help="translation (default), lm (a GPT's text) or images (a ViT's)",
+        help="translation (default), lm (a GPT's text), images (a ViT's) or image-text (a CLIP's)",
     )
     for split in ("train", "valid", "test"):
         p.add_argument(f"--{split}-src", metavar="FILE", help=f"{split} source sentences")
@@ -76,7 +78,20 @@ def _add_prepare(sub):
     )
     g.add_argument("--image-size", type=S.int_at_least(1), default=0, help="resize every image to this square size (default: keep)")
     g.add_argument(
-        "--valid-fraction", type=S.number(low=0, high=0.5), default=0.1, help="training images held out for validation (default 0.1)"
+        "--valid-fraction",
+        type=S.number(low=0, high=0.5),
+        default=None,
+        help="training images held out for validation (default 0.1; image-text 0.05)",
+    )
+    g = p.add_argument_group("images with captions (--task image-text)")
+    g.add_argument(
+        "--pairs", metavar="FILE.tsv", help="image path<TAB>caption lines (paths relative to the file); or --dataset shapes|emoji"
+    )
+    g.add_argument(
+        "--context", type=S.int_at_least(3), default=77, help="the longest caption in tokens, start and end included (default 77)"
+    )
+    g.add_argument(
+        "--shapes-train", type=S.int_at_least(1), default=40000, help="training scenes to generate (--dataset shapes; default 40000)"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to create")
     p.add_argument(
@@ -119,6 +134,10 @@ def _run_prepare(args):
         return _prepare_text(args)
     if args.task == "images":
         return _prepare_images(args)
+    if args.task == "image-text":
+        return _prepare_image_text(args)
+    if args.pairs:
+        raise UserError("--pairs goes with --task image-text")
     if args.dataset:
         raise UserError("--dataset goes with --task images")
     if any(getattr(args, f"{s}_text") for s in ("train", "valid", "test")) or args.char:
@@ -160,12 +179,38 @@ def _prepare_images(args):
 
     if not args.dataset:
         raise UserError("--task images needs --dataset fashion-mnist, digits, or a directory of class folders")
-    opts = ImageOptions(valid_fraction=args.valid_fraction, image_size=args.image_size, skip_bad=args.skip_bad, seed=args.seed)
+    if args.pairs:
+        raise UserError("--pairs goes with --task image-text")
+    valid = 0.1 if args.valid_fraction is None else args.valid_fraction
+    opts = ImageOptions(valid_fraction=valid, image_size=args.image_size, skip_bad=args.skip_bad, seed=args.seed)
     meta = prepare_images(args.dataset, args.out, opts, force=args.force)
     counts = ", ".join(f"{name} {s['images']}" for name, s in meta["splits"].items())
     img = meta["image"]
     print(
         f"wrote {args.out}: {counts} images of {img['width']}×{img['height']}×{img['channels']}, {len(meta['classes'])} classes, in {meta['seconds']}s"
+    )
+
+
+def _prepare_image_text(args):
+    from aiayn.data.image_text import ImageTextOptions, prepare_image_text
+
+    if bool(args.pairs) == bool(args.dataset):
+        raise UserError("--task image-text needs --pairs FILE.tsv or --dataset shapes|emoji (one of them)")
+    opts = ImageTextOptions(
+        image_size=args.image_size,
+        vocab_size=args.vocab_size or 1000,
+        context=args.context,
+        valid_fraction=0.05 if args.valid_fraction is None else args.valid_fraction,
+        skip_bad=args.skip_bad,
+        seed=args.seed,
+        shapes_train=args.shapes_train,
+    )
+    meta = prepare_image_text(args.dataset, args.pairs, args.out, opts, force=args.force)
+    counts = ", ".join(f"{name} {s['images']}" for name, s in meta["splits"].items())
+    img = meta["image"]
+    print(
+        f"wrote {args.out}: {counts} images of {img['width']}×{img['height']}×{img['channels']} with "
+        f"{sum(s['pairs'] for s in meta['splits'].values())} captions; vocabulary {meta['vocab']['size']}, context {meta['context']}, in {meta['seconds']}s"
     )
 
 
@@ -636,6 +681,146 @@ def _run_classify(args):
         raise UserError(f"{failed} of {len(args.images)} files could not be read as images")
 
 
+def _add_zero_shot(sub):
+    p = sub.add_parser(
+        "zero-shot",
+        help="classify images by class names alone, with an image-text model (CLIP)",
+        description="Print each image's most probable labels among --labels, each label turned into captions by the "
+        "prompt templates and their embeddings averaged (CLIP's prompt ensembling). Without --labels: the classes "
+        "the model's dataset named (e.g. the shapes set's colour–shape names).",
+    )
+    p.add_argument("--model", required=True, metavar="MODEL", help="weights file or run directory of an image-text model")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--labels", metavar="A,B,...", help="comma-separated class names")
+    p.add_argument("--templates", metavar="FILE", help="prompt templates, one a line, '{}' where the label goes (default: the model's)")
+    p.add_argument("--top-k", type=S.int_at_least(1), default=3, help="labels to show per image (default 3)")
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=_run_zero_shot)
+
+
+def _read_templates(path: str | None) -> list[str] | None:
+    if not path:
+        return None
+    try:
+        lines = [t.strip() for t in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--templates {path}: cannot read it ({e})") from None
+    for number, t in enumerate(lines, 1):
+        if t and "{}" not in t:
+            raise UserError(f"{path}:{number}: a template needs '{{}}' where the label goes: {t!r}")
+    templates = [t for t in lines if t]
+    if not templates:
+        raise UserError(f"--templates {path}: no templates in it")
+    return templates
+
+
+def _load_images(paths: list[str], spec: dict, command: str) -> tuple[list[str], "object"]:
+    """The readable images among paths (a one-line error for each other) as uint8 [N, H, W, C]."""
+    import numpy as np
+
+    from aiayn.data.images import load_image
+
+    kept, arrays = [], []
+    for path in paths:
+        try:
+            arrays.append(load_image(path, spec))
+            kept.append(path)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"aiayn {command}: error: {e}", file=sys.stderr)
+    return kept, (np.stack(arrays) if arrays else None)
+
+
+def _run_zero_shot(args):
+    import json
+
+    from aiayn.zero_shot import DualEncoder
+
+    enc = DualEncoder.load(args.model, args.device)
+    if args.labels:
+        labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    else:
+        labels = (enc.zero_shot or {}).get("classes")
+        if not labels:
+            raise UserError("give --labels A,B,...: the model's dataset named no classes")
+    if len(set(labels)) != len(labels):
+        raise UserError("--labels names a class twice")
+    paths, images = _load_images(args.images, enc.spec, "zero-shot")
+    if images is not None:
+        probs = enc.classify(images, labels, _read_templates(args.templates))
+        top = probs.topk(min(args.top_k, len(labels)), dim=-1)
+        for path, ps, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
+            if args.json:
+                print(
+                    json.dumps(
+                        {"path": path, "labels": [{"label": labels[i], "probability": round(p, 6)} for p, i in zip(ps, idx)]},
+                        ensure_ascii=False,
+                    )
+                )
+            else:
+                print(f"{path}\t" + "  ".join(f"{labels[i]} {p:.3f}" for p, i in zip(ps, idx)))
+    if len(paths) < len(args.images):
+        raise UserError(f"{len(args.images) - len(paths)} of {len(args.images)} files could not be read as images")
+
+
+def _add_retrieve(sub):
+    p = sub.add_parser(
+        "retrieve",
+        help="find the images that match a text, or the captions that match an image (CLIP)",
+        description="Rank a folder of images by a text (--text ... --images DIR), or lines of captions by an image "
+        "(--image FILE --captions FILE), by cosine similarity in the model's joint space; print the best k with their scores.",
+    )
+    p.add_argument("--model", required=True, metavar="MODEL", help="weights file or run directory of an image-text model")
+    p.add_argument("--text", help="the query text (with --images)")
+    p.add_argument("--images", metavar="DIR", help="a folder of images to search (all image files under it)")
+    p.add_argument("--image", metavar="FILE", help="the query image (with --captions)")
+    p.add_argument("--captions", metavar="FILE", help="candidate captions, one a line")
+    p.add_argument("--k", type=S.int_at_least(1), default=5, help="results to show (default 5)")
+    p.add_argument("--json", action="store_true", help="the results as one JSON list")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=_run_retrieve)
+
+
+def _run_retrieve(args):
+    import json
+
+    from aiayn.data.images import IMAGE_SUFFIXES
+    from aiayn.zero_shot import DualEncoder
+
+    if bool(args.text) == bool(args.image) or bool(args.text) != bool(args.images) or bool(args.image) != bool(args.captions):
+        raise UserError("give --text TEXT --images DIR (text to images), or --image FILE --captions FILE (image to captions)")
+    enc = DualEncoder.load(args.model, args.device)
+    if args.text:
+        folder = Path(args.images)
+        if not folder.is_dir():
+            raise UserError(f"--images {folder}: not a directory")
+        files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"--images {folder}: no image files in it")
+        names, images = _load_images(files, enc.spec, "retrieve")
+        if images is None:
+            raise UserError(f"--images {folder}: none of its files is a readable image")
+        scores = (enc.encode_texts([args.text]) @ enc.encode_images(images).t())[0]
+    else:
+        try:
+            names = [c.strip() for c in Path(args.captions).read_text(encoding="utf-8").splitlines() if c.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--captions {args.captions}: cannot read it ({e})") from None
+        if not names:
+            raise UserError(f"--captions {args.captions}: no captions in it")
+        _, image = _load_images([args.image], enc.spec, "retrieve")
+        if image is None:
+            raise UserError(f"--image {args.image} could not be read")
+        scores = (enc.encode_images(image) @ enc.encode_texts(names).t())[0]
+    top = scores.topk(min(args.k, len(names)))
+    results = [(names[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+    if args.json:
+        print(json.dumps([{"match": n, "score": round(s, 6)} for n, s in results], ensure_ascii=False))
+    else:
+        for n, s in results:
+            print(f"{s:.3f}\t{n}")
+
+
 def _add_evaluate(sub):
     p = sub.add_parser(
         "evaluate",
@@ -647,7 +832,12 @@ def _add_evaluate(sub):
     p.add_argument("--ref", help="references, one a line")
     p.add_argument("--model", help="a language model (with --text)")
     p.add_argument("--text", help="UTF-8 text to score the language model on")
-    p.add_argument("--data", metavar="DIR", help="an image dataset to score an image model on (with --model): accuracy, confusion matrix")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a dataset to score an image model on (with --model): a classifier's accuracy and confusion matrix, "
+        "or an image-text model's zero-shot accuracy and recall@k",
+    )
     p.add_argument("--split", default="test", help="the dataset split to score (default test)")
     p.add_argument("--confusion", metavar="PNG", help="also draw the confusion matrix")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (with --model)")
@@ -662,6 +852,10 @@ def _run_evaluate(args):
     from aiayn.evaluate import evaluate_files
 
     if args.model and args.data:
+        from aiayn.data.binarize import load_meta
+
+        if load_meta(args.data).get("task") == "image-text":
+            return _evaluate_image_text(args)
         return _evaluate_images(args)
     if args.model or args.text:
         if not (args.model and args.text) or args.hyp or args.ref:
@@ -688,6 +882,36 @@ def _run_evaluate(args):
         print(f"  {result['bleu_detail']}")
         print(f"  BLEU signature: {result['bleu_signature']}")
         print(f"  chrF signature: {result['chrf_signature']}")
+
+
+def _evaluate_image_text(args):
+    import json
+
+    from aiayn.data.image_text import ImageTextSplit, image_text_spec_id
+    from aiayn.zero_shot import DualEncoder, evaluate_split
+
+    enc = DualEncoder.load(args.model, args.device)
+    split = ImageTextSplit(args.data, args.split)
+    meta = split.meta
+    if image_text_spec_id(meta["image"], meta["vocab"]["sha256"], int(meta["context"])) != image_text_spec_id(
+        enc.spec, enc.tokenizer.sha256, enc.model.config.context
+    ):
+        raise UserError(f"{args.data}: its image format, vocabulary or context differ from the model's")
+    result = {
+        k.removeprefix("valid_"): v
+        for k, v in evaluate_split(enc.model, split, enc.spec, enc.tokenizer, meta.get("zero_shot"), enc.device).items()
+    }
+    result.update(images=len(split), captions=len(split.tokens), split=args.split)
+    if args.json:
+        print(json.dumps(result))
+        return
+    zs = f"zero-shot accuracy {result['zero_shot_accuracy']:.2f}%  " if "zero_shot_accuracy" in result else ""
+    print(f"{zs}on {len(split)} images and {len(split.tokens)} captions of {args.data} ({args.split})")
+    print(f"  text → image  recall@1 {result['recall@1']:.2f}  @5 {result['recall@5']:.2f}  @10 {result['recall@10']:.2f}")
+    print(
+        f"  image → text  recall@1 {result['image_recall@1']:.2f}  @5 {result['image_recall@5']:.2f}  @10 {result['image_recall@10']:.2f}"
+    )
+    print(f"  contrastive loss {result['loss']:.4f} bits a pair")
 
 
 def _evaluate_images(args):
@@ -796,11 +1020,12 @@ def _run_plot(args):
 def _add_import_hf(sub):
     p = sub.add_parser(
         "import-hf",
-        help="import a Hugging Face Marian model (the 1,000+ OPUS-MT models), a GPT-2 or a ViT",
+        help="import a Hugging Face Marian model (the 1,000+ OPUS-MT models), a GPT-2, a ViT or a CLIP",
         description="Convert a MarianMTModel checkpoint (config.json, model.safetensors or pytorch_model.bin, source.spm, "
         "target.spm, vocab.json) into an aiayn model for translate, evaluate, attention, serve and train --init-from; "
         "a GPT2LMHeadModel directory (config.json, weights, tokenizer.json or vocab.json + merges.txt) for generate, evaluate and serve; "
-        "or a ViTForImageClassification directory (config.json, weights, preprocessor_config.json) for classify, evaluate and serve.",
+        "a ViTForImageClassification directory (config.json, weights, preprocessor_config.json) for classify, evaluate and serve; "
+        "or a CLIPModel directory (config.json, weights, tokenizer.json, preprocessor_config.json) for zero-shot, retrieve, evaluate and serve.",
     )
     p.add_argument("src", metavar="SRC", help="a local Marian directory, or a hub name such as Helsinki-NLP/opus-mt-en-de (needs internet)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write model.safetensors to (or a .safetensors file)")
@@ -809,6 +1034,12 @@ def _add_import_hf(sub):
 
 def _run_import_hf(args):
     config = Path(args.src) / "config.json"
+    if config.is_file() and _json_field(config, "model_type") == "clip":
+        from aiayn.interop.hf_clip import import_clip
+
+        path = import_clip(args.src, args.out)
+        print(f"wrote {path}; try it: aiayn zero-shot --model {path} --labels 'a cat,a dog' IMAGE")
+        return
     if config.is_file() and _json_field(config, "model_type") == "vit":
         from aiayn.interop.hf_vit import import_vit
 
@@ -878,6 +1109,14 @@ def _run_export(args):
     architecture = read_metadata(resolve_model_path(args.model)).get("architecture")
     if architecture == "rnnsearch":
         raise UserError("an RNNsearch model has no counterpart in transformers or CTranslate2; --format int8 exports it quantized")
+    if architecture == "clip":
+        if args.format != "hf" or args.quantization:
+            raise UserError("a CLIP exports to --format hf (CLIPModel)")
+        from aiayn.interop.hf_clip import export_clip
+
+        out = export_clip(args.model, args.out, force=args.force)
+        print(f"wrote {out}: CLIPModel.from_pretrained('{out}') loads it")
+        return
     if architecture == "vit":
         if args.format != "hf" or args.quantization:
             raise UserError("a ViT exports to --format hf (ViTForImageClassification)")
@@ -1014,6 +1253,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_translate,
         _add_generate,
         _add_classify,
+        _add_zero_shot,
+        _add_retrieve,
         _add_evaluate,
         _add_attention,
         _add_plot,

@@ -28,6 +28,13 @@ def read_log(run_dir: str | Path) -> list[dict]:
     return entries
 
 
+METRICS = {  # the validation measure drawn where there is no BLEU
+    "valid_accuracy": "valid accuracy (%)",
+    "valid_zero_shot_accuracy": "valid zero-shot accuracy (%)",
+    "valid_recall@5": "valid recall@5 (%)",
+}
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Loss (train and valid, bits per token) and valid BLEU against updates, as a PNG."""
     plt = _pyplot()
@@ -41,7 +48,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.plot([e["step"] for e in train], [e["loss"] for e in train], label="train loss (label-smoothed)")
         ax.plot([e["step"] for e in train], [e["nll"] for e in train], label="train NLL", alpha=0.7)
     if valid:
-        ax.plot([e["step"] for e in valid], [e["valid_nll"] for e in valid], "o-", label="valid NLL")
+        ax.plot([e["step"] for e in valid], [e.get("valid_nll", e.get("valid_loss")) for e in valid], "o-", label="valid NLL")
     ax.set_xlabel("update")
     ax.set_ylabel("bits per target token")
     ax.set_title("loss")
@@ -55,7 +62,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ax.plot([e["step"] for e in bleu], [e["valid_chrf"] for e in bleu], "s--", color="C2", label="valid chrF")
         ax.legend()
     else:
-        ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
+        metric = next((k for k in METRICS if any(k in e for e in valid)), None)
+        if metric:
+            shown = [e for e in valid if metric in e]
+            ax.plot([e["step"] for e in shown], [e[metric] for e in shown], "o-", color="C3", label=METRICS[metric])
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("update")
     ax.set_title("validation")
     ax.grid(alpha=0.3)

@@ -122,8 +122,19 @@ def hf_vit_config(model: ViT, classes: list[str]):
     from transformers import ViTConfig as HFViTConfig
 
     c = model.config
-    if c.pooling != "cls" or c.positional != "learned" or c.layer_scale or c.activation not in HF_ACTIVATION:
-        raise InteropError("transformers' ViT has a class token, learned positions, no LayerScale and a GELU or ReLU; this model differs")
+    if (
+        c.pooling != "cls"
+        or c.positional != "learned"
+        or c.layer_scale
+        or c.activation not in HF_ACTIVATION
+        or not c.patch_bias
+        or c.embed_norm
+        or not c.n_classes
+    ):
+        raise InteropError(
+            "transformers' ViT has a class token, learned positions, a patch bias, no LayerScale or norm before the blocks, "
+            "a classifier and a GELU or ReLU; this model differs"
+        )
     return HFViTConfig(
         hidden_size=c.d_model,
         num_hidden_layers=c.n_layers,

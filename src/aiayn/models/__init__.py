@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from aiayn.models.clip import CLIP, CLIPConfig
 from aiayn.models.gpt import GPT, GPTConfig, GPTState
 from aiayn.models.presets import PRESETS
 from aiayn.models.rnnsearch import RNNSearch, RNNSearchConfig, RNNState
@@ -31,6 +32,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gpt": Architecture("gpt", GPTConfig, GPT, "lm"),
     "vit": Architecture("vit", ViTConfig, ViT, "images"),
     "rnnsearch": Architecture("rnnsearch", RNNSearchConfig, RNNSearch, "translation"),
+    "clip": Architecture("clip", CLIPConfig, CLIP, "image-text"),
 }
 
 
@@ -68,6 +70,8 @@ __all__ = [
     "ARCHITECTURES",
     "PRESETS",
     "Architecture",
+    "CLIP",
+    "CLIPConfig",
     "EncoderOut",
     "GPT",
     "GPTConfig",

@@ -29,4 +29,24 @@ PRESETS: dict[str, tuple[str, dict]] = {
     ),
     "vit-small": ("vit", dict(image_size=224, patch_size=16, d_model=384, n_heads=6, d_ff=1536, n_layers=12, drop_path=0.1)),
     "vit-base": ("vit", dict(image_size=224, patch_size=16, d_model=768, n_heads=12, d_ff=3072, n_layers=12, drop_path=0.1)),
+    # CLIP (models/clip.py); image_size, in_channels, vocab_size and context come from the dataset. clip-tiny is
+    # sized for CPUs (32 × 32 images in 4 × 4 patches, 4 image and 3 text layers of 128); clip-b32 is ViT-B/32's shape.
+    "clip-tiny": (
+        "clip",
+        dict(
+            image_size=32,
+            patch_size=4,
+            vision_d_model=128,
+            vision_n_heads=4,
+            vision_d_ff=512,
+            vision_n_layers=4,
+            context=32,
+            text_d_model=128,
+            text_n_heads=4,
+            text_d_ff=512,
+            text_n_layers=3,
+            d_embed=128,
+        ),
+    ),
+    "clip-b32": ("clip", dict()),
 }

@@ -43,6 +43,8 @@ class ViTConfig(ModelConfig):
     pooling: str = "cls"  # cls: the class token's state | mean: the mean of the patches' states
     positional: str = "learned"  # learned | sinusoidal (2-D)
     layer_norm_eps: float = 1e-6
+    patch_bias: bool = True  # the patch projection's bias (CLIP's has none)
+    embed_norm: bool = False  # a LayerNorm on the embedded patches and positions before the blocks (CLIP's ln_pre)
 
     @property
     def grid(self) -> int:
@@ -57,7 +59,7 @@ class ViTConfig(ModelConfig):
             "image_size": S.AT_LEAST_1,
             "patch_size": S.AT_LEAST_1,
             "in_channels": S.AT_LEAST_1,
-            "n_classes": S.AT_LEAST_1,
+            "n_classes": S.AT_LEAST_0,
             "d_model": S.AT_LEAST_1,
             "n_heads": S.AT_LEAST_1,
             "d_ff": S.AT_LEAST_1,
@@ -78,14 +80,15 @@ class ViTConfig(ModelConfig):
 
 
 class ViT(nn.Module):
-    """A Vision Transformer classifier."""
+    """A Vision Transformer classifier; with n_classes=0 an image encoder (CLIP's image tower), whose
+    forward gives the pooled representation [B, d_model]."""
 
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.config = cfg = config
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size={cfg.image_size} is not a multiple of patch_size={cfg.patch_size}")
-        self.patch_embed = PatchEmbedding(cfg.in_channels, cfg.patch_size, cfg.d_model)
+        self.patch_embed = PatchEmbedding(cfg.in_channels, cfg.patch_size, cfg.d_model, bias=cfg.patch_bias)
         n_tokens = cfg.grid**2 + (cfg.pooling == "cls")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.pooling == "cls" else None
         if cfg.positional == "learned":
@@ -95,6 +98,7 @@ class ViT(nn.Module):
             if cfg.pooling == "cls":
                 table = torch.cat([torch.zeros(1, cfg.d_model), table])
             self.register_buffer("position_table", table[None], persistent=False)
+        self.embed_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embed_norm else None
         self.dropout = Dropout(cfg.dropout)
         self.layers = Stack(
             Block(
@@ -112,7 +116,7 @@ class ViT(nn.Module):
             for i in range(cfg.n_layers)
         )
         self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.head = Linear(cfg.d_model, cfg.n_classes)
+        self.head = Linear(cfg.d_model, cfg.n_classes) if cfg.n_classes else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -125,7 +129,8 @@ class ViT(nn.Module):
                     nn.init.zeros_(module.bias)
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.size(0), -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.patch_embed.proj.bias is not None:
+            nn.init.zeros_(self.patch_embed.proj.bias)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self.config.positional == "learned":
@@ -142,16 +147,19 @@ class ViT(nn.Module):
             raise ValueError(
                 f"the images give {x.size(1)} tokens; the model was built for {positions.size(1)} (image_size {self.config.image_size})"
             )
-        x = self.dropout(x + positions)
-        x, weights = self.layers(x, need_weights=need_weights)
+        x = x + positions
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x, weights = self.layers(self.dropout(x), need_weights=need_weights)
         return self.final_norm(x), weights
 
     def pool(self, states: Tensor) -> Tensor:
         return states[:, 0] if self.config.pooling == "cls" else states.mean(1)
 
     def forward(self, images: Tensor) -> Tensor:
-        """images: [B, C, H, W] -> class logits [B, n_classes]."""
-        return self.head(self.pool(self.features(images)[0]))
+        """images: [B, C, H, W] -> class logits [B, n_classes] (without a head: the pooled states [B, d_model])."""
+        pooled = self.pool(self.features(images)[0])
+        return pooled if self.head is None else self.head(pooled)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -25,14 +25,20 @@ def _gelu_tanh(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+def _quick_gelu(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
 # name -> (function, Hugging Face's name for it). relu is the paper's; swish/silu is Marian's (OPUS-MT),
-# gelu the erf form (BERT, ViT), gelu_tanh GPT-2's approximation ("gelu_new" in Hugging Face).
+# gelu the erf form (BERT, ViT), gelu_tanh GPT-2's approximation ("gelu_new" in Hugging Face), quick_gelu
+# OpenAI CLIP's x·σ(1.702x).
 ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], str]] = {
     "relu": (F.relu, "relu"),
     "gelu": (F.gelu, "gelu"),
     "gelu_tanh": (_gelu_tanh, "gelu_new"),
     "swish": (F.silu, "swish"),
     "silu": (F.silu, "swish"),
+    "quick_gelu": (_quick_gelu, "quick_gelu"),
 }
 
 

@@ -25,10 +25,10 @@ class PatchEmbedding(nn.Module):
     (ViT §3.1: "we reshape the image x ∈ R^{H×W×C} into a sequence of flattened 2D patches"),
     done as one strided convolution. [B, C, H, W] -> [B, (H/p)·(W/p), d_model], row-major."""
 
-    def __init__(self, in_channels: int, patch_size: int, d_model: int):
+    def __init__(self, in_channels: int, patch_size: int, d_model: int, bias: bool = True):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, d_model, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_channels, d_model, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, images: Tensor) -> Tensor:
         H, W = images.shape[-2:]

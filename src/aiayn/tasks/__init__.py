@@ -12,6 +12,7 @@ TASKS = {
     "translation": "aiayn.tasks.translation:TranslationTask",
     "lm": "aiayn.tasks.lm:LanguageModelTask",
     "images": "aiayn.tasks.images:ImageClassificationTask",
+    "image-text": "aiayn.tasks.image_text:ImageTextTask",
 }
 
 

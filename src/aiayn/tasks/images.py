@@ -91,6 +91,7 @@ class ImageClassificationTask:
     """A dataset from 'aiayn prepare --task images' and what training needs of it."""
 
     name = "images"
+    unit = "images"
     metric_name = "valid_accuracy"
     fine_tune_keys = ("dropout", "attn_dropout", "drop_path")
 

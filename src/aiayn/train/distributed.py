@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 
 @dataclass
@@ -59,3 +60,14 @@ def barrier(world: World) -> None:
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
+    """Every process's x concatenated along the first dimension (the same sizes on every rank), with
+    gradients flowing back to each process's own part; and where this process's rows begin. Without
+    a process group: (x, 0)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0), dist.get_rank() * x.size(0)

@@ -115,7 +115,7 @@ class Trainer:
         if cfg.compile:
             compile_stacks(self.model)  # regional: one graph per kind of block, dynamic shapes
         self.optimizer = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
-            self.model.parameters(), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=True
+            parameter_groups(self.model, cfg.weight_decay), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, fused=True
         )  # one fused kernel (CPU and CUDA)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.sampler = self.task.sampler(self.model, cfg, self.world.rank, self.world.size)
@@ -263,7 +263,7 @@ class Trainer:
                 f"--resume: the run had {state.get('world_size')} processes, now {self.world.size}; resume with the same number"
             )
         load_weights(self.model, {k: v.to(self.device) for k, v in ckpt.tensors.items()}, str(weights))
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(regroup_optimizer_state(state["optimizer"], self.model, self.cfg.weight_decay))
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         for key in (
@@ -391,6 +391,13 @@ class Trainer:
             "loss_tokens": loss_tokens,
         }
 
+    def _batch_size_text(self) -> str:
+        """What one update takes: ≤ max_tokens tokens, or (image tasks) a fixed number of images or pairs."""
+        cfg, unit = self.cfg, getattr(self.task, "unit", "tokens")
+        if unit == "tokens":
+            return f"≤{cfg.max_tokens}×{cfg.update_freq}×{self.world.size} tokens"
+        return f"{self.sampler.batch}×{cfg.update_freq}×{self.world.size} {unit}"
+
     def _time_up(self) -> bool:
         return bool(self.cfg.max_time) and (self.train_seconds + time.time() - self._session_start) >= self.cfg.max_time * 60
 
@@ -448,7 +455,7 @@ class Trainer:
             n_params = sum(p.numel() for p in self.model.parameters())
             self.log(
                 f"training {n_params / 1e6:.1f}M parameters on {self.device} ({self.precision}, {self.world.size} process{'es' if self.world.size > 1 else ''}); "
-                f"{self.task.describe()}, ≤{cfg.max_tokens}×{cfg.update_freq}×{self.world.size} tokens per update; run dir {self.run_dir}"
+                f"{self.task.describe()}, {self._batch_size_text()} per update; run dir {self.run_dir}"
             )
         stream = self._batches()
         window_tokens, window_start, last_valid = 0.0, time.time(), -1
@@ -486,9 +493,13 @@ class Trainer:
                     self._record(entry)
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", tok_s=f"{tps:.0f}", ep=self.epoch + 1)
                     if bar.disable and self.world.is_main:
-                        self.log(
-                            f"update {self.step} epoch {self.epoch + 1}: loss {stats['loss']:.3f} ppl {2 ** stats['nll']:.1f} lr {stats['lr']:.2e} {tps:.0f} tok/s"
+                        unit = getattr(self.task, "unit", "tokens")
+                        rate = (
+                            f"ppl {2 ** stats['nll']:.1f} lr {stats['lr']:.2e} {tps:.0f} tok/s"
+                            if unit == "tokens"
+                            else f"lr {stats['lr']:.2e} {tps:.0f} {unit}/s"
                         )
+                        self.log(f"update {self.step} epoch {self.epoch + 1}: loss {stats['loss']:.3f} {rate}")
                 if cfg.validate_every and self.step % cfg.validate_every == 0 and self.task.valid_data is not None:
                     self._validate_and_track()
                     last_valid = self.step
@@ -559,6 +570,37 @@ class Trainer:
                 int(x) for x in distributed.all_reduce_sum([self.bad_validations if self.world.is_main else 0], self.world, self.device)
             ]
         return result
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The optimizer's parameter groups: with weight decay, only matrices and embeddings decay (2-D and
+    up); biases, norm gains, LayerScale and CLIP's temperature (vectors and scalars) do not (nanoGPT,
+    timm, open_clip). Without weight decay, one group."""
+    params = list(model.parameters())
+    if not weight_decay:
+        return [{"params": params, "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def regroup_optimizer_state(saved: dict, model: nn.Module, weight_decay: float) -> dict:
+    """An optimizer state saved with all parameters in one group (runs before parameter_groups split
+    them) put into the groups of `parameter_groups`, so such a run resumes where it stopped."""
+    groups = parameter_groups(model, weight_decay)
+    if len(saved["param_groups"]) == len(groups):
+        return saved
+    position = {id(p): i for i, p in enumerate(model.parameters())}  # the old single group's order
+    order = [position[id(p)] for g in groups for p in g["params"]]
+    state = {new: saved["state"][old] for new, old in enumerate(order) if old in saved["state"]}
+    old_group = {k: v for k, v in saved["param_groups"][0].items() if k != "params"}
+    param_groups, start = [], 0
+    for g in groups:
+        n = len(g["params"])
+        param_groups.append({**old_group, "weight_decay": g["weight_decay"], "params": list(range(start, start + n))})
+        start += n
+    return {"state": state, "param_groups": param_groups}
 
 
 def compile_stacks(model: nn.Module) -> None:
