@@ -24,6 +24,9 @@ def build(arch: str, name: str, **overrides):
     if arch == "vit":  # VOCAB classes; small images, so that ViT-B/16 stays quick on a CPU
         size = models.PRESETS[name][1]["patch_size"] * 2
         overrides = {"n_classes": VOCAB, "image_size": size, "in_channels": 3, "drop_path": 0.0, **overrides}
+    elif arch == "clip":  # small images again (2 × 2 patches)
+        size = models.PRESETS[name][1].get("patch_size", 32) * 2
+        overrides = {"vocab_size": VOCAB, "image_size": size, "context": 16, **overrides}
     else:
         overrides = {"vocab_size": VOCAB, **overrides}
     _, cfg = models.preset_config(name, dropout=0.0, **overrides)
@@ -41,6 +44,10 @@ def batch(seed=0, lengths=(5, 3)):
 def run_full(model, src, tgt):
     """Every position's logits of the target (teacher forcing): [B, T, V]; for an image model, the
     logits of two random images standing in for the 4 target positions of each: [B, 4, V]."""
+    if isinstance(model, models.CLIP):  # each image against each caption (end-of-text at a caption's last token): [B, B]
+        c = model.config
+        images = torch.randn(src.size(0), c.in_channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(0))
+        return model(images, torch.cat([tgt, torch.full_like(tgt[:, :1], c.eos_id)], 1))[0]
     if isinstance(model, models.ViT):
         c = model.config
         images = torch.randn(src.size(0), c.in_channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(0))
@@ -63,7 +70,7 @@ def test_forward_and_backward(arch, name):
     model = build(arch, name).train()
     src, tgt = batch(), batch(seed=1, lengths=(4, 4))
     logits = run_full(model, src, tgt)
-    assert logits.shape == (2, 4, VOCAB) and torch.isfinite(logits).all()
+    assert logits.shape == ((2, 2) if arch == "clip" else (2, 4, VOCAB)) and torch.isfinite(logits).all()
     logits.log_softmax(-1).mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)

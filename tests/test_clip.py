@@ -380,3 +380,116 @@ def test_an_aiayn_clip_exports_to_hugging_face_with_equal_logits(tmp_path):
         ours, _ = model(images, t)
     torch.testing.assert_close(ours, theirs.logits_per_image, atol=1e-4, rtol=1e-4)
     assert (out / "spm.model").is_file() and json.loads((out / "preprocessor_config.json").read_text())["image_std"] == [0.25] * 3
+
+
+# ---------------------------------------------------------------- serve
+def png_of(array) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_the_service_answers_zero_shot_and_embeddings(shapes_data, clip_run):
+    import asyncio
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from aiayn.serve import ServeSettings, create_app
+    from aiayn.zero_shot import DualEncoder
+
+    model = clip_run / "checkpoints" / "best.safetensors"
+    enc = DualEncoder.load(model)
+    image = np.asarray(ImageTextSplit(shapes_data, "test").images[0])
+    labels = ["red circle", "blue square", "green cross"]
+
+    async def main():
+        app = create_app(model, ServeSettings(), device="cpu", name="clip")
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+                post = client.post
+                return (
+                    await post("/v1/zero-shot", json={"image": "data:image/png;base64," + png_of(image), "labels": labels}),
+                    await post("/v1/zero-shot", json={"image": png_of(image)}),  # the model's own classes
+                    await post("/v1/zero-shot", json={"image": png_of(image), "labels": ["a", "a"]}),
+                    await post("/v1/zero-shot", json={"image": "aGVsbG8=", "labels": labels}),
+                    await post("/v1/embeddings", json={"texts": ["a red circle", "a blue square"]}),
+                    await post("/v1/embeddings", json={"texts": ["x"], "image": png_of(image)}),
+                    await client.get("/v1/models"),
+                    await client.get("/"),
+                )
+
+    ok, default, twice, bad, emb, both, info, page = asyncio.run(main())
+    assert ok.status_code == 200, ok.text
+    expected = enc.classify(image[None], labels)[0]
+    got = {x["label"]: x["probability"] for x in ok.json()["labels"]}
+    assert got == pytest.approx(dict(zip(labels, expected.tolist())), abs=1e-5)
+    assert [x["label"] for x in ok.json()["labels"]] == sorted(got, key=lambda k: -got[k])
+    assert default.status_code == 200 and len(default.json()["labels"]) == 48
+    assert twice.status_code == 422 and "twice" in twice.json()["message"]
+    assert bad.status_code == 422 and "not a readable image" in bad.json()["message"]
+    vectors = np.asarray(emb.json()["embeddings"])
+    assert vectors.shape == (2, 16) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    assert both.status_code == 422
+    assert info.json()["models"][0]["architecture"] == "clip" and "zero_shot.js" in page.text
+
+
+@pytest.mark.slow
+def test_the_zero_shot_page_in_a_browser(shapes_data, clip_run, tmp_path):
+    from test_serve_browser import ARGS, CHROMIUM
+
+    if not CHROMIUM.is_file():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    import httpx
+    from _serving import LiveServer
+    from PIL import Image
+
+    from aiayn.serve import ServeSettings, create_app
+
+    image = np.asarray(ImageTextSplit(shapes_data, "test").images[0])
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    app = create_app(clip_run / "checkpoints" / "best.safetensors", ServeSettings(), device="cpu")
+    problems = []
+    with LiveServer(app) as server, playwright_api.sync_playwright() as pw:
+        labels = ["red circle", "blue square", "green cross"]
+        expected = httpx.post(f"{server.url}/v1/zero-shot", json={"image": png_of(image), "labels": labels}, timeout=60).json()["labels"]
+        browser = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(server.url + "/")
+            playwright_api.expect(page.locator("#model-info")).to_contain_text("joint space")
+            assert "red circle" in page.input_value("#label-text")  # prefilled with the model's classes
+            page.fill("#label-text", ", ".join(labels))
+            page.set_input_files("#file", str(tmp_path / "scene.png"))
+            page.wait_for_selector("#labels li:nth-child(3)", timeout=60_000)
+            shown = page.locator("#labels li").all_text_contents()
+            assert [s.split(" — ")[0] for s in shown] == [x["label"] for x in expected]
+            assert shown[0].split(" — ")[1].strip() == f"{expected[0]['probability'] * 100:.1f}%"
+            page.fill("#label-text", " , ")
+            page.click("#go")
+            page.wait_for_selector("#error:not([hidden])")
+            assert "at least one label" in page.text_content("#error")
+        finally:
+            browser.close()
+    assert not problems, problems
+
+
+def test_prepare_image_text_from_the_command_line(tmp_path):
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "aiayn", "prepare", *argv], capture_output=True, text=True, timeout=240)
+
+    out = run("--task", "image-text", "--dataset", "shapes", "--shapes-train", "200", "--image-size", "16", "--out", str(tmp_path / "s"))
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert meta["task"] == "image-text" and meta["splits"]["train"]["images"] == 200 and meta["image"]["height"] == 16
+    assert "test_unseen" in meta["splits"] and meta["zero_shot"]["templates"]
+    neither = run("--task", "image-text", "--out", str(tmp_path / "x"))
+    assert neither.returncode != 0 and "--pairs" in neither.stderr and not (tmp_path / "x").exists()
+    wrong = run("--task", "images", "--pairs", "p.tsv", "--out", str(tmp_path / "y"))
+    assert wrong.returncode != 0 and "--task image-text" in wrong.stderr

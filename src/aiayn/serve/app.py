@@ -40,9 +40,10 @@ from aiayn import __version__
 from aiayn.generate.complete import Generator
 from aiayn.generate.translate import Translation, Translator
 from aiayn.models import RNNSearch, architecture_of
-from aiayn.serve import classify, completions
+from aiayn.serve import classify, completions, zero_shot
 from aiayn.serve.batcher import Batcher, BatcherClosed, CompletionBatcher, DecodeKey, QueueFull, source_lengths
 from aiayn.vision import Classifier
+from aiayn.zero_shot import DualEncoder
 
 log = logging.getLogger("aiayn.serve")
 STATIC = Path(__file__).parent / "static"
@@ -266,6 +267,8 @@ def load_translator(model: str | Path, device: str = "auto", precision: str = "f
         return Generator(loaded, ckpt.tokenizer, device=device, precision=precision)
     if ckpt.task == "images":
         return Classifier(loaded, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), device)
+    if ckpt.task == "image-text":
+        return DualEncoder.load(model, str(device))
     return Translator(loaded, *ckpt.tokenizers, device=device, precision=precision, warn=lambda message: log.warning("%s", message))
 
 
@@ -311,12 +314,13 @@ def create_app(
     path fails before the server starts) or for a ready Translator or Generator (a language model:
     the completions API, serve.completions)."""
     settings = settings or ServeSettings()
-    if isinstance(model, (Translator, Generator, Classifier)):
+    if isinstance(model, (Translator, Generator, Classifier, DualEncoder)):
         translator, path = model, None
     else:
         translator, path = load_translator(model, device, precision), str(model)
     name = name or (Path(path).name if path else "model")
-    is_lm, is_images = isinstance(translator, Generator), isinstance(translator, Classifier)
+    is_lm, is_clip = isinstance(translator, Generator), isinstance(translator, DualEncoder)
+    is_images = isinstance(translator, Classifier) or is_clip
     batcher = (CompletionBatcher if is_lm else Batcher)(
         translator,
         max_batch_tokens=settings.max_batch_tokens,
@@ -326,6 +330,8 @@ def create_app(
     )
     if is_lm:
         info = completions.model_info(translator, name, path)
+    elif is_clip:
+        info = zero_shot.model_info(translator, name, path)
     elif is_images:
         info = classify.model_info(translator, name, path)
     else:
@@ -342,11 +348,13 @@ def create_app(
             await batcher.close()
 
     app = FastAPI(
-        title=f"aiayn {'language model' if is_lm else 'image classification' if is_images else 'translation'} service",
+        title=f"aiayn {'language model' if is_lm else 'image-text' if is_clip else 'image classification' if is_images else 'translation'} service",
         description="The Transformer of 'Attention Is All You Need': "
         + (
             "text generation (the OpenAI completions API) with dynamic batching"
             if is_lm
+            else "zero-shot image classification and image-text embeddings"
+            if is_clip
             else "image classification"
             if is_images
             else "translation with dynamic batching"
@@ -416,6 +424,8 @@ def create_app(
     # ------------------------------------------------------------ routes
     if is_lm:
         completions.add_routes(app, translator, batcher, settings, run, name)
+    elif is_clip:
+        zero_shot.add_routes(app, translator, batcher, settings, run)
     elif is_images:
         classify.add_routes(app, translator, batcher, settings, run)
     else:
@@ -468,7 +478,8 @@ def create_app(
         ok = batcher.running
         return JSONResponse({"status": "ok" if ok else "shutting_down", **batcher.stats()}, status_code=200 if ok else 503)
 
-    page = (STATIC / ("generate.html" if is_lm else "classify.html" if is_images else "index.html")).read_text(encoding="utf-8")
+    page_name = "generate.html" if is_lm else "zero_shot.html" if is_clip else "classify.html" if is_images else "index.html"
+    page = (STATIC / page_name).read_text(encoding="utf-8")
     csp = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
