@@ -68,3 +68,14 @@ def test_patch_embedding_cuts_images_into_a_sequence():
     assert embed(torch.randn(2, 1, 28, 28)).shape == (2, 49, 24)
     with pytest.raises(ValueError, match="not a multiple of the patch size 4"):
         embed(torch.randn(1, 1, 30, 28))
+
+
+@pytest.mark.parametrize("pre_norm,causal", [(True, False), (True, True), (False, False), (False, True)])
+def test_a_block_at_one_position_per_row_equals_that_row_of_the_full_block(pre_norm, causal):
+    torch.manual_seed(0)
+    block = Block(16, 4, 32, causal=causal, pre_norm=pre_norm, layer_scale=0.5).eval()
+    x, at = torch.randn(3, 7, 16), torch.tensor([0, 6, 3])
+    full, _ = block(x)
+    here, _ = block(x, at=at)
+    assert here.shape == (3, 1, 16)
+    torch.testing.assert_close(here[:, 0], full[torch.arange(3), at], atol=1e-5, rtol=1e-5)

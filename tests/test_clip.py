@@ -493,3 +493,20 @@ def test_prepare_image_text_from_the_command_line(tmp_path):
     assert neither.returncode != 0 and "--pairs" in neither.stderr and not (tmp_path / "x").exists()
     wrong = run("--task", "images", "--pairs", "p.tsv", "--out", str(tmp_path / "y"))
     assert wrong.returncode != 0 and "--task image-text" in wrong.stderr
+
+
+def test_the_towers_compute_their_last_block_at_the_pooled_position_alone_with_the_full_result():
+    model = tiny_clip(vision_n_layers=3, text_n_layers=3)
+    images, t = torch.randn(4, 3, 8, 8), captions(4)
+    full_image = model.visual.pool(model.visual.features(images)[0])
+    torch.testing.assert_close(model.visual(images), full_image, atol=1e-5, rtol=1e-5)
+    states = model.text.features(t)[0]
+    full_text = states[torch.arange(4), model.text.end_of_text(t)]
+    torch.testing.assert_close(model.text(t), full_text, atol=1e-5, rtol=1e-5)
+    model.train()  # and the gradients (no dropout in this model)
+    model.visual(images).sum().backward()
+    fast = [p.grad.clone() for p in model.visual.parameters()]
+    model.zero_grad()
+    model.visual.pool(model.visual.features(images)[0]).sum().backward()
+    for a, p in zip(fast, model.visual.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)

@@ -140,17 +140,19 @@ class TextTransformer(nn.Module):
     def features(self, tokens: Tensor, need_weights: bool = False) -> tuple[Tensor, list]:
         """tokens: [B, L] -> states [B, L, d] and, with need_weights, the attention per layer. Padding
         after end-of-text needs no mask: under the causal mask no earlier position sees it."""
+        x, weights = self.layers(self.embed(tokens), need_weights=need_weights)
+        return self.final_norm(x), weights
+
+    def embed(self, tokens: Tensor) -> Tensor:
         L = tokens.size(1)
         if L > self.position_embed.size(0):
             raise ValueError(f"a caption of {L} tokens is longer than the model's context of {self.position_embed.size(0)}")
-        x = self.dropout(self.token_embed(tokens) + self.position_embed[:L])
-        x, weights = self.layers(x, need_weights=need_weights)
-        return self.final_norm(x), weights
+        return self.dropout(self.token_embed(tokens) + self.position_embed[:L])
 
     def forward(self, tokens: Tensor) -> Tensor:
-        """tokens: [B, L] -> the end-of-text states [B, d]."""
-        states = self.features(tokens)[0]
-        return states[torch.arange(tokens.size(0), device=tokens.device), self.end_of_text(tokens)]
+        """tokens: [B, L] -> the end-of-text states [B, d] (the last block computes only there)."""
+        x, _ = self.layers(self.embed(tokens), last_at=self.end_of_text(tokens))
+        return self.final_norm(x[:, 0])
 
 
 class CLIP(nn.Module):

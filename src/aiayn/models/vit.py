@@ -136,9 +136,8 @@ class ViT(nn.Module):
         if self.config.positional == "learned":
             nn.init.trunc_normal_(self.position_embed, std=0.02)
 
-    def features(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, list]:
-        """images: [B, C, H, W] (normalised) -> the encoder's output [B, 1 + patches, d_model] (class
-        token first where there is one) and, with need_weights, the attention per layer [B, h, L, L]."""
+    def embed(self, images: Tensor) -> Tensor:
+        """images: [B, C, H, W] (normalised) -> the blocks' input [B, 1 + patches, d_model] (class token first where there is one)."""
         x = self.patch_embed(images)  # [B, N, d_model]
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1)
@@ -150,15 +149,26 @@ class ViT(nn.Module):
         x = x + positions
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x, weights = self.layers(self.dropout(x), need_weights=need_weights)
+        return self.dropout(x)
+
+    def features(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, list]:
+        """images: [B, C, H, W] (normalised) -> the encoder's output [B, 1 + patches, d_model] (class
+        token first where there is one) and, with need_weights, the attention per layer [B, h, L, L]."""
+        x, weights = self.layers(self.embed(images), need_weights=need_weights)
         return self.final_norm(x), weights
 
     def pool(self, states: Tensor) -> Tensor:
         return states[:, 0] if self.config.pooling == "cls" else states.mean(1)
 
     def forward(self, images: Tensor) -> Tensor:
-        """images: [B, C, H, W] -> class logits [B, n_classes] (without a head: the pooled states [B, d_model])."""
-        pooled = self.pool(self.features(images)[0])
+        """images: [B, C, H, W] -> class logits [B, n_classes] (without a head: the pooled states [B, d_model]).
+        With the class token, the last block computes its output there alone (the other positions'
+        outputs are never used): the same result as pooling `features`, for less work."""
+        if self.config.pooling == "cls":
+            x = self.embed(images)
+            pooled = self.final_norm(self.layers(x, last_at=torch.zeros(x.size(0), dtype=torch.long, device=x.device))[0][:, 0])
+        else:
+            pooled = self.pool(self.features(images)[0])
         return pooled if self.head is None else self.head(pooled)
 
     def num_parameters(self) -> int:

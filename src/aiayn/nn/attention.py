@@ -139,10 +139,15 @@ class SelfAttention(_MultiHead):
         cache: KVCache | None = None,
         need_weights: bool = False,
         packing: Packing | None = None,
+        at: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x: [N, L, d_model], or its real tokens [n, d_model] with their `packing` (the output is
         then packed too); mask: bool, broadcastable to [N, h, L, keys], True where a query may attend.
+        at: [N] one position per row: the output at that position alone, [N, 1, d_model] (a pooled
+        encoder's last layer: ViT's class token, CLIP's end-of-text).
         Returns the output and, with need_weights, the attention weights [N, h, L, keys]."""
+        if at is not None:
+            return self._attend_from(x, at, mask, need_weights)
         (N, L), d = (packing.shape if packing is not None else x.shape[:2]), x.size(-1)
         qkv = self.qkv_proj(x)
         if packing is not None:
@@ -155,6 +160,21 @@ class SelfAttention(_MultiHead):
         if packing is not None:
             out = packing.pack(out)  # [N, L, d_model] -> [n, d_model]
         return self.out_proj(out), w
+
+    def _attend_from(self, x: Tensor, at: Tensor, mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """The query of one position per row against the keys and values of every position: the
+        query projection for N rows instead of N·L, the same result as the full layer's row `at`."""
+        N, L, d = x.shape
+        w, b = self.qkv_proj.weight, self.qkv_proj.bias
+        q = F.linear(x[torch.arange(N, device=x.device), at][:, None], w[:d], None if b is None else b[:d])  # [N, 1, d]
+        k, v = F.linear(x, w[d:], None if b is None else b[d:]).chunk(2, dim=-1)
+        if self.causal:  # the query at position `at` sees keys ≤ at
+            seen = (torch.arange(L, device=x.device)[None, :] <= at[:, None])[:, None, None, :]  # [N, 1, 1, L]
+            mask = seen if mask is None else mask & seen
+        out, weights = scaled_dot_product_attention(
+            self._heads(q), self._heads(k), self._heads(v), mask, False, self._dropout_p(), need_weights
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(N, 1, d)), weights
 
 
 class CrossAttention(_MultiHead):

@@ -207,16 +207,23 @@ class Block(nn.Module):
         need_weights: bool = False,
         packing: Packing | None = None,
         modulation: Sequence[Modulation] | None = None,
+        at: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x: [N, L, d_model], or its real tokens [n, d_model] with their `packing`.
         mask: self-attention mask (e.g. [B, 1, 1, L], True at real tokens); memory: the cross-attention's
         keys and values (`CrossAttention.keys_values`), memory_mask: [B, 1, 1, S]; cache: this layer's
-        KV cache (incremental decoding); modulation: one (shift, scale, gate) per sub-layer.
+        KV cache (incremental decoding); modulation: one (shift, scale, gate) per sub-layer; at: [N]
+        one position per row, for the block's output there alone [N, 1, d_model] (the last block of an
+        encoder whose output is pooled there: its other positions are never used).
 
         Returns the new x and, with need_weights, the attention weights: the cross-attention's
         where the block has one ([N, h, L, S]), else the self-attention's ([N, h, L, L])."""
         mod = modulation or (None, None, None)
         scale = lambda name: getattr(self, name, None)  # noqa: E731 - LayerScale, where the block has it
+        if at is not None:
+            if modulation is not None or cache is not None or packing is not None:
+                raise ValueError("`at` goes without modulation, a KV cache or packing")
+            return self._forward_at(x, at, mask, need_weights, scale)
         x, weights = self.residual(
             x,
             self.self_attn_norm,
@@ -235,6 +242,20 @@ class Block(nn.Module):
         x, _ = self.residual(x, self.ffn_norm, self.ffn, mod[-1], scale("ffn_scale"))
         return x, weights
 
+    def _forward_at(self, x: Tensor, at: Tensor, mask: Tensor | None, need_weights: bool, scale) -> tuple[Tensor, Tensor | None]:
+        """The block at one position per row: self-attention from that position over all of x, then
+        the residual and the feed-forward network on that position alone."""
+        if self.has_cross:
+            raise ValueError("a block with cross-attention computes every position (no `at`)")
+        here = x[torch.arange(x.size(0), device=x.device), at][:, None]  # [N, 1, d]
+        source = self.self_attn_norm(x) if self.residual.pre_norm else x
+        out, weights = self.self_attn(source, mask=mask, need_weights=need_weights, at=at)
+        here = here + self.residual._branch(out, scale("self_attn_scale"))
+        if not self.residual.pre_norm:
+            here = self.self_attn_norm(here)
+        here, _ = self.residual(here, self.ffn_norm, self.ffn, None, scale("ffn_scale"))
+        return here, weights
+
 
 class Stack(nn.ModuleList):
     """§3.1: "a stack of N identical layers". A ModuleList of blocks (state-dict keys `0.…`, `1.…`)
@@ -245,17 +266,26 @@ class Stack(nn.ModuleList):
         self._compiled: dict = {}
 
     def forward(
-        self, x: Tensor, *, caches: Sequence[KVCache] | None = None, memories: Sequence | None = None, **kwargs
+        self,
+        x: Tensor,
+        *,
+        caches: Sequence[KVCache] | None = None,
+        memories: Sequence | None = None,
+        last_at: Tensor | None = None,
+        **kwargs,
     ) -> tuple[Tensor, list]:
         """Run every block on x; `caches` and `memories` give each block its own KV cache and
-        cross-attention keys/values; other keyword arguments go to every block. Returns x and the
-        per-block attention weights (with need_weights)."""
+        cross-attention keys/values; `last_at` ([N] one position per row) has the last block compute
+        only there (the stack's output is then [N, 1, d_model]); other keyword arguments go to every
+        block. Returns x and the per-block attention weights (with need_weights)."""
         weights = []
         for i, block in enumerate(self):
             if caches is not None:
                 kwargs["cache"] = caches[i]
             if memories is not None:
                 kwargs["memory"] = memories[i]
+            if last_at is not None and i == len(self) - 1:
+                kwargs["at"] = last_at
             x, w = (block if caches is not None else self._run(block))(x, **kwargs)  # a KV cache is Python state: eager
             weights.append(w)
         return x, weights
