@@ -24,6 +24,15 @@ def build(arch: str, name: str, **overrides):
     if arch == "vit":  # VOCAB classes; small images, so that ViT-B/16 stays quick on a CPU
         size = models.PRESETS[name][1]["patch_size"] * 2
         overrides = {"n_classes": VOCAB, "image_size": size, "in_channels": 3, "drop_path": 0.0, **overrides}
+    elif arch == "dit":  # small images (2 × 2 patches), VOCAB classes
+        size = models.PRESETS[name][1]["patch_size"] * 2
+        overrides = {"n_classes": VOCAB, "image_size": size, "in_channels": 3, **overrides}
+        _, cfg = models.preset_config(name, **overrides)
+        model = models.build(arch, cfg)
+        with torch.no_grad():  # adaLN-Zero starts every block as the identity (no gradient reaches them): leave that
+            for p in [*model.modulation.parameters(), *model.final_modulation.parameters(), *model.head.parameters()]:
+                p.normal_(0, 0.02)
+        return model
     elif arch == "clip":  # small images again (2 × 2 patches)
         size = models.PRESETS[name][1].get("patch_size", 32) * 2
         overrides = {"vocab_size": VOCAB, "image_size": size, "context": 16, **overrides}
@@ -48,6 +57,11 @@ def run_full(model, src, tgt):
         c = model.config
         images = torch.randn(src.size(0), c.in_channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(0))
         return model(images, torch.cat([tgt, torch.full_like(tgt[:, :1], c.eos_id)], 1))[0]
+    if isinstance(model, models.DiT):  # the predicted noise of two noisy images, flattened: [B, C·H·W]
+        c = model.config
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(src.size(0), c.in_channels, c.image_size, c.image_size, generator=g)
+        return model(x, torch.tensor([3, 700]), src[:, 0] % c.n_classes).flatten(1)
     if isinstance(model, models.ViT):
         c = model.config
         images = torch.randn(src.size(0), c.in_channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(0))
@@ -70,7 +84,8 @@ def test_forward_and_backward(arch, name):
     model = build(arch, name).train()
     src, tgt = batch(), batch(seed=1, lengths=(4, 4))
     logits = run_full(model, src, tgt)
-    assert logits.shape == ((2, 2) if arch == "clip" else (2, 4, VOCAB)) and torch.isfinite(logits).all()
+    shapes = {"clip": (2, 2), "dit": (2, 3 * (2 * models.PRESETS[name][1].get("patch_size", 1)) ** 2)}
+    assert logits.shape == shapes.get(arch, (2, 4, VOCAB)) and torch.isfinite(logits).all()
     logits.log_softmax(-1).mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)

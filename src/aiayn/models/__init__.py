@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from aiayn.models.clip import CLIP, CLIPConfig
+from aiayn.models.dit import DiT, DiTConfig
 from aiayn.models.gpt import GPT, GPTConfig, GPTState
 from aiayn.models.presets import PRESETS
 from aiayn.models.rnnsearch import RNNSearch, RNNSearchConfig, RNNState
@@ -33,6 +34,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "vit": Architecture("vit", ViTConfig, ViT, "images"),
     "rnnsearch": Architecture("rnnsearch", RNNSearchConfig, RNNSearch, "translation"),
     "clip": Architecture("clip", CLIPConfig, CLIP, "image-text"),
+    "dit": Architecture("dit", DiTConfig, DiT, "image-generation"),
 }
 
 
@@ -72,6 +74,8 @@ __all__ = [
     "Architecture",
     "CLIP",
     "CLIPConfig",
+    "DiT",
+    "DiTConfig",
     "EncoderOut",
     "GPT",
     "GPTConfig",

@@ -271,11 +271,12 @@ class Stack(nn.ModuleList):
         *,
         caches: Sequence[KVCache] | None = None,
         memories: Sequence | None = None,
+        modulations: Sequence | None = None,
         last_at: Tensor | None = None,
         **kwargs,
     ) -> tuple[Tensor, list]:
-        """Run every block on x; `caches` and `memories` give each block its own KV cache and
-        cross-attention keys/values; `last_at` ([N] one position per row) has the last block compute
+        """Run every block on x; `caches`, `memories` and `modulations` give each block its own KV
+        cache, cross-attention keys/values and (shift, scale, gate) per sub-layer; `last_at` ([N] one position per row) has the last block compute
         only there (the stack's output is then [N, 1, d_model]); other keyword arguments go to every
         block. Returns x and the per-block attention weights (with need_weights)."""
         weights = []
@@ -284,6 +285,8 @@ class Stack(nn.ModuleList):
                 kwargs["cache"] = caches[i]
             if memories is not None:
                 kwargs["memory"] = memories[i]
+            if modulations is not None:
+                kwargs["modulation"] = modulations[i]
             if last_at is not None and i == len(self) - 1:
                 kwargs["at"] = last_at
             x, w = (block if caches is not None else self._run(block))(x, **kwargs)  # a KV cache is Python state: eager

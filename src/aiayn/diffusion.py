@@ -1,0 +1,120 @@
+"""Denoising diffusion: the forward process, its training target and the samplers, for any
+ε-predicting model (models/dit.py's DiT).
+
+- DDPM (Ho et al. 2020): q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) with ᾱ_t = ∏_{s≤t} (1 − β_s),
+  Eq. (4); the simple loss ‖ε − ε_θ(x_t, t)‖², Eq. (14); ancestral sampling with σ_t² = β̃_t.
+- Schedules: linear β from 1e-4 to 0.02 over 1,000 steps (Ho et al.), cosine ᾱ (Nichol &
+  Dhariwal 2021, Eq. (17), β clipped at 0.999).
+- DDIM (Song et al. 2021, Eq. (12)) on any subsequence of the steps, η from 0 (deterministic) to 1
+  (DDPM's variance: with every step, the same chain as DDPM).
+- Classifier-free guidance (Ho & Salimans 2022): ε̂ = ε_∅ + w (ε_y − ε_∅), both in one batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class NoiseSchedule:
+    betas: Tensor  # [T] float64
+
+    @classmethod
+    def make(cls, kind: str = "linear", steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+        if steps < 1:
+            raise ValueError(f"a schedule needs at least one step, got {steps}")
+        if kind == "linear":  # Ho et al.'s values are for 1,000 steps; scaled for others as improved DDPM does
+            scale = 1000.0 / steps
+            return cls(torch.linspace(beta_start * scale, beta_end * scale, steps, dtype=torch.float64))
+        if kind == "cosine":
+            s = 0.008
+            f = torch.cos((torch.arange(steps + 1, dtype=torch.float64) / steps + s) / (1 + s) * math.pi / 2) ** 2
+            return cls((1 - f[1:] / f[:-1]).clamp(max=0.999))
+        raise ValueError(f"unknown noise schedule {kind!r} (linear or cosine)")
+
+    @property
+    def steps(self) -> int:
+        return self.betas.numel()
+
+    @property
+    def alphas_cumprod(self) -> Tensor:  # ᾱ_t
+        return torch.cumprod(1 - self.betas, dim=0)
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (Eq. 4), one t per row."""
+        ab = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+EpsilonModel = Callable[[Tensor, Tensor], Tensor]  # (x_t, t [B]) -> ε̂
+
+
+def guided(model: Callable[[Tensor, Tensor, Tensor], Tensor], y: Tensor, null_class: int, scale: float) -> EpsilonModel:
+    """Classifier-free guidance: ε_∅ + scale · (ε_y − ε_∅), the two in one batch (scale 1: the conditional model alone)."""
+
+    def eps(x: Tensor, t: Tensor) -> Tensor:
+        if scale == 1.0:
+            return model(x, t, y)
+        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_class)]))
+        cond, uncond = both.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    return eps
+
+
+@torch.no_grad()
+def ddim_sample(
+    eps: EpsilonModel,
+    schedule: NoiseSchedule,
+    shape: tuple,
+    steps: int = 50,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    device=None,
+    trajectory: list | None = None,
+) -> Tensor:
+    """DDIM (Song et al. 2021, Eq. 12) over `steps` evenly spaced noise levels, from pure noise:
+    x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ²) ε̂ + σ z, σ = η √((1 − ᾱ_{t'})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t'}).
+    `trajectory`, when given, receives x̂_0 at each step (the denoising as it goes)."""
+    T = schedule.steps
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in 1 … {T}, got {steps}")
+    if eta < 0:
+        raise ValueError(f"eta must be ≥ 0, got {eta}")
+    ab = schedule.alphas_cumprod
+    times = torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long().unique_consecutive().tolist()
+    x = torch.randn(shape, generator=generator, device=device)
+    for i, t in enumerate(times):
+        prev = times[i + 1] if i + 1 < len(times) else -1
+        a_t, a_prev = ab[t].item(), (ab[prev].item() if prev >= 0 else 1.0)
+        e = eps(x, torch.full((shape[0],), t, device=x.device, dtype=torch.long)).float()
+        x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+        if trajectory is not None:
+            trajectory.append(x0)
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(max(1 - a_t / a_prev, 0.0))
+        x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * e
+        if sigma > 0:
+            x = x + sigma * torch.randn(shape, generator=generator, device=device)
+    return x
+
+
+@torch.no_grad()
+def ddpm_sample(eps: EpsilonModel, schedule: NoiseSchedule, shape: tuple, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """DDPM's ancestral sampling (Ho et al. 2020, Algorithm 2) through every step, σ_t² = β̃_t:
+    x_{t−1} = μ̃_t(x_t, x̂_0) + σ_t z, with μ̃_t = (√ᾱ_{t−1} β_t x̂_0 + √α_t (1 − ᾱ_{t−1}) x_t) / (1 − ᾱ_t)."""
+    betas, ab = schedule.betas, schedule.alphas_cumprod
+    x = torch.randn(shape, generator=generator, device=device)
+    for t in range(schedule.steps - 1, -1, -1):
+        a_t, a_prev, beta = ab[t].item(), (ab[t - 1].item() if t > 0 else 1.0), betas[t].item()
+        e = eps(x, torch.full((shape[0],), t, device=x.device, dtype=torch.long)).float()
+        x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+        mean = (math.sqrt(a_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - a_prev) * x) / (1 - a_t)
+        x = mean
+        if t > 0:
+            x = x + math.sqrt(beta * (1 - a_prev) / (1 - a_t)) * torch.randn(shape, generator=generator, device=device)
+    return x
