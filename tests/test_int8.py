@@ -92,8 +92,10 @@ def load_model_copy(model):
 
 def test_int8_changes_translations_no_more_than_bf16(trained, shipped):
     """The fixture's model is barely trained (BLEU ~2, long repetitive outputs), so any change of
-    arithmetic flips some beams: bf16 autocast, the usual reduced precision, is the yardstick.
-    (Measured: 37 of 60 identical for int8, 38 for bf16, on a 2-core AMD EPYC Zen 4.)"""
+    arithmetic flips some beams: bf16 autocast, the usual reduced precision, is the yardstick, by
+    BLEU against the fp32 translations (identical outputs count every flipped word as a miss).
+    Measured, of 60: 37 identical for int8 and 38 for bf16 on a 2-core AMD EPYC Zen 4 (VNNI);
+    32 and 38, BLEU 86.4 and 87.0, on an AVX2-only EPYC (7-bit weights there)."""
     import sacrebleu
 
     model, ckpt = trained
@@ -103,9 +105,10 @@ def test_int8_changes_translations_no_more_than_bf16(trained, shipped):
         return [t.text for t in Translator(model, *ckpt.tokenizers, beam=4, precision=precision).translate(texts)]
 
     fp32, int8, bf16 = translate("fp32"), translate("int8"), translate("bf16")
-    same_int8, same_bf16 = sum(a == b for a, b in zip(fp32, int8)), sum(a == b for a, b in zip(fp32, bf16))
-    assert same_int8 >= len(texts) // 2 and same_int8 >= same_bf16 - len(texts) // 10, (same_int8, same_bf16)
-    assert sacrebleu.corpus_bleu(int8, [fp32]).score > 75
+    same_int8 = sum(a == b for a, b in zip(fp32, int8))
+    bleu_int8, bleu_bf16 = (sacrebleu.corpus_bleu(h, [fp32]).score for h in (int8, bf16))
+    assert same_int8 >= len(texts) // 3, same_int8
+    assert bleu_int8 > 75 and bleu_int8 >= bleu_bf16 - 5, (bleu_int8, bleu_bf16)
 
 
 def test_export_int8_round_trips_and_decodes_in_int8(trained_run, tmp_path):
@@ -167,7 +170,7 @@ def test_precision_choices():
         runtime.inference_precision("int8", torch.device("cuda"))
     with pytest.raises(ValueError, match="unknown precision"):
         runtime.inference_precision("int4", CPU)
-    assert isinstance(runtime.int8_reduce_range(), bool)
+    assert runtime.int8_weight_levels() in (63, 127)
 
 
 @pytest.fixture(scope="module")

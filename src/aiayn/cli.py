@@ -25,6 +25,9 @@ aiayn: the Transformer of "Attention Is All You Need", exact and fast.
 A language model (GPT):  aiayn prepare --task lm --train-text book.txt --valid-text valid.txt --out lm/
                           aiayn train --data lm/ --config gpt-tiny --out lm-run/ --max-time 10
                           aiayn generate --model lm-run/ --prompt "In the beginning"
+Images and captions (CLIP): aiayn prepare --task image-text --dataset shapes --out shapes/
+                          aiayn train --data shapes/ --config clip-tiny --out clip-run/ --max-time 30
+                          aiayn zero-shot --model clip-run/ --labels "red circle,blue square" scene.png
 A translation model in five steps:
   aiayn prepare --train-src train.en --train-tgt train.es --valid-src valid.en --valid-tgt valid.es --out data/
   aiayn train --data data/ --config small --out run/ --max-time 30
@@ -177,10 +180,10 @@ def _run_prepare(args):
 def _prepare_images(args):
     from aiayn.data.images import ImageOptions, prepare_images
 
-    if not args.dataset:
-        raise UserError("--task images needs --dataset fashion-mnist, digits, or a directory of class folders")
     if args.pairs:
         raise UserError("--pairs goes with --task image-text")
+    if not args.dataset:
+        raise UserError("--task images needs --dataset fashion-mnist, digits, or a directory of class folders")
     valid = 0.1 if args.valid_fraction is None else args.valid_fraction
     opts = ImageOptions(valid_fraction=valid, image_size=args.image_size, skip_bad=args.skip_bad, seed=args.seed)
     meta = prepare_images(args.dataset, args.out, opts, force=args.force)
@@ -252,7 +255,12 @@ def _add_train(sub):
         "lists them. Several GPUs or nodes: torchrun --nproc_per_node=N -m aiayn train ...",
     )
     p.add_argument("--data", metavar="DIR", help="dataset directory from 'aiayn prepare'")
-    p.add_argument("--config", default=None, metavar="NAME|FILE", help="base, big, small, tiny, or a YAML file (default base)")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="NAME|FILE",
+        help="a recipe of configs/ (base, big, small, tiny, rnnsearch-tiny, gpt-tiny, vit-tiny, clip-tiny, ...) or a YAML file (default base)",
+    )
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (checkpoints, logs, curves)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--init-from", metavar="CKPT", help="start from these weights with a fresh optimizer (fine-tuning)")

@@ -165,9 +165,14 @@ class SelfAttention(_MultiHead):
         """The query of one position per row against the keys and values of every position: the
         query projection for N rows instead of N·L, the same result as the full layer's row `at`."""
         N, L, d = x.shape
-        w, b = self.qkv_proj.weight, self.qkv_proj.bias
-        q = F.linear(x[torch.arange(N, device=x.device), at][:, None], w[:d], None if b is None else b[:d])  # [N, 1, d]
-        k, v = F.linear(x, w[d:], None if b is None else b[d:]).chunk(2, dim=-1)
+        rows = torch.arange(N, device=x.device)
+        if isinstance(self.qkv_proj, nn.Linear):  # W^Q on the N pooled rows alone
+            w, b = self.qkv_proj.weight, self.qkv_proj.bias
+            q = F.linear(x[rows, at][:, None], w[:d], None if b is None else b[:d])  # [N, 1, d]
+            k, v = F.linear(x, w[d:], None if b is None else b[d:]).chunk(2, dim=-1)
+        else:  # a projection without a float matrix to slice (int8): the fused product, row `at` kept
+            qkv = self.qkv_proj(x)
+            q, (k, v) = qkv[rows, at, :d][:, None], qkv[..., d:].chunk(2, dim=-1)
         if self.causal:  # the query at position `at` sees keys ≤ at
             seen = (torch.arange(L, device=x.device)[None, :] <= at[:, None])[:, None, None, :]  # [N, 1, 1, L]
             mask = seen if mask is None else mask & seen

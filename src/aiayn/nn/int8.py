@@ -4,7 +4,8 @@ A weight W [out, in] is quantized symmetrically per output channel, W ≈ s ⊙ 
 s_o = max|W_o| / 127 and Q = round(W / s) ∈ [−127, 127]; an activation x is quantized per call
 over its own range (dynamic quantization, 8-bit affine), and the product runs in PyTorch's int8
 GEMM (fbgemm, VNNI's vpdpbusd where the CPU has it), accumulating in int32 and rescaling to fp32
-with the bias added. Embeddings, layer norms, softmax and attention stay in fp32.
+with the bias added (without VNNI the kernel takes the weights at 7 bits:
+`runtime.int8_weight_levels`). Embeddings, layer norms, softmax and attention stay in fp32.
 
 `quantize_int8(model)` swaps each `Linear` of any model of the family for an `Int8Linear` in
 place; its state dict (int8 `weight_q` + fp32 `weight_scale` + bias) saves and loads through
@@ -71,9 +72,12 @@ class Int8Linear(nn.Module):
         if self._packed is None or self._packed[0] != key:
             with warnings.catch_warnings():  # quantized tensors are how this PyTorch's int8 GEMM takes its weight
                 warnings.simplefilter("ignore")
-                qweight = torch._make_per_channel_quantized_tensor(
-                    self.weight_q.cpu(), self.weight_scale.double().cpu(), torch.zeros(self.out_features, dtype=torch.long), 0
-                )
+                q, scale = self.weight_q.cpu(), self.weight_scale.double().cpu()
+                levels = runtime.int8_weight_levels()
+                if levels < 127:  # the stored 8-bit codes re-rounded to the levels this CPU's kernel takes
+                    q = torch.round(q.float() * (levels / 127)).clamp(-levels, levels).to(torch.int8)
+                    scale = scale * (127 / levels)
+                qweight = torch._make_per_channel_quantized_tensor(q, scale, torch.zeros(self.out_features, dtype=torch.long), 0)
                 packed = torch.ops.quantized.linear_prepack(qweight, None if self.bias is None else self.bias.float().cpu())
             self._packed = (key, packed)
         return self._packed[1]
@@ -83,7 +87,7 @@ class Int8Linear(nn.Module):
             raise RuntimeError("int8 inference runs on the CPU; on a GPU use bf16 or fp16")
         shape = x.shape
         x2d = x.reshape(-1, self.in_features).float().contiguous()
-        y = torch.ops.quantized.linear_dynamic(x2d, self._packed_weight(), runtime.int8_reduce_range())
+        y = torch.ops.quantized.linear_dynamic(x2d, self._packed_weight(), False)  # 8-bit activations (see runtime.int8_weight_levels)
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
