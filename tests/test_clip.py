@@ -118,6 +118,7 @@ total = loss.detach().clone()
 dist.all_reduce(total)
 if rank == 0:
     torch.save({{"loss": total, "grads": grads}}, {out!r})
+dist.barrier()  # both done before either tears gloo down (a rank torn down early can abort the other)
 dist.destroy_process_group()
 """
 

@@ -3,8 +3,10 @@ against iterating it, adaLN-Zero blocks starting as the identity, patches back t
 with η = 1 and every step equal to DDPM, both sampling a known distribution, guidance scale 1
 equal to the conditional model, and seeded sampling reproducible."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +118,145 @@ def test_guidance_scale_1_is_the_conditional_model_and_sampling_with_a_seed_repe
     b = ddim_sample(guided(model, y, model.null_class, 2.0), schedule, shape, 10, generator=torch.Generator().manual_seed(7))
     c = ddim_sample(guided(model, y, model.null_class, 2.0), schedule, shape, 10, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_the_moving_average_follows_its_formula_with_the_warm_up():
+    from aiayn.train.ema import EMA
+
+    model = tiny_dit()
+    ema = EMA(model, 0.99)
+    before = [p.detach().clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model, step=1)  # d_1 = min(0.99, 2/11)
+    d = 2 / 11
+    for avg, old, new in zip(ema.model.parameters(), before, model.parameters()):
+        torch.testing.assert_close(avg, d * old + (1 - d) * new)
+        assert not avg.requires_grad
+    assert ema.decay_at(10_000) == 0.99
+    with pytest.raises(ValueError, match="ema_decay"):
+        EMA(model, 1.0)
+
+
+@pytest.fixture(scope="module")
+def digits_data(tmp_path_factory):
+    pytest.importorskip("sklearn")
+    from aiayn.data.images import prepare_images
+
+    out = tmp_path_factory.mktemp("digits") / "data"
+    prepare_images("digits", out, log=lambda *a: None)
+    return out
+
+
+def dit_trainer(data, run, resume=False, **values):
+    from aiayn.train.config import TrainConfig
+    from aiayn.train.trainer import Trainer
+
+    cfg = {
+        "model": {"preset": "dit-tiny", "patch_size": 2, "n_layers": 2, "d_model": 32, "n_heads": 4, "d_ff": 64},
+        "max_sentences": 32,
+        "lr_schedule": "inverse_sqrt",
+        "lr": 0.002,
+        "warmup_steps": 5,
+        "optimizer": "adamw",
+        "ema_decay": 0.9,
+        "validate_every": 10,
+        "save_every": 10,
+        "log_every": 100,
+        **values,
+    }
+    return Trainer(TrainConfig.from_dict(cfg), data, run, resume=resume, log=lambda *a: None, progress=False)
+
+
+def test_a_dit_trains_on_an_image_dataset_keeps_its_average_and_resumes_to_the_bit(digits_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from aiayn.io.checkpoint import load_training_state
+
+    whole = dit_trainer(digits_data, tmp_path / "whole", max_updates=20)
+    assert whole.task.name == "image-generation" and whole.model_config.n_classes == 10
+    whole.train()
+    dit_trainer(digits_data, tmp_path / "cut", max_updates=10).train()
+    dit_trainer(digits_data, tmp_path / "cut", resume=True, max_updates=20).train()
+    name = "step-00000020"
+    a, b = (load_file(tmp_path / run / "checkpoints" / f"{name}.safetensors") for run in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the checkpoint holds the average, the training state the weights being trained (not the same)
+    trained = load_training_state(tmp_path / "whole" / "checkpoints" / f"{name}.state.pt")["trained_weights"]
+    other = load_training_state(tmp_path / "cut" / "checkpoints" / f"{name}.state.pt")["trained_weights"]
+    assert all(torch.equal(trained[k], other[k]) for k in trained)
+    assert any(not torch.equal(trained[k], a[k]) for k in a)
+    torch.testing.assert_close(whole.ema.model.state_dict()["head.weight"], a["head.weight"])
+    log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    train_losses = [e["loss"] for e in log if e["type"] == "train"]
+    assert train_losses[0] == pytest.approx(1.0, abs=0.2)  # an MSE (not in bits): the zero-initialised model predicts ε̂ = 0
+    assert any(e["type"] == "valid" and e["valid_loss"] < train_losses[0] for e in log)
+
+
+def test_the_batches_drop_labels_to_the_null_class_at_the_configured_rate_and_repeat_by_seed(digits_data):
+    from aiayn.tasks import for_dataset
+    from aiayn.tasks.images import ImageSampler
+
+    task = for_dataset(digits_data, "dit-tiny")
+    assert task.name == "image-generation" and for_dataset(digits_data).name == "images"
+    model = tiny_dit(in_channels=1, n_classes=10, class_dropout=0.25)
+
+    def labels(seed):
+        sampler = ImageSampler(len(task.train_data), 200, seed)
+        sampler.set_epoch(0)
+        return torch.cat([b.labels for b in task.batches(sampler, model)])
+
+    first = labels(1)
+    assert torch.equal(first, labels(1)) and not torch.equal(first, labels(2))
+    dropped = (first == model.null_class).float().mean().item()
+    assert 0.2 < dropped < 0.3
+    batch = next(iter(task.batches(ImageSampler(len(task.train_data), 8, 1), model)))
+    assert batch.images.min() >= -1 and batch.images.max() <= 1 and batch.images.shape == (8, 1, 8, 8)
+    assert batch.noise.shape == batch.images.shape and int(batch.t.max()) < model.config.diffusion_steps
+
+
+def test_sample_draws_the_asked_classes_repeatably_and_refuses_unknown_ones(digits_data, tmp_path, capsys):
+    from PIL import Image
+
+    from aiayn.cli import main
+    from aiayn.generate.images import ImageGenerator
+
+    dit_trainer(digits_data, tmp_path / "run", max_updates=10).train()
+    gen = ImageGenerator.load(tmp_path / "run")
+    assert gen.classes[gen.class_index("7")] == "7" and gen.class_index(3) == 3
+    with pytest.raises(ValueError, match="unknown class"):
+        gen.class_index("cat")
+    a, steps = gen.sample([1, 2, 3], steps=5, guidance=2.0, seed=3, trajectory=True)
+    b, _ = gen.sample([1, 2, 3], steps=5, guidance=2.0, seed=3)
+    c, _ = gen.sample([1, 2, 3], steps=5, guidance=2.0, seed=4)
+    assert a.dtype == np.uint8 and a.shape == (3, 8, 8, 1) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len(steps) == 5 and np.array_equal(steps[-1], a)  # the last estimate is the sample
+    assert main(
+        [
+            "sample",
+            "--model",
+            str(tmp_path / "run"),
+            "--class",
+            "1,2",
+            "--n",
+            "6",
+            "--steps",
+            "4",
+            "--out",
+            str(tmp_path / "g.png"),
+            "--steps-out",
+            str(tmp_path / "s.png"),
+        ]
+    ) in (0, None)
+    assert Image.open(tmp_path / "g.png").size == (3 * 10 + 2, 2 * 10 + 2)
+    assert Image.open(tmp_path / "s.png").size[0] == 4 * 10 + 2  # four steps across, one row per image
+    assert main(["sample", "--model", str(tmp_path / "run"), "--n", "3", "--steps", "2", "--out", str(tmp_path / "each") + "/"]) in (
+        0,
+        None,
+    )
+    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == ["0000-0.png", "0001-1.png", "0002-2.png"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        main(["sample", "--model", str(tmp_path / "run"), "--class", "cat", "--out", str(tmp_path / "x.png")])
+    assert exit.value.code == 2 and "unknown class 'cat'" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

@@ -28,6 +28,9 @@ A language model (GPT):  aiayn prepare --task lm --train-text book.txt --valid-t
 Images and captions (CLIP): aiayn prepare --task image-text --dataset shapes --out shapes/
                           aiayn train --data shapes/ --config clip-tiny --out clip-run/ --max-time 30
                           aiayn zero-shot --model clip-run/ --labels "red circle,blue square" scene.png
+Images from noise (DiT):  aiayn prepare --task images --dataset fashion-mnist --out fashion/
+                          aiayn train --data fashion/ --config dit-tiny --out dit-run/ --max-time 30
+                          aiayn sample --model dit-run/ --class sneaker --n 64 --guidance 2 --out sneakers.png
 A translation model in five steps:
   aiayn prepare --train-src train.en --train-tgt train.es --valid-src valid.en --valid-tgt valid.es --out data/
   aiayn train --data data/ --config small --out run/ --max-time 30
@@ -771,6 +774,81 @@ def _run_zero_shot(args):
         raise UserError(f"{len(args.images) - len(paths)} of {len(args.images)} files could not be read as images")
 
 
+def _add_sample(sub):
+    p = sub.add_parser(
+        "sample",
+        help="draw images from an image generator (DiT)",
+        description="Draw images of the given classes from a DiT with DDIM (or DDPM) and classifier-free guidance, "
+        "into one grid PNG or (--out ending in /) one PNG per image. The same --seed draws the same images.",
+    )
+    p.add_argument("--model", required=True, metavar="MODEL", help="weights file or run directory")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="NAME|INDEX",
+        help="a class to draw, by name or index; repeat or separate by commas (default: every class in turn)",
+    )
+    p.add_argument("--n", type=S.int_at_least(1), default=64, help="images in all (default 64), the classes in turn")
+    p.add_argument("--steps", type=S.int_at_least(1), default=50, help="DDIM steps (default 50; ddpm takes every step)")
+    p.add_argument("--guidance", type=S.number(low=0), default=2.0, help="classifier-free guidance scale (default 2; 1: none)")
+    p.add_argument("--eta", type=S.number(low=0), default=0.0, help="DDIM's η: 0 deterministic (default), 1 DDPM's noise")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--columns", type=S.int_at_least(1), help="images per grid row (default: about the square root of --n)")
+    p.add_argument("--scale", type=S.int_at_least(1), default=1, help="enlarge the grid this many times (nearest neighbour)")
+    p.add_argument(
+        "--steps-out",
+        metavar="PNG",
+        help="also draw the denoising (DDIM): each image's estimate of itself as the steps go, one row per image (at most 16)",
+    )
+    p.add_argument("--out", required=True, metavar="PNG|DIR/", help="the grid PNG, or a directory (ending in /) for one PNG per image")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=_run_sample)
+
+
+def _run_sample(args):
+    import math
+
+    from aiayn.generate.images import ImageGenerator, grid
+    from aiayn.io.checkpoint import atomic_write
+
+    gen = ImageGenerator.load(args.model, args.device)
+    names = [c for spec in (args.classes or []) for c in spec.split(",") if c.strip()]
+    try:
+        wanted = [gen.class_index(c) for c in names] or list(range(len(gen.classes)))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    classes = [wanted[i % len(wanted)] for i in range(args.n)]
+    trajectory = bool(args.steps_out)
+    if trajectory and args.sampler != "ddim":
+        raise UserError("--steps-out draws DDIM's steps: use --sampler ddim")
+    images, steps = gen.sample(classes, args.steps, args.guidance, args.eta, args.seed, args.sampler, trajectory=trajectory)
+    columns = args.columns or max(1, math.ceil(math.sqrt(args.n)))
+
+    def save(picture, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+    if args.out.endswith("/"):
+        from PIL import Image
+
+        out = Path(args.out)
+        for i, (image, c) in enumerate(zip(images, classes)):
+            save(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image), out / f"{i:04d}-{gen.classes[c]}.png")
+        print(f"wrote {len(images)} images to {out}/")
+    else:
+        save(grid(images, columns, scale=args.scale), Path(args.out))
+        print(f"wrote {args.out}: {len(images)} images ({', '.join(sorted({gen.classes[c] for c in classes}))})")
+    if trajectory:
+        import numpy as np
+
+        shown = steps[:: max(1, len(steps) // 10)][:10] + [steps[-1]] if len(steps) > 10 else steps
+        rows = np.stack([s[: min(len(images), 16)] for s in shown], axis=1).reshape(-1, *images.shape[1:])
+        save(grid(rows, len(shown), scale=args.scale), Path(args.steps_out))
+        print(f"wrote {args.steps_out}: the estimate after {len(shown)} of the {len(steps)} steps, one row per image")
+
+
 def _add_retrieve(sub):
     p = sub.add_parser(
         "retrieve",
@@ -1262,6 +1340,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_generate,
         _add_classify,
         _add_zero_shot,
+        _add_sample,
         _add_retrieve,
         _add_evaluate,
         _add_attention,

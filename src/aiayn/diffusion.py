@@ -77,10 +77,12 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     device=None,
     trajectory: list | None = None,
+    clip: float | None = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021, Eq. 12) over `steps` evenly spaced noise levels, from pure noise:
     x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ²) ε̂ + σ z, σ = η √((1 − ᾱ_{t'})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t'}).
-    `trajectory`, when given, receives x̂_0 at each step (the denoising as it goes)."""
+    `trajectory`, when given, receives x̂_0 at each step (the denoising as it goes). `clip` bounds x̂_0
+    to [−clip, clip] (the data's range; ε̂ re-derived from it), as pixel-space samplers do."""
     T = schedule.steps
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in 1 … {T}, got {steps}")
@@ -94,6 +96,9 @@ def ddim_sample(
         a_t, a_prev = ab[t].item(), (ab[prev].item() if prev >= 0 else 1.0)
         e = eps(x, torch.full((shape[0],), t, device=x.device, dtype=torch.long)).float()
         x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
+            e = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
         if trajectory is not None:
             trajectory.append(x0)
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(max(1 - a_t / a_prev, 0.0))
@@ -104,15 +109,25 @@ def ddim_sample(
 
 
 @torch.no_grad()
-def ddpm_sample(eps: EpsilonModel, schedule: NoiseSchedule, shape: tuple, generator: torch.Generator | None = None, device=None) -> Tensor:
+def ddpm_sample(
+    eps: EpsilonModel,
+    schedule: NoiseSchedule,
+    shape: tuple,
+    generator: torch.Generator | None = None,
+    device=None,
+    clip: float | None = None,
+) -> Tensor:
     """DDPM's ancestral sampling (Ho et al. 2020, Algorithm 2) through every step, σ_t² = β̃_t:
-    x_{t−1} = μ̃_t(x_t, x̂_0) + σ_t z, with μ̃_t = (√ᾱ_{t−1} β_t x̂_0 + √α_t (1 − ᾱ_{t−1}) x_t) / (1 − ᾱ_t)."""
+    x_{t−1} = μ̃_t(x_t, x̂_0) + σ_t z, with μ̃_t = (√ᾱ_{t−1} β_t x̂_0 + √α_t (1 − ᾱ_{t−1}) x_t) / (1 − ᾱ_t);
+    `clip` bounds x̂_0 as in ddim_sample."""
     betas, ab = schedule.betas, schedule.alphas_cumprod
     x = torch.randn(shape, generator=generator, device=device)
     for t in range(schedule.steps - 1, -1, -1):
         a_t, a_prev, beta = ab[t].item(), (ab[t - 1].item() if t > 0 else 1.0), betas[t].item()
         e = eps(x, torch.full((shape[0],), t, device=x.device, dtype=torch.long)).float()
         x0 = (x - math.sqrt(1 - a_t) * e) / math.sqrt(a_t)
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
         mean = (math.sqrt(a_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - a_prev) * x) / (1 - a_t)
         x = mean
         if t > 0:

@@ -42,12 +42,17 @@ class DiTConfig(ModelConfig):
     n_layers: int = 12
     time_frequencies: int = 256  # the sinusoidal embedding of t before its MLP
     layer_norm_eps: float = 1e-6
+    class_dropout: float = 0.1  # training: the share of labels replaced by the null class (for guidance)
+    # the diffusion the model denoises (diffusion.NoiseSchedule): its β schedule and number of steps
+    noise_schedule: str = "linear"
+    diffusion_steps: int = 1000
 
     @classmethod
     def check(cls, values: dict, where: str = "") -> None:
         S = schema
         rules = {k: S.AT_LEAST_1 for k in ("image_size", "patch_size", "in_channels", "n_classes", "d_model", "n_heads", "d_ff")}
-        rules.update(n_layers=S.AT_LEAST_1, time_frequencies=S.AT_LEAST_1, layer_norm_eps=S.POSITIVE)
+        rules.update(n_layers=S.AT_LEAST_1, time_frequencies=S.AT_LEAST_1, layer_norm_eps=S.POSITIVE, class_dropout=S.PROBABILITY)
+        rules.update(noise_schedule=S.Rule(choices=("linear", "cosine")), diffusion_steps=S.AT_LEAST_1)
         schema.check(cls, values, where, rules, what="model config")
         check_heads(values, where)
         if "image_size" in values and "patch_size" in values and values["image_size"] % values["patch_size"]:
@@ -130,6 +135,11 @@ class DiT(nn.Module):
         h, _ = self.layers(h, modulations=[(m[0:3], m[3:6]) for m in modulations])
         shift, scale = self.final_modulation(c)[:, None].chunk(2, dim=-1)
         return self.unpatchify(self.head(self.final_norm(h) * (1 + scale) + shift))
+
+    def noise_schedule(self):
+        from aiayn.diffusion import NoiseSchedule
+
+        return NoiseSchedule.make(self.config.noise_schedule, self.config.diffusion_steps)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -34,6 +34,9 @@ class TrainConfig:
     clip_norm: float = 0.0  # gradient clipping by global norm (0: off)
     # §5.4 regularization (dropout lives in the model section)
     label_smoothing: float = 0.1
+    # an exponential moving average of the weights (train/ema.py): its decay, 0 for none; when kept,
+    # checkpoints hold the average (what sampling and validation use), the training state the weights
+    ema_decay: float = 0.0
     # stopping
     max_updates: int = 0  # 0: no limit
     max_epochs: int = 0
@@ -120,6 +123,7 @@ RULES = {
     "warmup_steps": S.AT_LEAST_1,
     "clip_norm": S.AT_LEAST_0,
     "label_smoothing": S.PROBABILITY,
+    "ema_decay": S.PROBABILITY,
     "max_updates": S.AT_LEAST_0,
     "max_epochs": S.AT_LEAST_0,
     "max_time": S.AT_LEAST_0,

@@ -37,6 +37,7 @@ from aiayn.io.checkpoint import (
 from aiayn.nn import Stack
 from aiayn.train import distributed
 from aiayn.train.config import TrainConfig
+from aiayn.train.ema import EMA
 from aiayn.train.schedule import learning_rate
 
 
@@ -74,7 +75,7 @@ class Trainer:
         runtime.configure_attention(self.device, cfg.cudnn_attention)
 
         # data: the task
-        self.task = tasks.for_dataset(self.data_dir)
+        self.task = tasks.for_dataset(self.data_dir, cfg.model.get("preset"))
 
         # run directory
         checkpoints = list_checkpoints(self.run_dir)
@@ -107,6 +108,7 @@ class Trainer:
                 f"lr_schedule paper is defined by d_model, which a {self.architecture} model has not: use inverse_sqrt or cosine with lr"
             )
         self.model.to(self.device)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None  # (before compiling: it copies the model)
         self.loss_model: nn.Module = self.task.loss_model(self.model, cfg.label_smoothing)
         if self.world.distributed:
             self.loss_model = nn.parallel.DistributedDataParallel(
@@ -139,6 +141,11 @@ class Trainer:
         self.stop_reason: str | None = None
         self._signal = None
         self._writer = None
+
+    @property
+    def weights_model(self) -> nn.Module:
+        """The weights a checkpoint holds and validation measures: the moving average where the run keeps one."""
+        return self.ema.model if self.ema else self.model
 
     def _check_preset_fits(self, preset: str) -> None:
         serves = models.architecture(models.PRESETS[preset][0]).task
@@ -217,7 +224,7 @@ class Trainer:
         if self.world.is_main:
             extra = {"step": self.step, "epoch": self.epoch, "data": str(self.data_dir), "precision": self.precision}
             try:
-                save_model(weights, self.model, self.task.assets(), extra, self.task.name)
+                save_model(weights, self.weights_model, self.task.assets(), extra, self.task.name)
             except CheckpointError as e:
                 raise CheckpointError(f"{e}; {self._last_good()}") from e
             state = {
@@ -238,6 +245,8 @@ class Trainer:
                 "world_size": self.world.size,
                 "model_config": self.model_config.to_dict(),
             }
+            if self.ema:  # the checkpoint's weights are the average; these are the ones being trained
+                state["trained_weights"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             try:
                 save_training_state(state_path, state)
             except CheckpointError as e:
@@ -262,7 +271,13 @@ class Trainer:
             raise CheckpointError(
                 f"--resume: the run had {state.get('world_size')} processes, now {self.world.size}; resume with the same number"
             )
-        load_weights(self.model, {k: v.to(self.device) for k, v in ckpt.tensors.items()}, str(weights))
+        load_weights(self.weights_model, {k: v.to(self.device) for k, v in ckpt.tensors.items()}, str(weights))
+        if self.ema:
+            trained = state.get("trained_weights")  # (none in a run that kept no average before)
+            if trained is None:
+                self.model.load_state_dict(self.ema.model.state_dict())
+            else:
+                self.model.load_state_dict({k: v.to(self.device) for k, v in trained.items()})
         self.optimizer.load_state_dict(regroup_optimizer_state(state["optimizer"], self.model, self.cfg.weight_decay))
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -352,6 +367,7 @@ class Trainer:
         loss_total, nll_total, nonfinite = distributed.all_reduce_sum(
             [loss_sum, nll_sum, float(not math.isfinite(loss_sum))], self.world, self.device
         )
+        bits = math.log(2) if getattr(self.task, "loss_in_bits", True) else 1.0  # cross-entropies in bits; an MSE as it is
         lr = self.lr(self.step + 1)
         skipped = nonfinite > 0 or (not math.isfinite(grad_norm) and self.scaler is None)
         if skipped:
@@ -380,11 +396,13 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if self.ema:
+            self.ema.update(self.model, self.step)
         self.tokens_seen += int(tokens)
         self.loss_tokens_seen += int(loss_tokens)
         return {
-            "loss": loss_total / loss_tokens / math.log(2),
-            "nll": nll_total / loss_tokens / math.log(2),
+            "loss": loss_total / loss_tokens / bits,
+            "nll": nll_total / loss_tokens / bits,
             "lr": lr,
             "grad_norm": grad_norm,
             "tokens": tokens,
@@ -404,7 +422,7 @@ class Trainer:
     # ------------------------------------------------------------ validation
     def validate(self) -> dict:
         """The task's validation (for translation: loss, perplexity, BLEU and chrF of the valid set)."""
-        return self.task.validate(self.model, self.cfg, self.device, self.precision)
+        return self.task.validate(self.weights_model, self.cfg, self.device, self.precision)
 
     # ------------------------------------------------------------ logging
     def _record(self, entry: dict) -> None:
@@ -555,7 +573,7 @@ class Trainer:
                 self.bad_validations = 0
                 save_model(
                     self.run_dir / "checkpoints" / "best.safetensors",
-                    self.model,
+                    self.weights_model,
                     self.task.assets(),
                     {"step": self.step, **result},
                     self.task.name,

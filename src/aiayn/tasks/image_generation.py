@@ -1,0 +1,174 @@
+"""Class-conditional image generation (DiT): the labelled image datasets of 'aiayn prepare --task
+images', pixels scaled to [−1, 1], a random horizontal flip where the dataset allows it; each
+image gets a noise level t ~ U{0 … T−1}, Gaussian noise ε and, with probability class_dropout, the
+null class in place of its label (classifier-free guidance, Ho & Salimans 2022), all drawn from a
+generator seeded by (seed, epoch, batch, rank), so a resumed run sees the same draws. The loss is
+DDPM's simple objective ‖ε − ε_θ(x_t, t, y)‖² (Ho et al. 2020, Eq. 14), the mean over pixels
+summed over images; validation measures it on the valid split at fixed draws."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from aiayn import models, runtime
+from aiayn.data.binarize import load_meta
+from aiayn.data.images import ImageSplit, image_spec_id
+from aiayn.tasks.images import ImageSampler
+
+
+def to_unit_range(images: np.ndarray) -> Tensor:
+    """uint8 [B, H, W, C] -> float [B, C, H, W] in [−1, 1]."""
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float()
+    return x.div_(127.5).sub_(1.0)
+
+
+def to_pixels(x: Tensor) -> np.ndarray:
+    """float [B, C, H, W] in [−1, 1] -> uint8 [B, H, W, C] (clipped)."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@dataclass
+class NoisyBatch:
+    images: Tensor  # [B, C, H, W] in [−1, 1]
+    labels: Tensor  # [B]: a class, or the null class
+    t: Tensor  # [B] noise levels
+    noise: Tensor  # [B, C, H, W]
+
+    def to(self, device, non_blocking: bool = False) -> "NoisyBatch":
+        return NoisyBatch(*(x.to(device, non_blocking=non_blocking) for x in (self.images, self.labels, self.t, self.noise)))
+
+    @property
+    def inputs(self) -> tuple[Tensor, ...]:
+        return self.images, self.labels, self.t, self.noise
+
+    @property
+    def loss_tokens(self) -> int:  # the loss is normalised per image
+        return self.labels.numel()
+
+    @property
+    def tokens(self) -> int:  # images, for throughput
+        return self.labels.numel()
+
+
+def draws(n: int, shape: tuple, steps: int, class_dropout: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """(t [n], ε [n, *shape], which labels to drop [n]) from one generator."""
+    t = torch.randint(0, steps, (n,), generator=generator)
+    noise = torch.randn((n, *shape), generator=generator)
+    drop = torch.rand(n, generator=generator) < class_dropout
+    return t, noise, drop
+
+
+class DenoisingLoss(nn.Module):
+    """(x_0, y, t, ε) -> (Σ_images mean_pixels (ε − ε_θ(x_t, t, y))², the same detached)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.register_buffer("alphas_cumprod", model.noise_schedule().alphas_cumprod.float(), persistent=False)
+
+    def forward(self, images: Tensor, labels: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = ab.sqrt() * images + (1 - ab).sqrt() * noise  # Eq. (4)
+        predicted = self.model(noisy, t, labels)
+        loss = (predicted.float() - noise).pow(2).flatten(1).mean(1).sum()
+        return loss, loss.detach()
+
+
+class ImageGenerationTask:
+    """A labelled image dataset from 'aiayn prepare --task images', for a class-conditional DiT."""
+
+    name = "image-generation"
+    unit = "images"
+    metric_name = None  # the best checkpoint has the lowest valid loss
+    loss_in_bits = False  # an MSE
+    fine_tune_keys = ("class_dropout",)
+
+    def __init__(self, data_dir: str | Path):
+        self.data_dir = Path(data_dir)
+        self.meta = load_meta(self.data_dir)
+        if self.meta.get("task") != "images":
+            raise ValueError(
+                f"{self.data_dir}: a DiT trains on labelled images ('aiayn prepare --task images'), not {self.meta.get('task')!r} data"
+            )
+        self.classes, self.spec = self.meta["classes"], self.meta["image"]
+        self.vocab_id = image_spec_id(self.classes, self.spec)
+        self.train_data = ImageSplit(self.data_dir, "train")
+        self.valid_data = ImageSplit(self.data_dir, "valid") if "valid" in self.meta["splits"] else None
+
+    def describe(self) -> str:
+        s = self.spec
+        return f"{len(self.train_data)} images of {s['width']}×{s['height']}×{s['channels']}, {len(self.classes)} classes"
+
+    def model_config(self, values: dict):
+        values = dict(values)
+        preset = values.pop("preset", "dit-tiny")
+        s = self.spec
+        if s["height"] != s["width"]:
+            raise ValueError(
+                f"{self.data_dir}: the images are {s['width']}×{s['height']}; a DiT takes square images (prepare with --image-size)"
+            )
+        return models.preset_config(preset, image_size=s["height"], in_channels=s["channels"], n_classes=len(self.classes), **values)
+
+    def check_compatible(self, ckpt, what: str) -> None:
+        from aiayn.io.checkpoint import CheckpointError
+
+        assets = ckpt.assets
+        if (
+            ckpt.task != self.name
+            or image_spec_id(json.loads(assets.get("classes", "[]")), json.loads(assets.get("image", "{}"))) != self.vocab_id
+        ):
+            raise CheckpointError(f"{what} {ckpt.path}: its classes or image format differ from the dataset's ({self.data_dir})")
+
+    def assets(self) -> dict[str, str]:
+        return {"classes": json.dumps(self.classes, ensure_ascii=False), "image": json.dumps(self.spec)}
+
+    # ----- batches: max_sentences images a batch (default 128)
+    def sampler(self, model: nn.Module, cfg, rank: int = 0, world_size: int = 1) -> ImageSampler:
+        return ImageSampler(len(self.train_data), cfg.max_sentences or 128, cfg.seed, rank, world_size)
+
+    def batches(self, sampler: ImageSampler, model: nn.Module, num_workers: int = 0, pin_memory: bool = False):
+        data, spec, config = self.train_data, self.spec, model.config
+        shape = (spec["channels"], spec["height"], spec["width"])
+        for i, idx in sampler:
+            idx = np.sort(idx)
+            images, labels = np.asarray(data.images[idx]), torch.from_numpy(data.labels[idx].astype(np.int64))
+            generator = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([sampler.seed, sampler.epoch, i, sampler.rank]).generate_state(1)[0])
+            )
+            t, noise, drop = draws(len(idx), shape, config.diffusion_steps, config.class_dropout, generator)
+            x = to_unit_range(images)
+            if spec["flip"]:
+                mirror = torch.rand(len(idx), generator=generator) < 0.5
+                x[mirror] = x[mirror].flip(-1)
+            yield NoisyBatch(x, labels.masked_fill(drop, config.n_classes), t, noise)
+
+    def loss_model(self, model: nn.Module, label_smoothing: float) -> nn.Module:
+        return DenoisingLoss(model)
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, cfg, where: torch.device, precision: str) -> dict:
+        return {"valid_loss": denoising_loss(model, self.valid_data, where, precision, seed=cfg.seed)}
+
+
+@torch.no_grad()
+def denoising_loss(model, split: ImageSplit, where, precision: str = "fp32", batch: int = 500, seed: int = 0, limit: int = 5000) -> float:
+    """The mean denoising MSE of (the first `limit` images of) a split, conditional, at draws fixed by `seed`."""
+    model.eval()
+    loss_model = DenoisingLoss(model).to(where)
+    generator = torch.Generator().manual_seed(seed)
+    n = min(len(split), limit)
+    total = 0.0
+    for start in range(0, n, batch):
+        images = to_unit_range(np.asarray(split.images[start : min(start + batch, n)]))
+        labels = torch.from_numpy(split.labels[start : start + len(images)].astype(np.int64))
+        t, noise, _ = draws(len(images), tuple(images.shape[1:]), model.config.diffusion_steps, 0.0, generator)
+        with runtime.autocast(precision, where):
+            loss, _ = loss_model(images.to(where), labels.to(where), t.to(where), noise.to(where))
+        total += loss.item()
+    return total / max(n, 1)
