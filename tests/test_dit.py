@@ -260,3 +260,102 @@ def test_sample_draws_the_asked_classes_repeatably_and_refuses_unknown_ones(digi
     with pytest.raises(SystemExit) as exit:
         main(["sample", "--model", str(tmp_path / "run"), "--class", "cat", "--out", str(tmp_path / "x.png")])
     assert exit.value.code == 2 and "unknown class 'cat'" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_the_frechet_distance_of_two_gaussians_is_its_closed_form():
+    from aiayn.vision import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.0, 1.0, size=(200_000, 3)) * np.array([1.0, 2.0, 0.5])
+    b = rng.normal(1.0, 1.0, size=(200_000, 3)) * np.array([3.0, 1.0, 0.5]) + np.array([0.0, -1.0, 0.0])
+    mu_b = np.array([3.0, 0.0, 0.5])  # the scaled means, then shifted
+    expected = ((mu_b - 0.0) ** 2).sum() + ((np.array([1.0, 2.0, 0.5]) - np.array([3.0, 1.0, 0.5])) ** 2).sum()
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=0.02)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def dit_run(digits_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("dit") / "run"
+    dit_trainer(digits_data, run, max_updates=10).train()
+    return run
+
+
+def test_the_service_draws_samples_with_their_steps(dit_run):
+    import asyncio
+    import base64
+    import io
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from PIL import Image
+
+    from aiayn.generate.images import ImageGenerator
+    from aiayn.serve import ServeSettings, create_app
+
+    async def main():
+        app = create_app(dit_run, ServeSettings(), device="cpu", name="dit")
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+                post = client.post
+                return (
+                    await post("/v1/samples", json={"class": "3", "n": 2, "steps": 4, "seed": 5, "trajectory": True}),
+                    await post("/v1/samples", json={"class": "cat"}),
+                    await post("/v1/samples", json={"class": 1, "n": 64, "steps": 1000}),
+                    await post("/v1/samples", json={"class": 1, "n": 65}),
+                    await client.get("/v1/models"),
+                    await client.get("/"),
+                )
+
+    ok, unknown, costly, many, info, page = asyncio.run(main())
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    expected, _ = ImageGenerator.load(dit_run).sample([3, 3], steps=4, guidance=2.0, seed=5)
+
+    def pixels(url):
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+    assert body["class"] == "3" and [pixels(u).tolist() for u in body["images"]] == [e[..., 0].tolist() for e in expected]
+    assert len(body["steps"]) == 4 and pixels(body["steps"][0]).shape == (8 + 2, 2 * 9 + 1)
+    assert unknown.status_code == 422 and "unknown class" in unknown.json()["message"]
+    assert costly.status_code == 413 and many.status_code == 422
+    model = info.json()["models"][0]
+    assert model["architecture"] == "dit" and model["classes"][:2] == ["0", "1"] and "samples.js" in page.text
+
+
+@pytest.mark.slow
+def test_the_samples_page_in_a_browser(dit_run, tmp_path):
+    from test_serve_browser import ARGS, CHROMIUM
+
+    if not CHROMIUM.is_file():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from _serving import LiveServer
+
+    from aiayn.serve import ServeSettings, create_app
+
+    app = create_app(dit_run, ServeSettings(), device="cpu")
+    problems = []
+    with LiveServer(app) as server, playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(server.url + "/")
+            playwright_api.expect(page.locator("#model-info")).to_contain_text("noise levels")
+            assert page.locator("#class option").count() == 10
+            page.select_option("#class", "7")
+            page.fill("#n", "3")
+            page.fill("#steps", "5")
+            page.click("#go")
+            page.wait_for_selector("#samples img:nth-child(3)", timeout=60_000)
+            assert page.locator("#samples img").count() == 3
+            assert page.text_content("#step-label") == "step 5 of 5"
+            page.locator("#step").fill("0")
+            assert page.text_content("#step-label") == "step 1 of 5"
+            page.fill("#n", "65")
+            page.click("#go")
+            page.wait_for_selector("#error:not([hidden])")
+        finally:
+            browser.close()
+    assert not problems, problems

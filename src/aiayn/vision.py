@@ -1,5 +1,6 @@
 """Using an image classifier: classify image files, draw attention rollout over an image, and
-draw a confusion matrix (`aiayn classify`, `aiayn attention --image`, `aiayn evaluate --data`)."""
+draw a confusion matrix (`aiayn classify`, `aiayn attention --image`, `aiayn evaluate --data`), and
+the Fréchet distance between two sets of image features (generated against real images)."""
 
 from __future__ import annotations
 
@@ -113,3 +114,15 @@ def draw_confusion(confusion: np.ndarray, classes: list[str], out: str | Path, t
     fig.savefig(out, dpi=150)
     plt.close(fig)
     return out
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance between Gaussians fitted to two sets of feature vectors [N, d] (FID's
+    formula, Heusel et al. 2017): ‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a^½ Σ_b Σ_a^½)^½)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
+    cross = np.sqrt(np.linalg.eigvalsh(root_a @ cov_b @ root_a).clip(min=0)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)

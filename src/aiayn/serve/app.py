@@ -38,9 +38,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiayn import __version__
 from aiayn.generate.complete import Generator
+from aiayn.generate.images import ImageGenerator
 from aiayn.generate.translate import Translation, Translator
 from aiayn.models import RNNSearch, architecture_of
-from aiayn.serve import classify, completions, zero_shot
+from aiayn.serve import classify, completions, samples, zero_shot
 from aiayn.serve.batcher import Batcher, BatcherClosed, CompletionBatcher, DecodeKey, QueueFull, source_lengths
 from aiayn.vision import Classifier
 from aiayn.zero_shot import DualEncoder
@@ -257,7 +258,8 @@ class BodyLimit:
 
 # ---------------------------------------------------------------- the app
 def load_translator(model: str | Path, device: str = "auto", precision: str = "fp32"):
-    """A Translator for a translation model, a Generator for a language model."""
+    """What serves the checkpoint, by its task: a Translator, a Generator (language model), a Classifier,
+    a DualEncoder (CLIP) or an ImageGenerator (DiT)."""
     from aiayn import runtime
     from aiayn.io.checkpoint import load_model
 
@@ -269,6 +271,8 @@ def load_translator(model: str | Path, device: str = "auto", precision: str = "f
         return Classifier(loaded, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), device)
     if ckpt.task == "image-text":
         return DualEncoder.load(model, str(device))
+    if ckpt.task == "image-generation":
+        return ImageGenerator(loaded.eval(), json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), device)
     return Translator(loaded, *ckpt.tokenizers, device=device, precision=precision, warn=lambda message: log.warning("%s", message))
 
 
@@ -314,13 +318,14 @@ def create_app(
     path fails before the server starts) or for a ready Translator or Generator (a language model:
     the completions API, serve.completions)."""
     settings = settings or ServeSettings()
-    if isinstance(model, (Translator, Generator, Classifier, DualEncoder)):
+    if isinstance(model, (Translator, Generator, Classifier, DualEncoder, ImageGenerator)):
         translator, path = model, None
     else:
         translator, path = load_translator(model, device, precision), str(model)
     name = name or (Path(path).name if path else "model")
     is_lm, is_clip = isinstance(translator, Generator), isinstance(translator, DualEncoder)
-    is_images = isinstance(translator, Classifier) or is_clip
+    is_dit = isinstance(translator, ImageGenerator)
+    is_images = isinstance(translator, Classifier) or is_clip or is_dit
     batcher = (CompletionBatcher if is_lm else Batcher)(
         translator,
         max_batch_tokens=settings.max_batch_tokens,
@@ -332,6 +337,8 @@ def create_app(
         info = completions.model_info(translator, name, path)
     elif is_clip:
         info = zero_shot.model_info(translator, name, path)
+    elif is_dit:
+        info = samples.model_info(translator, name, path)
     elif is_images:
         info = classify.model_info(translator, name, path)
     else:
@@ -348,13 +355,15 @@ def create_app(
             await batcher.close()
 
     app = FastAPI(
-        title=f"aiayn {'language model' if is_lm else 'image-text' if is_clip else 'image classification' if is_images else 'translation'} service",
+        title=f"aiayn {'language model' if is_lm else 'image-text' if is_clip else 'image generation' if is_dit else 'image classification' if is_images else 'translation'} service",
         description="The Transformer of 'Attention Is All You Need': "
         + (
             "text generation (the OpenAI completions API) with dynamic batching"
             if is_lm
             else "zero-shot image classification and image-text embeddings"
             if is_clip
+            else "class-conditional image generation (a diffusion transformer)"
+            if is_dit
             else "image classification"
             if is_images
             else "translation with dynamic batching"
@@ -426,6 +435,8 @@ def create_app(
         completions.add_routes(app, translator, batcher, settings, run, name)
     elif is_clip:
         zero_shot.add_routes(app, translator, batcher, settings, run)
+    elif is_dit:
+        samples.add_routes(app, translator, batcher, settings, run)
     elif is_images:
         classify.add_routes(app, translator, batcher, settings, run)
     else:
@@ -478,7 +489,17 @@ def create_app(
         ok = batcher.running
         return JSONResponse({"status": "ok" if ok else "shutting_down", **batcher.stats()}, status_code=200 if ok else 503)
 
-    page_name = "generate.html" if is_lm else "zero_shot.html" if is_clip else "classify.html" if is_images else "index.html"
+    page_name = (
+        "generate.html"
+        if is_lm
+        else "zero_shot.html"
+        if is_clip
+        else "samples.html"
+        if is_dit
+        else "classify.html"
+        if is_images
+        else "index.html"
+    )
     page = (STATIC / page_name).read_text(encoding="utf-8")
     csp = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
 
