@@ -359,3 +359,21 @@ def test_the_samples_page_in_a_browser(dit_run, tmp_path):
         finally:
             browser.close()
     assert not problems, problems
+
+
+def test_min_snr_weights_the_loss_and_validation_reports_the_plain_mse():
+    from aiayn.tasks.image_generation import DenoisingLoss
+
+    plain, weighted = DenoisingLoss(tiny_dit()), DenoisingLoss(tiny_dit(min_snr_gamma=5.0))
+    ab = tiny_dit().noise_schedule().alphas_cumprod
+    snr = ab / (1 - ab)
+    torch.testing.assert_close(weighted.weights.double(), snr.clamp(max=5.0) / snr, rtol=1e-5, atol=0)
+    assert torch.equal(plain.weights, torch.ones_like(plain.weights))
+    images, labels, noise = torch.rand(4, 3, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 5]), torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    loss, mse = weighted(images, labels, t, noise)
+    _, plain_mse = plain(images, labels, t, noise)
+    per_image = noise.pow(2).flatten(1).mean(1)  # the zero-initialised model predicts ε̂ = 0
+    torch.testing.assert_close(mse, per_image.sum())
+    torch.testing.assert_close(plain_mse, mse)
+    torch.testing.assert_close(loss, (weighted.weights[t] * per_image).sum())

@@ -43,6 +43,7 @@ class DiTConfig(ModelConfig):
     time_frequencies: int = 256  # the sinusoidal embedding of t before its MLP
     layer_norm_eps: float = 1e-6
     class_dropout: float = 0.1  # training: the share of labels replaced by the null class (for guidance)
+    min_snr_gamma: float = 0.0  # training: Min-SNR-γ loss weights min(SNR_t, γ)/SNR_t (Hang et al. 2023; 0: DDPM's uniform)
     # the diffusion the model denoises (diffusion.NoiseSchedule): its β schedule and number of steps
     noise_schedule: str = "linear"
     diffusion_steps: int = 1000
@@ -51,7 +52,7 @@ class DiTConfig(ModelConfig):
     def check(cls, values: dict, where: str = "") -> None:
         S = schema
         rules = {k: S.AT_LEAST_1 for k in ("image_size", "patch_size", "in_channels", "n_classes", "d_model", "n_heads", "d_ff")}
-        rules.update(n_layers=S.AT_LEAST_1, time_frequencies=S.AT_LEAST_1, layer_norm_eps=S.POSITIVE, class_dropout=S.PROBABILITY)
+        rules.update(n_layers=S.AT_LEAST_1, time_frequencies=S.AT_LEAST_1, layer_norm_eps=S.POSITIVE, class_dropout=S.PROBABILITY, min_snr_gamma=S.AT_LEAST_0)
         rules.update(noise_schedule=S.Rule(choices=("linear", "cosine")), diffusion_steps=S.AT_LEAST_1)
         schema.check(cls, values, where, rules, what="model config")
         check_heads(values, where)

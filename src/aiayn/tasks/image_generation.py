@@ -4,7 +4,9 @@ image gets a noise level t ~ U{0 … T−1}, Gaussian noise ε and, with probabi
 null class in place of its label (classifier-free guidance, Ho & Salimans 2022), all drawn from a
 generator seeded by (seed, epoch, batch, rank), so a resumed run sees the same draws. The loss is
 DDPM's simple objective ‖ε − ε_θ(x_t, t, y)‖² (Ho et al. 2020, Eq. 14), the mean over pixels
-summed over images; validation measures it on the valid split at fixed draws."""
+summed over images, optionally weighted by Min-SNR-γ (Hang et al. 2023: min(SNR_t, γ)/SNR_t, so
+the nearly clean steps, easy and many, do not dominate); validation measures the plain MSE on the
+valid split at fixed draws."""
 
 from __future__ import annotations
 
@@ -70,14 +72,19 @@ class DenoisingLoss(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.register_buffer("alphas_cumprod", model.noise_schedule().alphas_cumprod.float(), persistent=False)
+        ab = model.noise_schedule().alphas_cumprod
+        gamma = model.config.min_snr_gamma
+        snr = ab / (1 - ab)
+        weights = (snr.clamp(max=gamma) / snr) if gamma else torch.ones_like(ab)
+        self.register_buffer("alphas_cumprod", ab.float(), persistent=False)
+        self.register_buffer("weights", weights.float(), persistent=False)
 
     def forward(self, images: Tensor, labels: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = ab.sqrt() * images + (1 - ab).sqrt() * noise  # Eq. (4)
         predicted = self.model(noisy, t, labels)
-        loss = (predicted.float() - noise).pow(2).flatten(1).mean(1).sum()
-        return loss, loss.detach()
+        mse = (predicted.float() - noise).pow(2).flatten(1).mean(1)
+        return (self.weights[t] * mse).sum(), mse.detach().sum()  # (the weighted loss, the plain MSE)
 
 
 class ImageGenerationTask:
@@ -169,6 +176,6 @@ def denoising_loss(model, split: ImageSplit, where, precision: str = "fp32", bat
         labels = torch.from_numpy(split.labels[start : start + len(images)].astype(np.int64))
         t, noise, _ = draws(len(images), tuple(images.shape[1:]), model.config.diffusion_steps, 0.0, generator)
         with runtime.autocast(precision, where):
-            loss, _ = loss_model(images.to(where), labels.to(where), t.to(where), noise.to(where))
-        total += loss.item()
+            _, mse = loss_model(images.to(where), labels.to(where), t.to(where), noise.to(where))
+        total += mse.item()
     return total / max(n, 1)
