@@ -52,7 +52,13 @@ class DiTConfig(ModelConfig):
     def check(cls, values: dict, where: str = "") -> None:
         S = schema
         rules = {k: S.AT_LEAST_1 for k in ("image_size", "patch_size", "in_channels", "n_classes", "d_model", "n_heads", "d_ff")}
-        rules.update(n_layers=S.AT_LEAST_1, time_frequencies=S.AT_LEAST_1, layer_norm_eps=S.POSITIVE, class_dropout=S.PROBABILITY, min_snr_gamma=S.AT_LEAST_0)
+        rules.update(
+            n_layers=S.AT_LEAST_1,
+            time_frequencies=S.AT_LEAST_1,
+            layer_norm_eps=S.POSITIVE,
+            class_dropout=S.PROBABILITY,
+            min_snr_gamma=S.AT_LEAST_0,
+        )
         rules.update(noise_schedule=S.Rule(choices=("linear", "cosine")), diffusion_steps=S.AT_LEAST_1)
         schema.check(cls, values, where, rules, what="model config")
         check_heads(values, where)

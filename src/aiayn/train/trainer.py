@@ -501,13 +501,14 @@ class Trainer:
                         "type": "train",
                         "loss": round(stats["loss"], 4),
                         "nll": round(stats["nll"], 4),
-                        "ppl": round(2 ** stats["nll"], 2),
                         "lr": stats["lr"],
                         "grad_norm": round(stats["grad_norm"], 3),
                         "tokens_per_s": round(tps, 1),
                         "tokens_seen": self.tokens_seen,
                         "nonfinite": self.nonfinite_total,
                     }
+                    if getattr(self.task, "loss_in_bits", True):  # a perplexity of a cross-entropy, not of an MSE
+                        entry["ppl"] = round(2 ** stats["nll"], 2)
                     self._record(entry)
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", tok_s=f"{tps:.0f}", ep=self.epoch + 1)
                     if bar.disable and self.world.is_main:
