@@ -10,18 +10,15 @@ valid split at fixed draws."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aiayn import models, runtime
-from aiayn.data.binarize import load_meta
-from aiayn.data.images import ImageSplit, image_spec_id
-from aiayn.tasks.images import ImageSampler
+from aiayn import runtime
+from aiayn.data.images import ImageSplit
+from aiayn.tasks.images import ImageSampler, LabelledImagesTask
 
 
 def to_unit_range(images: np.ndarray) -> Tensor:
@@ -87,57 +84,14 @@ class DenoisingLoss(nn.Module):
         return (self.weights[t] * mse).sum(), mse.detach().sum()  # (the weighted loss, the plain MSE)
 
 
-class ImageGenerationTask:
+class ImageGenerationTask(LabelledImagesTask):
     """A labelled image dataset from 'aiayn prepare --task images', for a class-conditional DiT."""
 
     name = "image-generation"
-    unit = "images"
+    default_preset = "dit-tiny"
     metric_name = None  # the best checkpoint has the lowest valid loss
     loss_in_bits = False  # an MSE
-    fine_tune_keys = ("class_dropout",)
-
-    def __init__(self, data_dir: str | Path):
-        self.data_dir = Path(data_dir)
-        self.meta = load_meta(self.data_dir)
-        if self.meta.get("task") != "images":
-            raise ValueError(
-                f"{self.data_dir}: a DiT trains on labelled images ('aiayn prepare --task images'), not {self.meta.get('task')!r} data"
-            )
-        self.classes, self.spec = self.meta["classes"], self.meta["image"]
-        self.vocab_id = image_spec_id(self.classes, self.spec)
-        self.train_data = ImageSplit(self.data_dir, "train")
-        self.valid_data = ImageSplit(self.data_dir, "valid") if "valid" in self.meta["splits"] else None
-
-    def describe(self) -> str:
-        s = self.spec
-        return f"{len(self.train_data)} images of {s['width']}×{s['height']}×{s['channels']}, {len(self.classes)} classes"
-
-    def model_config(self, values: dict):
-        values = dict(values)
-        preset = values.pop("preset", "dit-tiny")
-        s = self.spec
-        if s["height"] != s["width"]:
-            raise ValueError(
-                f"{self.data_dir}: the images are {s['width']}×{s['height']}; a DiT takes square images (prepare with --image-size)"
-            )
-        return models.preset_config(preset, image_size=s["height"], in_channels=s["channels"], n_classes=len(self.classes), **values)
-
-    def check_compatible(self, ckpt, what: str) -> None:
-        from aiayn.io.checkpoint import CheckpointError
-
-        assets = ckpt.assets
-        if (
-            ckpt.task != self.name
-            or image_spec_id(json.loads(assets.get("classes", "[]")), json.loads(assets.get("image", "{}"))) != self.vocab_id
-        ):
-            raise CheckpointError(f"{what} {ckpt.path}: its classes or image format differ from the dataset's ({self.data_dir})")
-
-    def assets(self) -> dict[str, str]:
-        return {"classes": json.dumps(self.classes, ensure_ascii=False), "image": json.dumps(self.spec)}
-
-    # ----- batches: max_sentences images a batch (default 128)
-    def sampler(self, model: nn.Module, cfg, rank: int = 0, world_size: int = 1) -> ImageSampler:
-        return ImageSampler(len(self.train_data), cfg.max_sentences or 128, cfg.seed, rank, world_size)
+    fine_tune_keys = ("class_dropout", "min_snr_gamma")
 
     def batches(self, sampler: ImageSampler, model: nn.Module, num_workers: int = 0, pin_memory: bool = False):
         data, spec, config = self.train_data, self.spec, model.config

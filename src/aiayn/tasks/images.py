@@ -87,22 +87,25 @@ class LossModel(nn.Module):
         return label_smoothed_nll(self.model(images), labels.long(), self.label_smoothing)
 
 
-class ImageClassificationTask:
-    """A dataset from 'aiayn prepare --task images' and what training needs of it."""
+class LabelledImagesTask:
+    """What every task on a dataset from 'aiayn prepare --task images' shares: its splits, class
+    names and image format (the assets), square-image model configs, shuffled batches of images."""
 
     name = "images"
     unit = "images"
-    metric_name = "valid_accuracy"
-    fine_tune_keys = ("dropout", "attn_dropout", "drop_path")
+    default_preset = "vit-tiny"
 
     def __init__(self, data_dir: str | Path):
         self.data_dir = Path(data_dir)
         self.meta = load_meta(self.data_dir)
+        if self.meta.get("task") != "images":
+            raise ValueError(
+                f"{self.data_dir}: not a labelled image dataset ('aiayn prepare --task images') but {self.meta.get('task')!r} data"
+            )
         self.classes, self.spec = self.meta["classes"], self.meta["image"]
         self.vocab_id = image_spec_id(self.classes, self.spec)
         self.train_data = ImageSplit(self.data_dir, "train")
         self.valid_data = ImageSplit(self.data_dir, "valid") if "valid" in self.meta["splits"] else None
-        self.augmentation = True
 
     def describe(self) -> str:
         s = self.spec
@@ -110,11 +113,11 @@ class ImageClassificationTask:
 
     def model_config(self, values: dict):
         values = dict(values)
-        preset = values.pop("preset", "vit-tiny")
+        preset = values.pop("preset", self.default_preset)
         s = self.spec
         if s["height"] != s["width"]:
             raise ValueError(
-                f"{self.data_dir}: the images are {s['width']}×{s['height']}; a ViT takes square images (prepare with --image-size)"
+                f"{self.data_dir}: the images are {s['width']}×{s['height']}; the model takes square images (prepare with --image-size)"
             )
         return models.preset_config(preset, image_size=s["height"], in_channels=s["channels"], n_classes=len(self.classes), **values)
 
@@ -134,6 +137,17 @@ class ImageClassificationTask:
     # ----- batches: max_sentences images a batch (default 128)
     def sampler(self, model: nn.Module, cfg, rank: int = 0, world_size: int = 1) -> ImageSampler:
         return ImageSampler(len(self.train_data), cfg.max_sentences or 128, cfg.seed, rank, world_size)
+
+
+class ImageClassificationTask(LabelledImagesTask):
+    """A dataset from 'aiayn prepare --task images' and what training a classifier needs of it."""
+
+    metric_name = "valid_accuracy"
+    fine_tune_keys = ("dropout", "attn_dropout", "drop_path")
+
+    def __init__(self, data_dir: str | Path):
+        super().__init__(data_dir)
+        self.augmentation = True
 
     def batches(self, sampler: ImageSampler, model: nn.Module, num_workers: int = 0, pin_memory: bool = False):
         data, spec = self.train_data, self.spec
