@@ -58,7 +58,7 @@ def test_out_of_range_options_are_refused(args, phrase):
         ({"max_tokens": "lots"}, "max_tokens: expected a whole number, got 'lots'"),
         ({"update_freq": 0}, "update_freq: expected ≥ 1, got 0"),
         ({"label_smoothing": 1.5}, "label_smoothing: expected ≥ 0 and < 1"),
-        ({"lr_schedule": "linear"}, "lr_schedule: expected one of paper, inverse_sqrt, cosine"),
+        ({"lr_schedule": "step"}, "lr_schedule: expected one of paper, inverse_sqrt, cosine, linear"),
         ({"model": [1, 2]}, "model: expected a mapping"),
         ({"model": {"preset": "tiny", "bogus": 1}}, "unknown model config keys: model.bogus"),
         ({"model": {"preset": "tiny", "dropout": 1.2}}, "model.dropout: expected ≥ 0 and < 1"),

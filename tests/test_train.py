@@ -1,6 +1,7 @@
 """Training: the paper's schedule and loss, checkpoints, bit-exact resume, DDP, faults."""
 
 import errno
+import json
 import math
 import os
 import shutil
@@ -83,33 +84,77 @@ def test_paper_schedule_matches_equation_3():
         assert inverse_sqrt_lr(step, peak, 4000) == pytest.approx(paper_lr(step, 512, 4000))
 
 
-def test_cosine_schedule_reaches_its_floor_at_the_end_of_the_budget(small_dataset, tmp_path, monkeypatch):
-    from aiayn.train.schedule import cosine_lr
+def test_budgeted_schedules_by_hand():
+    from aiayn.train.schedule import cosine_lr, linear_lr
 
-    assert cosine_lr(50, 1e-3, 100, 0.0) == pytest.approx(5e-4)  # warm-up
-    assert cosine_lr(100, 1e-3, 100, 0.0, min_lr=1e-4) == pytest.approx(1e-3)
+    for lr in (cosine_lr, linear_lr):
+        assert lr(50, 1e-3, 100, 0.0) == pytest.approx(5e-4)  # warm-up
+        assert lr(100, 1e-3, 100, 0.0, min_lr=1e-4) == pytest.approx(1e-3)
+        assert lr(900, 1e-3, 100, 1.0, min_lr=1e-4) == pytest.approx(1e-4)
+        assert lr(999, 1e-3, 100, 1.5, min_lr=1e-4) == pytest.approx(1e-4)  # past the budget: the floor
     assert cosine_lr(500, 1e-3, 100, 0.5, min_lr=1e-4) == pytest.approx(1e-4 + 0.45e-3)
-    assert cosine_lr(900, 1e-3, 100, 1.0, min_lr=1e-4) == pytest.approx(1e-4)
+    assert cosine_lr(500, 1e-3, 100, 0.25) == pytest.approx(0.5e-3 * (1 + math.cos(math.pi / 4)))
+    assert linear_lr(500, 1e-3, 100, 0.25, min_lr=1e-4) == pytest.approx(1e-4 + 0.75 * 0.9e-3)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_budgeted_schedules_reach_their_floor_at_the_end_of_the_budget(schedule, small_dataset, tmp_path, monkeypatch):
     # by updates: the trainer's progress is step / max_updates
     cfg = TrainConfig.from_dict(
-        {"model": {"preset": "tiny"}, "lr_schedule": "cosine", "lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 5, "max_updates": 40}
+        {"model": {"preset": "tiny"}, "lr_schedule": schedule, "lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 5, "max_updates": 40}
     )
     t = Trainer(cfg, small_dataset, tmp_path / "a", log=lambda *a: None, progress=False)
     assert t.lr(40) == pytest.approx(1e-5) and t.lr(20) > t.lr(30) > t.lr(40)
     # by the clock (max_time): progress is the share of the minutes spent, whichever is further
     cfg = TrainConfig.from_dict(
-        {"model": {"preset": "tiny"}, "lr_schedule": "cosine", "lr": 1e-3, "min_lr": 0.0, "warmup_steps": 5, "max_time": 10}
+        {"model": {"preset": "tiny"}, "lr_schedule": schedule, "lr": 1e-3, "min_lr": 0.0, "warmup_steps": 5, "max_time": 10}
     )
     t = Trainer(cfg, small_dataset, tmp_path / "b", log=lambda *a: None, progress=False)
     now = [1000.0]
     monkeypatch.setattr(time, "time", lambda: now[0])
-    t._session_start, t.train_seconds = 1000.0, 0.0
-    now[0] = 1000.0 + 300  # half of the 10 minutes
+    t._session_start, t.train_seconds = 1000.0, 240.0  # 4 minutes spent by an earlier session
+    now[0] = 1000.0 + 60  # half of the 10 minutes in all
     assert t.lr(50) == pytest.approx(0.5e-3)
-    now[0] = 1000.0 + 600
+    now[0] = 1000.0 + 360
     assert t.lr(60) == pytest.approx(0.0, abs=1e-12)
-    with pytest.raises(ValueError, match="cosine decays over the budget"):
-        Trainer(TrainConfig.from_dict({"model": {"preset": "tiny"}, "lr_schedule": "cosine", "lr": 1e-3}), small_dataset, tmp_path / "c")
+    with pytest.raises(ValueError, match=f"{schedule} decays over the budget"):
+        Trainer(TrainConfig.from_dict({"model": {"preset": "tiny"}, "lr_schedule": schedule, "lr": 1e-3}), small_dataset, tmp_path / "c")
+
+
+def test_resume_in_the_middle_of_a_linear_decay_with_a_moving_average_is_bit_exact(small_dataset, tmp_path):
+    """Stopped (as by SIGTERM) half-way down the decay and resumed, a run ends with the weights, the
+    moving average and the learning rates of an uninterrupted one; the checkpoint holds the average."""
+    from aiayn.io.checkpoint import load_training_state
+
+    def trainer(run, resume=False):
+        cfg = fast_config(lr_schedule="linear", min_lr=0.0, max_updates=40, ema_decay=0.95, log_every=1)
+        return Trainer(cfg, small_dataset, tmp_path / run, resume=resume, log=lambda *a: None, progress=False)
+
+    trainer("whole").train()
+    cut = trainer("cut")
+    update = cut.update
+
+    def update_then_stop(batches):
+        if cut.step == 23:
+            cut._signal = "SIGTERM"
+        return update(batches)
+
+    cut.update = update_then_stop
+    cut.train()
+    assert cut.stop_reason == "signal" and 20 < cut.step < 40
+    resumed = trainer("cut", resume=True)
+    resumed.train()
+    assert resumed.step == 40
+    name = "step-00000040"
+    a, b = (load_file(tmp_path / run / "checkpoints" / f"{name}.safetensors") for run in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    trained = [load_training_state(tmp_path / run / "checkpoints" / f"{name}.state.pt")["trained_weights"] for run in ("whole", "cut")]
+    assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
+    assert any(not torch.equal(trained[0][k], a[k]) for k in a)  # the checkpoint is the average, not the last weights
+    logs = [[json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()] for run in ("whole", "cut")]
+    lrs = [{e["tokens_seen"]: e["lr"] for e in log if e["type"] == "train"} for log in logs]
+    assert lrs[0] == {k: v for k, v in lrs[1].items() if k in lrs[0]} and len(lrs[0]) == 40
+    assert lrs[0][max(lrs[0])] == 0.0  # the last update (40 of 40) runs at the floor
 
 
 def test_label_smoothed_loss_by_hand():

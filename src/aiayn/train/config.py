@@ -26,10 +26,11 @@ class TrainConfig:
     adam_eps: float = 1e-9
     weight_decay: float = 0.0
     optimizer: str = "adam"  # adam (the paper's; weight_decay is an L2 term) | adamw (decoupled weight decay, Loshchilov & Hutter)
-    lr_schedule: str = "paper"  # paper: d_model^-0.5·min(step^-0.5, step·warmup^-1.5)·lr_scale | inverse_sqrt: peak lr | cosine
+    lr_schedule: str = "paper"  # paper: d_model^-0.5·min(step^-0.5, step·warmup^-1.5)·lr_scale | inverse_sqrt: peak lr | cosine | linear (both end at min_lr with the budget)
     lr_scale: float = 1.0
-    lr: float = 0.0  # peak learning rate, for lr_schedule=inverse_sqrt and cosine
-    min_lr: float = 0.0  # where cosine ends, at the end of the budget (max_updates or max_time)
+    lr: float = 0.0  # peak learning rate, for lr_schedule=inverse_sqrt, cosine and linear
+    min_lr: float = 0.0  # where cosine and linear end, at the end of the budget (max_updates or max_time)
+    decay_fraction: float = 1.0  # cosine/linear decay over this last share of the budget, at the peak before it
     warmup_steps: int = 4000
     clip_norm: float = 0.0  # gradient clipping by global norm (0: off)
     # §5.4 regularization (dropout lives in the model section)
@@ -116,8 +117,9 @@ RULES = {
     "adam_eps": S.POSITIVE,
     "weight_decay": S.AT_LEAST_0,
     "optimizer": S.Rule(choices=("adam", "adamw")),
-    "lr_schedule": S.Rule(choices=("paper", "inverse_sqrt", "cosine")),
+    "lr_schedule": S.Rule(choices=("paper", "inverse_sqrt", "cosine", "linear")),
     "min_lr": S.AT_LEAST_0,
+    "decay_fraction": S.Rule(low=0, high=1, open_low=True),
     "lr_scale": S.POSITIVE,
     "lr": S.AT_LEAST_0,
     "warmup_steps": S.AT_LEAST_1,

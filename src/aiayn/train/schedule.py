@@ -33,6 +33,30 @@ def cosine_lr(step: int, peak_lr: float, warmup_steps: int, progress: float, min
     return min_lr + 0.5 * (peak_lr - min_lr) * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
+def linear_lr(step: int, peak_lr: float, warmup_steps: int, progress: float, min_lr: float = 0.0) -> float:
+    """Linear warm-up to peak_lr, then a straight line down to min_lr at the end of the budget: the
+    linear schedule of Li, Yumer and Ramanan 2020 ("Budgeted Training: Rethinking Deep Neural Network
+    Training Under Resource Constraints"), which lets the budget's last updates settle the weights."""
+    step = max(step, 1)
+    if step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    return min_lr + (peak_lr - min_lr) * (1.0 - min(max(progress, 0.0), 1.0))
+
+
+BUDGETED = ("cosine", "linear")  # the schedules that end with the budget
+
+
+def decay_progress(progress: float, decay_fraction: float) -> float:
+    """The share of the decay done when `progress` of the budget is spent and the decay takes its last
+    `decay_fraction`: 0 until then (the rate stays at its peak), 1 at the budget's end. With 1.0 the
+    decay spans the whole budget after warm-up; with e.g. 0.2 the schedule is warm-up, a constant
+    stretch, then a cool-down ("warmup-stable-decay"; Hägele et al. 2024, "Scaling Laws and
+    Compute-Optimal Training Beyond Fixed Training Durations")."""
+    if not 0.0 < decay_fraction <= 1.0:
+        raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction}")
+    return min(max((progress - (1.0 - decay_fraction)) / decay_fraction, 0.0), 1.0)
+
+
 def learning_rate(
     step: int,
     *,
@@ -43,6 +67,7 @@ def learning_rate(
     peak_lr: float = 0.0,
     progress: float = 0.0,
     min_lr: float = 0.0,
+    decay_fraction: float = 1.0,
 ) -> float:
     if schedule == "paper":
         if not d_model:
@@ -51,5 +76,7 @@ def learning_rate(
     if schedule == "inverse_sqrt":
         return inverse_sqrt_lr(step, peak_lr, warmup_steps)
     if schedule == "cosine":
-        return cosine_lr(step, peak_lr, warmup_steps, progress, min_lr)
-    raise ValueError(f"unknown lr_schedule {schedule!r} (paper, inverse_sqrt or cosine)")
+        return cosine_lr(step, peak_lr, warmup_steps, decay_progress(progress, decay_fraction), min_lr)
+    if schedule == "linear":
+        return linear_lr(step, peak_lr, warmup_steps, decay_progress(progress, decay_fraction), min_lr)
+    raise ValueError(f"unknown lr_schedule {schedule!r} (paper, inverse_sqrt, cosine or linear)")

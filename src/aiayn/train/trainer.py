@@ -38,7 +38,7 @@ from aiayn.nn import Stack
 from aiayn.train import distributed
 from aiayn.train.config import TrainConfig
 from aiayn.train.ema import EMA
-from aiayn.train.schedule import learning_rate
+from aiayn.train.schedule import BUDGETED, learning_rate
 
 
 class TrainingError(RuntimeError):
@@ -67,8 +67,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        if cfg.lr_schedule == "cosine" and not (cfg.max_updates or cfg.max_time):
-            raise ValueError("lr_schedule cosine decays over the budget: give --max-updates or --max-time")
+        if cfg.lr_schedule in BUDGETED and not (cfg.max_updates or cfg.max_time):
+            raise ValueError(f"lr_schedule {cfg.lr_schedule} decays over the budget: give --max-updates or --max-time")
         self.precision = runtime.resolve_precision(cfg.precision, self.device)
         if self.device.type == "cpu":
             runtime.reuse_freed_memory()
@@ -318,8 +318,9 @@ class Trainer:
             warmup_steps=c.warmup_steps,
             lr_scale=c.lr_scale,
             peak_lr=c.lr,
-            progress=self._progress(step) if c.lr_schedule == "cosine" else 0.0,
+            progress=self._progress(step) if c.lr_schedule in BUDGETED else 0.0,
             min_lr=c.min_lr,
+            decay_fraction=c.decay_fraction,
         )
 
     def _progress(self, step: int) -> float:
@@ -462,10 +463,12 @@ class Trainer:
         self._session_start = time.time()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         quiet = not self.world.is_main or self.progress is False
+        by_clock = bool(cfg.max_time) and not cfg.max_updates  # a bar of the budget's minutes, with the time left
         bar = tqdm(
-            total=cfg.max_updates or None,
-            initial=self.step,
-            unit=" upd",
+            total=round(cfg.max_time * 60) if by_clock else cfg.max_updates or None,
+            initial=min(self.train_seconds, cfg.max_time * 60) if by_clock else self.step,
+            unit="s" if by_clock else " upd",
+            bar_format="{l_bar}{bar}| {remaining} left{postfix}" if by_clock else None,
             dynamic_ncols=True,
             disable=True if quiet else (None if self.progress is None else False),
         )  # None: on a terminal only
@@ -492,7 +495,11 @@ class Trainer:
                 if stats.get("skipped"):
                     continue
                 window_tokens += stats["tokens"]
-                bar.update(1)
+                if by_clock:
+                    spent = self.train_seconds + time.time() - self._session_start
+                    bar.update(max(0.0, min(spent, bar.total) - bar.n))
+                else:
+                    bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == 1:
                     now = time.time()
                     tps = window_tokens / max(now - window_start, 1e-9)
@@ -510,7 +517,9 @@ class Trainer:
                     if getattr(self.task, "loss_in_bits", True):  # a perplexity of a cross-entropy, not of an MSE
                         entry["ppl"] = round(2 ** stats["nll"], 2)
                     self._record(entry)
-                    bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", tok_s=f"{tps:.0f}", ep=self.epoch + 1)
+                    bar.set_postfix(
+                        upd=self.step, loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.2e}", tok_s=f"{tps:.0f}", ep=self.epoch + 1
+                    )
                     if bar.disable and self.world.is_main:
                         unit = getattr(self.task, "unit", "tokens")
                         rate = (
