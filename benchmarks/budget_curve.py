@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=bible_en_es.DEFAULT_DATA)
     p.add_argument("--work", type=Path, default=Path("/tmp/aiayn-budget-curve"))
     p.add_argument("--minutes", type=float, nargs="+", default=[3.0, 10.0, 30.0])
-    p.add_argument("--config", default="tiny", help="aiayn's config at every budget")
+    p.add_argument("--config", default="quickstart", help="aiayn's config at every budget (the quickstart's recipe)")
     p.add_argument("--vocab-size", type=int, default=4000, help="the joint BPE size (the quickstart's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--average", type=int, default=5)

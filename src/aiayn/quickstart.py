@@ -66,10 +66,7 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 3.0, test_senten
     )
 
     log(f"3/5  aiayn train: a tiny Transformer for {minutes:g} minutes (the paper's recipe, CPU-sized)")
-    # tiny's recipe for a budget of minutes, chosen on the valid set (benchmarks/tune_recipe.py, 3 minutes,
-    # 2-core AMD EPYC): batches of 1,024 tokens and no dropout gave valid BLEU 16.3 against 11.5 for tiny as is
-    short_run = {"max_tokens": 1024, "model": {"dropout": 0.0}}
-    cfg = load_config("tiny", {**short_run, "max_time": minutes, "validate_every": 0, "valid_bleu": False})
+    cfg = load_config("quickstart", {"max_time": minutes, "validate_every": 0, "valid_bleu": False})
     trainer = Trainer(cfg, data, run_dir, log=lambda m: log(f"     {m}"))
     summary = trainer.train()
     speed = summary["tokens_seen"] / max(trainer.train_seconds, 1e-9)

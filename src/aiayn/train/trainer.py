@@ -330,8 +330,7 @@ class Trainer:
         if c.max_updates:
             done = step / c.max_updates
         if c.max_time:
-            elapsed = self.train_seconds + time.time() - getattr(self, "_session_start", time.time())
-            done = max(done, elapsed / (c.max_time * 60))
+            done = max(done, self._spent() / (c.max_time * 60))
         return min(done, 1.0)
 
     def update(self, batches: list) -> dict:
@@ -418,7 +417,11 @@ class Trainer:
         return f"{self.sampler.batch}×{cfg.update_freq}×{self.world.size} {unit}"
 
     def _time_up(self) -> bool:
-        return bool(self.cfg.max_time) and (self.train_seconds + time.time() - self._session_start) >= self.cfg.max_time * 60
+        return bool(self.cfg.max_time) and self._spent() >= self.cfg.max_time * 60
+
+    def _spent(self) -> float:
+        """Seconds of training so far, earlier sessions of the run included."""
+        return self.train_seconds + time.time() - getattr(self, "_session_start", time.time())
 
     # ------------------------------------------------------------ validation
     def validate(self) -> dict:
@@ -432,7 +435,7 @@ class Trainer:
         entry = {
             "step": self.step,
             "epoch": self.epoch + 1,
-            "time": round(self.train_seconds + time.time() - self._session_start, 3),
+            "time": round(self._spent(), 3),
             **entry,
         }
         with open(self.run_dir / "log.jsonl", "a") as f:
@@ -496,8 +499,7 @@ class Trainer:
                     continue
                 window_tokens += stats["tokens"]
                 if by_clock:
-                    spent = self.train_seconds + time.time() - self._session_start
-                    bar.update(max(0.0, min(spent, bar.total) - bar.n))
+                    bar.update(max(0.0, min(self._spent(), bar.total) - bar.n))
                 else:
                     bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == 1:
