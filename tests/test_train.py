@@ -560,3 +560,39 @@ def test_memory_does_not_creep(small_dataset, tmp_path):
     growth = rss[1000] / rss[100]
     print(f"\nRSS at update 100: {rss[100] / 2**20:.1f} MiB, at 1000: {rss[1000] / 2**20:.1f} MiB ({(growth - 1) * 100:+.1f}%)")
     assert growth < 1.10
+
+
+def test_the_quickstart_cites_what_longer_budgets_reached():
+    from aiayn.quickstart import budget_lines
+
+    record = {
+        "machine": {"cpu": "Some CPU", "threads": 2},
+        "date": "2026-12-03 14:00",
+        "rows": [
+            {"key": "aiayn", "minutes": 3, "bleu": 19.04},
+            {"key": "hf", "minutes": 3, "bleu": 5.0},
+            {"key": "aiayn", "minutes": 30, "bleu": 31.2},
+            {"key": "aiayn", "minutes": 10, "bleu": 25.5},
+        ],
+    }
+    lines = "\n".join(budget_lines(3, record))
+    assert "test BLEU 19.0 after 3, 25.5 after 10, 31.2 after 30 minutes" in lines
+    assert "Some CPU" in lines and "2026-12-03" in lines
+    assert "aiayn quickstart --minutes 10 " in lines
+    assert "quickstart --minutes" not in "\n".join(budget_lines(30, record))
+    assert budget_lines(3, {**record, "rows": [record["rows"][1]]}) == []
+
+
+@pytest.mark.slow
+def test_the_quickstart_runs_end_to_end_and_keeps_an_earlier_run(tmp_path):
+    from aiayn.quickstart import quickstart
+
+    lines = []
+    result = quickstart(tmp_path / "qs", minutes=0.05, test_sentences=3, log=lines.append)
+    text = "\n".join(lines)
+    assert 0.0 <= result["bleu"] <= 100.0 and result["chrf"] >= 0.0
+    assert "this machine:" in text and "tokens/s" in text and text.count("AIAYN ") == 3
+    assert (tmp_path / "qs" / "attention.png").stat().st_size > 0
+    assert list_checkpoints(tmp_path / "qs" / "run")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        quickstart(tmp_path / "qs", minutes=0.05, test_sentences=3, log=lines.append)
