@@ -158,6 +158,55 @@ def test_beam_search_finds_what_greedy_misses():
     assert greedy[0].logprob < best[0][0].logprob
 
 
+def test_ban_repeated_ngrams_bans_what_would_complete_an_earlier_ngram():
+    from aiayn.generate.search import NEG_INF, ban_repeated_ngrams
+
+    def banned(tokens, n):
+        lprobs = torch.zeros(1, 8)
+        ban_repeated_ngrams(lprobs, torch.tensor([tokens]), n, PAD)
+        return {i for i in range(8) if lprobs[0, i] == NEG_INF} - {PAD}
+
+    assert banned([4, 5, 4], 2) == {5}  # (4, 5) again
+    assert banned([4, 5, 6, 4, 5], 3) == {6}  # (4, 5, 6) again
+    assert banned([4, 5, 6, 4, 5], 2) == {6}  # after 5 came 6 before
+    assert banned([4, 5, 6], 2) == set() and banned([4, 4], 3) == set() and banned([], 2) == set()
+    assert banned([4, 5, 4], 1) == {4, 5}
+    assert banned([4, 5, 4], 0) == set()
+
+
+class LoopTable:
+    """A model that would say A B A B … forever: after A mostly B, after B mostly A."""
+
+    A, B, C = 4, 5, 6
+
+    def get(self, prefix, default):
+        if not prefix:
+            return {self.A: 1.0}
+        return {
+            self.A: {self.B: 0.6, self.C: 0.25, EOS: 0.15},
+            self.B: {self.A: 0.6, self.C: 0.25, EOS: 0.15},
+            self.C: {self.A: 0.5, self.B: 0.3, EOS: 0.2},
+        }[prefix[-1]]
+
+
+def test_no_repeat_ngram_ends_a_loop_in_every_search():
+    def repeats(tokens, n):
+        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+        return len(grams) != len(set(grams))
+
+    model, src = ScriptedModel(LoopTable()), torch.tensor([[7] * 12 + [EOS], [7] * 12 + [EOS]])
+    A, B, C = LoopTable.A, LoopTable.B, LoopTable.C
+    looping = run_greedy(model, src, max_len_b=5)[0].tokens
+    assert looping[:6] == [A, B, A, B, A, B] and repeats(looping, 2)
+    assert run_greedy(model, src, max_len_b=5, no_repeat_ngram=2)[0].tokens == [A, B, A, C, A]
+    assert not repeats(run_greedy(model, src, max_len_b=5, no_repeat_ngram=3)[0].tokens, 3)
+    for hyp in run_beam(model, src, beam=3, alpha=0.0, max_len_b=5, nbest=3, no_repeat_ngram=2)[0]:
+        assert not repeats(hyp.tokens, 2)
+    generator = torch.Generator().manual_seed(0)
+    for hyp in run_sample(model, src, max_len_b=5, no_repeat_ngram=2, generator=generator):
+        assert not repeats(hyp.tokens, 2)
+
+
 def test_finished_hypotheses_wait_until_nothing_can_beat_them():
     """A short finished hypothesis must not win while a longer live one can still score higher
     under the length penalty; early_stop stops at the first full pool instead."""

@@ -360,6 +360,13 @@ def _add_search_options(p):
         "finished (RULE nbest, the default), once beam-size have (beam: HF early_stopping=True, CTranslate2), or by "
         "Hugging Face generate's default heuristic (hf: identical results to MarianMTModel.generate)",
     )
+    g.add_argument(
+        "--no-repeat-ngram",
+        type=S.int_at_least(0),
+        default=0,
+        metavar="N",
+        help="never output the same N subwords in a row twice (fairseq's --no-repeat-ngram-size; default 0: off)",
+    )
     g.add_argument("--sampling", action="store_true", help="sample instead of searching")
     g.add_argument("--temperature", type=S.number(low=0, open_low=True), default=1.0)
     g.add_argument("--top-k", type=S.int_at_least(0), default=0)
@@ -394,6 +401,7 @@ def _search_options(args):
         min_len=args.min_len,
         nbest=args.nbest,
         early_stop=args.early_stop or False,
+        no_repeat_ngram=args.no_repeat_ngram,
         sampling=args.sampling,
         temperature=args.temperature,
         top_k=args.top_k,

@@ -76,6 +76,21 @@ def _constrain(lprobs: Tensor, special: SpecialTokens, before_min_len: bool, at_
         lprobs[:, special.eos] = torch.where(at_cap, eos, lprobs[:, special.eos])
 
 
+def ban_repeated_ngrams(lprobs: Tensor, tokens: Tensor, n: int, pad: int) -> None:
+    """No n-gram twice in one output (fairseq's --no-repeat-ngram-size, Hugging Face's
+    no_repeat_ngram_size), in place: where a row's last n − 1 tokens ([rows, t] so far) occurred
+    before, the token that followed them then may not come next. n = 0: off."""
+    t = tokens.size(1)
+    if n <= 0 or t < n:
+        return
+    if n == 1:
+        lprobs.scatter_(1, tokens, NEG_INF)
+        return
+    prefixes = tokens.unfold(1, n - 1, 1)  # [rows, t − n + 2, n − 1]: every (n − 1)-gram, the last one the row's suffix
+    seen = (prefixes[:, :-1] == prefixes[:, -1:]).all(-1)  # [rows, t − n + 1]: an earlier (n − 1)-gram equal to the suffix
+    lprobs.scatter_(1, tokens[:, n - 1 :].masked_fill(~seen, pad), NEG_INF)  # pad is never allowed anyway
+
+
 Adjust = Callable[[Tensor, Tensor, Tensor], Tensor] | None  # (logits [n, V], active rows [n], tokens so far [B, t]) -> logits
 OnStep = Callable[[Tensor, Tensor], Tensor | None] | None  # (active rows [n], their new tokens [n]) -> rows that are done, or None
 
@@ -96,8 +111,10 @@ def greedy_search(
     adjust: Adjust = None,
     on_step: OnStep = None,
     sync_every: int | None = None,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
-    """Take the most probable token at each step until EOS or the sentence's cap `max_len` ([B], EOS included)."""
+    """Take the most probable token at each step until EOS or the sentence's cap `max_len` ([B], EOS included);
+    `no_repeat_ngram` N > 0: never the same N-gram twice (ban_repeated_ngrams)."""
     return _one_per_sentence(
         model,
         inputs,
@@ -113,6 +130,7 @@ def greedy_search(
         adjust,
         on_step,
         sync_every,
+        no_repeat_ngram=no_repeat_ngram,
     )
 
 
@@ -170,6 +188,7 @@ def sample(
     adjust: Adjust = None,
     on_step: OnStep = None,
     sync_every: int | None = None,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """Draw each token from the model's distribution, filtered by `sampling_filter`. The
     log-probabilities reported are the model's own (before temperature and cuts)."""
@@ -180,7 +199,21 @@ def sample(
         return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
     return _one_per_sentence(
-        model, inputs, special, max_len, alpha, lp_style, min_len, prompt, pick, stop, eos_at_cap, adjust, on_step, sync_every
+        model,
+        inputs,
+        special,
+        max_len,
+        alpha,
+        lp_style,
+        min_len,
+        prompt,
+        pick,
+        stop,
+        eos_at_cap,
+        adjust,
+        on_step,
+        sync_every,
+        no_repeat_ngram=no_repeat_ngram,
     )
 
 
@@ -199,6 +232,7 @@ def _one_per_sentence(
     adjust: Adjust = None,
     on_step: OnStep = None,
     sync_every: int | None = None,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """Greedy search and sampling: one hypothesis per sentence, extended by `pick` (argmax or a draw)
     until EOS, or until its cap (where EOS is forced, unless eos_at_cap=False: a language model's
@@ -230,6 +264,8 @@ def _one_per_sentence(
         capped = t + 1 >= first_cap  # some row is at its cap: check which (else no row is, without asking the device)
         at_cap = row_limit <= t + 1 if capped else None
         _constrain(lprobs, special, t < min_len, at_cap if eos_at_cap else None)
+        if no_repeat_ngram:
+            ban_repeated_ngrams(lprobs, out[:, :t] if active.numel() == B else out[active, :t], no_repeat_ngram, special.pad)
         picked = pick(lprobs)
         gained = lprobs.gather(1, picked[:, None]).squeeze(1).double()
         if sync_every > 1:  # rows already done keep their results
@@ -295,6 +331,7 @@ def beam_search(
     prompt: Tensor | None = None,
     stop: Stop = None,
     sync_every: int | None = None,
+    no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
     """Beam search with length penalty (§6.1: beam size 4, α = 0.6), batched over sentences and beams.
 
@@ -316,6 +353,7 @@ def beam_search(
         hypothesis, scored at its current length (logprob / lp(t)), does not beat the worst of
         them — a heuristic, not a bound. At the length cap EOS is forced with log-probability 0,
         as HF's forced_eos_token_id does (set in every Marian config).
+    `no_repeat_ngram` N > 0: no hypothesis holds the same N-gram twice (ban_repeated_ngrams).
     `max_len` ([B]) caps each sentence's output, EOS included; `prompt` ([B, P]) replaces the start
     symbol as the first decoder input (a prefill). Returns, per sentence, `nbest` hypotheses, best
     first. `stop` (any search) is asked before every step; when it says True the search raises
@@ -362,6 +400,8 @@ def beam_search(
         V = lprobs.size(1)
         at_cap = (t + 1 >= limit[active]).repeat_interleave(K)
         _constrain(lprobs, special, t < min_len, at_cap)
+        if no_repeat_ngram:
+            ban_repeated_ngrams(lprobs, hyps, no_repeat_ngram, special.pad)
         if stopping == "hf":  # HF's ForcedEOSTokenLogitsProcessor gives the forced EOS log-probability 0
             lprobs[:, special.eos] = torch.where(at_cap, 0.0, lprobs[:, special.eos])
         candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)

@@ -87,6 +87,7 @@ class SearchOptions:
     min_len: int = 0  # at least this many output subwords before EOS
     nbest: int = 1
     early_stop: bool | str = False  # stopping rule: False (exact) | True (nbest) | "beam" | "hf"; see beam_search
+    no_repeat_ngram: int = 0  # N > 0: no output holds the same N subwords in a row twice (0: off)
     sampling: bool = False
     temperature: float = 1.0
     top_k: int = 0
@@ -217,6 +218,7 @@ class Translator:
             alpha=o.alpha,
             lp_style=o.lp_style,
             stop=stop,
+            no_repeat_ngram=o.no_repeat_ngram,
         )
         with runtime.autocast(self.precision, self.device):
             if o.sampling:
