@@ -581,6 +581,9 @@ def test_the_quickstart_cites_what_longer_budgets_reached():
     assert "aiayn quickstart --minutes 10 " in lines
     assert "quickstart --minutes" not in "\n".join(budget_lines(30, record))
     assert budget_lines(3, {**record, "rows": [record["rows"][1]]}) == []
+    # the figures benchmarks/budget_curve.py measured ship with the package
+    shipped = "\n".join(budget_lines(3))
+    assert "benchmarks/budget_curve.py" in shipped and "after 30 minutes" in shipped
 
 
 @pytest.mark.slow
