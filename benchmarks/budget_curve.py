@@ -59,6 +59,7 @@ def plot(rows: list[dict], out: Path) -> None:
             label = "aiayn" if system == "aiayn" else "Hugging Face Seq2SeqTrainer + MarianMTModel"
             ax.plot(*zip(*points), style, label=label)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ticks = sorted({r["minutes"] for r in rows})
     ax.set_xticks(ticks, [f"{m:g}" for m in ticks])
     ax.set_xlabel("minutes of training (2 CPU threads)")

@@ -94,6 +94,7 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 3.0, test_senten
         log(f"     EN   {en[i]}\n     REF  {es[i]}\n     AIAYN {hyps[i]}\n")
     for line in budget_lines(minutes):
         log(line)
+    log("")
     png = out / "attention.png"
     maps = attention_maps(translator, EXAMPLE)
     render(maps, png, kinds=("cross",), layers=[-1])
