@@ -231,6 +231,31 @@ def test_a_run_is_self_contained(small_dataset, tmp_path):
     assert model.output_proj.weight is model.src_embed.weight  # tying survives the round trip
 
 
+def test_the_logged_speed_leaves_out_the_time_spent_saving(small_dataset, tmp_path, monkeypatch):
+    # a clock that moves 1 s per update and 50 s per checkpoint: the rate of each logged window of
+    # 4 updates is its tokens over those 4 seconds, whatever the saves in between took
+    now = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    update, save = Trainer.update, Trainer.save
+
+    def timed_update(self, batches):
+        now[0] += 1.0
+        return update(self, batches)
+
+    def slow_save(self):
+        now[0] += 50.0
+        return save(self)
+
+    monkeypatch.setattr(Trainer, "update", timed_update)
+    monkeypatch.setattr(Trainer, "save", slow_save)
+    train(small_dataset, tmp_path / "run", max_updates=12, log_every=4, save_every=2)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    windows = [e for e in logged if e.get("type") == "train" and e["step"] in (4, 8, 12)]
+    assert [e["step"] for e in windows] == [4, 8, 12]
+    for before, entry in zip(windows, windows[1:]):
+        assert entry["tokens_per_s"] == pytest.approx((entry["tokens_seen"] - before["tokens_seen"]) / 4.0, rel=1e-3)
+
+
 def test_existing_run_needs_resume(small_dataset, tmp_path):
     train(small_dataset, tmp_path / "run", max_updates=10)
     with pytest.raises(FileExistsError, match="--resume"):

@@ -531,15 +531,17 @@ class Trainer:
                         )
                         self.log(f"update {self.step} epoch {self.epoch + 1}: loss {stats['loss']:.3f} {rate}")
                 if cfg.validate_every and self.step % cfg.validate_every == 0 and self.task.valid_data is not None:
+                    paused = time.time()
                     self._validate_and_track()
                     last_valid = self.step
-                    window_start = time.time()
+                    window_start += time.time() - paused  # the window's rate counts training time alone
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.train_seconds += time.time() - self._session_start
                     self._session_start = time.time()
+                    paused = time.time()
                     self.save()
                     last_saved = self.step
-                    window_start = time.time()
+                    window_start += time.time() - paused
                 if cfg.patience and self.bad_validations >= cfg.patience:
                     self.stop_reason = "patience"
         finally:
