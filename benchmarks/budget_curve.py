@@ -10,8 +10,8 @@ The configs were chosen on the valid set (benchmarks/tune_recipe.py), never on t
     .venv/bin/python benchmarks/budget_curve.py                              # 3, 10, 30 min: ~100 min
     .venv/bin/python benchmarks/budget_curve.py --minutes 3 10 --skip-hf
 
-Prints a table, writes benchmarks/results/budget_curve.json (with the CPU's lscpu model, flags and
-measured fp32 matmul peak), docs/budget_curve.png, and src/aiayn/assets/budget_curve.json: the
+Prints a table, writes benchmarks/results/budget_curve[-TAG].json (with the CPU's lscpu model, flags and
+measured fp32 matmul peak), docs/budget_curve[-TAG].png, and src/aiayn/assets/budget_curve.json: the
 figures `aiayn quickstart` cites as what a longer budget gives.
 """
 
@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--hf-tokens-per-update", type=int, default=4096)
     p.add_argument("--hf-lr", type=float, default=1e-3)
     p.add_argument("--hf-warmup", type=int, default=400)
+    p.add_argument("--tag", default="", help="a suffix for the results and the plot (e.g. the machine): budget_curve-TAG.json")
     p.add_argument("--aiayn-overrides", nargs=argparse.REMAINDER, default=[], help="extra '--key value' for aiayn train (last on the line)")
     args = p.parse_args()
     if not (args.data / "train.en").is_file():
@@ -98,6 +99,8 @@ def main() -> None:
         "rows": [],
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+    suffix = f"-{args.tag}" if args.tag else ""
+    out = HERE / "results" / f"budget_curve{suffix}.json"
     for minutes in args.minutes:
         work = args.work / f"{minutes:g}min"
         work.mkdir(parents=True, exist_ok=True)
@@ -119,7 +122,6 @@ def main() -> None:
             row = {"key": key, "minutes": minutes, **{k: v for k, v in result.items() if k != "valid"}}
             record["rows"].append(row)
             print(f"{minutes:g} min  {key:<6} BLEU {row['bleu']:6.2f}  chrF {row['chrf']:6.2f}  {row['updates']} updates", flush=True)
-            out = HERE / "results" / "budget_curve.json"
             out.write_text(json.dumps(record, indent=2))
     m = record["machine"]
     print(
@@ -137,9 +139,9 @@ def main() -> None:
     keep = ("key", "minutes", "bleu", "chrf", "updates", "tokens_per_s")
     shipped = {k: record[k] for k in ("command", "machine", "vocab_size", "config", "date")}
     asset.write_text(json.dumps({**shipped, "rows": [{k: r[k] for k in keep} for r in record["rows"]]}, indent=1) + "\n")
-    png = HERE.parent / "docs" / "budget_curve.png"
+    png = HERE.parent / "docs" / f"budget_curve{suffix}.png"
     plot(record["rows"], png)
-    print(f"wrote {HERE / 'results' / 'budget_curve.json'} and {png}")
+    print(f"wrote {out}, {asset} and {png}")
 
 
 if __name__ == "__main__":
