@@ -96,6 +96,7 @@ def main() -> None:
         "machine": {**machine(), "threads": args.threads, "fp32_matmul_gflops": round(matmul_peak(args.threads), 1)},
         "vocab_size": args.vocab_size,
         "config": args.config,
+        "test_sentences": sum(1 for _ in open(args.data / "test.en", encoding="utf-8")),
         "rows": [],
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
@@ -137,7 +138,7 @@ def main() -> None:
     # `aiayn quickstart` cites these figures (with their machine and date) as what a longer budget gives
     asset = HERE.parent / "src" / "aiayn" / "assets" / "budget_curve.json"
     keep = ("key", "minutes", "bleu", "chrf", "updates", "tokens_per_s")
-    shipped = {k: record[k] for k in ("command", "machine", "vocab_size", "config", "date")}
+    shipped = {k: record[k] for k in ("command", "machine", "vocab_size", "config", "test_sentences", "date")}
     asset.write_text(json.dumps({**shipped, "rows": [{k: r[k] for k in keep} for r in record["rows"]]}, indent=1) + "\n")
     png = HERE.parent / "docs" / f"budget_curve{suffix}.png"
     plot(record["rows"], png)

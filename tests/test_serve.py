@@ -103,9 +103,10 @@ def test_nbest_alignment_and_search_options(translator):
             aligned = (await client.post("/v1/translate", json={"texts": [SENTENCES[0], SENTENCES[3]], "alignment": True})).json()
             greedy = (await client.post("/v1/translate", json={"texts": [SENTENCES[4]], "beam": 1, "length_penalty": 0})).json()
             short = (await client.post("/v1/translate", json={"texts": [SENTENCES[3]], "max_length": 3})).json()
-            return nbest, aligned, greedy, short
+            once = (await client.post("/v1/translate", json={"texts": SENTENCES[:4], "no_repeat_ngram": 1})).json()
+            return nbest, aligned, greedy, short, once
 
-    nbest, aligned, greedy, short = run(main())
+    nbest, aligned, greedy, short, once = run(main())
     hyps = nbest["translations"][0]["nbest"]
     assert len(hyps) == 3 and hyps[0]["text"] == nbest["translations"][0]["text"]
     assert [h["score"] for h in hyps] == sorted((h["score"] for h in hyps), reverse=True)
@@ -118,6 +119,11 @@ def test_nbest_alignment_and_search_options(translator):
     assert greedy["translations"][0]["text"] == t.translate([SENTENCES[4]])[0].text
     # max_length counts output subwords with the end of sentence: at most 3 - 1 = 2 subwords of text
     assert len(translator.tgt_tok.encode([short["translations"][0]["text"]])[0]) <= 2
+    # no_repeat_ngram: the translator's search with the same ban (no subword twice at N = 1)
+    t.options = replace(translator.options, no_repeat_ngram=1)
+    banned = t.translate(SENTENCES[:4])
+    assert [x["text"] for x in once["translations"]] == [b.text for b in banned]
+    assert all(len(set(b.tokens)) == len(b.tokens) for b in banned)
 
 
 def test_models_health_docs_and_page(translator):
@@ -153,9 +159,10 @@ def test_attention_endpoint_is_the_data_of_aiayn_attention(translator):
             both = await client.post("/v1/attention", json={"text": SENTENCES[7], "encoder": True})
             long = await client.post("/v1/attention", json={"text": " ".join(SENTENCES)})
             empty = await client.post("/v1/attention", json={"text": ""})
-            return ok, both, long, empty
+            banned = await client.post("/v1/attention", json={"text": SENTENCES[1], "no_repeat_ngram": 1})
+            return ok, both, long, empty, banned
 
-    ok, both, long, empty = run(main())
+    ok, both, long, empty, banned = run(main())
     data = ok.json()
     want = attention_maps(translator, SENTENCES[1]).to_dict()
     assert data["source"] == want["source"] and data["target"] == want["target"] and data["translation"] == want["translation"]
@@ -168,6 +175,9 @@ def test_attention_endpoint_is_the_data_of_aiayn_attention(translator):
     assert len(both.json()["encoder"]) == cfg.n_encoder_layers
     assert_error(long, 413, "limited to 30")
     assert_error(empty, 422)
+    own = copy.copy(translator)
+    own.options = replace(translator.options, no_repeat_ngram=1)
+    assert banned.json()["target"] == attention_maps(own, SENTENCES[1]).to_dict()["target"]
 
 
 # ---------------------------------------------------------------- limits and validation

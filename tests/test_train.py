@@ -591,8 +591,9 @@ def test_the_quickstart_cites_what_longer_budgets_reached():
     from aiayn.quickstart import budget_lines
 
     record = {
-        "machine": {"cpu": "Some CPU", "threads": 2},
+        "machine": {"cpu": "Some CPU", "threads": 2, "flags": ["fma", "avx2", "avx512f"]},
         "date": "2026-12-03 14:00",
+        "test_sentences": 1000,
         "rows": [
             {"key": "aiayn", "minutes": 3, "bleu": 19.04},
             {"key": "hf", "minutes": 3, "bleu": 5.0},
@@ -602,7 +603,7 @@ def test_the_quickstart_cites_what_longer_budgets_reached():
     }
     lines = "\n".join(budget_lines(3, record))
     assert "test BLEU 19.0 after 3, 25.5 after 10, 31.2 after 30 minutes" in lines
-    assert "Some CPU" in lines and "2026-12-03" in lines
+    assert "2-thread Some CPU with AVX-512 (2026-12-03, 1,000 test verses," in lines
     assert "aiayn quickstart --minutes 10 " in lines
     assert "quickstart --minutes" not in "\n".join(budget_lines(30, record))
     assert budget_lines(3, {**record, "rows": [record["rows"][1]]}) == []

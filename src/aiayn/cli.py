@@ -624,9 +624,7 @@ def _run_generate(args):
 
     if args.prompt is not None and args.prompts:
         raise UserError("give --prompt or --prompts, not both")
-    model, ckpt = load_model(args.model)
-    if ckpt.task != "lm":
-        raise UserError(f"{ckpt.path} is a {ckpt.task} model; generate needs a language model (translate a translation model)")
+    model, ckpt = load_model(args.model, task="lm", what="a language model, what generate needs (translate a translation model)")
     gen = Generator(model, ckpt.tokenizer, device=args.device, precision=args.precision)
     options = GenerationOptions(
         max_new_tokens=args.max_new_tokens,

@@ -77,9 +77,7 @@ def evaluate_lm(model_path: str | Path, text_path: str | Path, device: str = "au
     from aiayn.tasks.lm import evaluate_stream
 
     where = runtime.device(device)
-    model, ckpt = load_model(model_path, where)
-    if ckpt.task != "lm":
-        raise ValueError(f"{ckpt.path} is a {ckpt.task} model; --text scores a language model")
+    model, ckpt = load_model(model_path, where, task="lm", what="a language model (what --text scores)")
     tok, eos = ckpt.tokenizer, model.config.eos_id
     stats, ids = TextStats(), [eos]
     for doc in read_documents(text_path, stats=stats):

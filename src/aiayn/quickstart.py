@@ -13,6 +13,14 @@ from pathlib import Path
 EXAMPLE = "In the beginning God created the heavens and the earth."
 
 
+def _vector_unit(flags: list[str]) -> str:
+    """The widest vector extension among lscpu's flags, as people name it (two CPUs can share a model name)."""
+    for flag, name in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return f" with {name}"
+    return ""
+
+
 def budget_lines(minutes: float, record: dict | None = None) -> list[str]:
     """What a longer --minutes gives: the test BLEU of this recipe after each budget, as
     benchmarks/budget_curve.py measured it (`record`: by default its figures shipped in
@@ -31,8 +39,9 @@ def budget_lines(minutes: float, record: dict | None = None) -> list[str]:
     m = record["machine"]
     figures = ", ".join(f"{b:.1f} after {t:g}" for t, b in rows)
     longer = next((t for t, _ in rows if t > minutes), None)
+    verses = f", {record['test_sentences']:,} test verses" if record.get("test_sentences") else ""
     return [
-        f"     a longer budget: on a {m.get('threads', 2)}-thread {m.get('cpu', 'CPU')} ({record['date'][:10]}, 1,000 test verses,",
+        f"     a longer budget: on a {m.get('threads', 2)}-thread {m.get('cpu', 'CPU')}{_vector_unit(m.get('flags', []))} ({record['date'][:10]}{verses},",
         f"     benchmarks/budget_curve.py) this recipe reached test BLEU {figures} minutes;",
         *([f"     try: aiayn quickstart --minutes {longer:g} --out another-dir"] if longer else []),
     ]

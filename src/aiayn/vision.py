@@ -27,9 +27,7 @@ class Classifier:
         from aiayn.io.checkpoint import load_model
 
         where = runtime.device(device)
-        model, ckpt = load_model(path, where)
-        if ckpt.task != "images":
-            raise ValueError(f"{ckpt.path} is a {ckpt.task} model, not an image classifier")
+        model, ckpt = load_model(path, where, task="images", what="an image classifier")
         return cls(model, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), where)
 
     @torch.no_grad()

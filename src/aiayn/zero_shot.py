@@ -38,9 +38,7 @@ class DualEncoder:
         from aiayn.io.checkpoint import load_model
 
         where = runtime.device(device)
-        model, ckpt = load_model(path, where)
-        if ckpt.task != "image-text":
-            raise ValueError(f"{ckpt.path} is a {ckpt.task} model, not an image-text (CLIP) model")
+        model, ckpt = load_model(path, where, task="image-text", what="an image-text (CLIP) model")
         a = ckpt.assets
         zero_shot = json.loads(a["zero_shot"]) if a.get("zero_shot") else None
         return cls(model.eval(), lm_tokenizer_from_assets(a, str(ckpt.path)), json.loads(a["image"]), zero_shot, where)

@@ -31,11 +31,8 @@ class ImageGenerator:
         from aiayn.io.checkpoint import load_model
 
         where = runtime.device(device)
-        model, ckpt = load_model(path, where)
-        if ckpt.task != "image-generation":
-            raise ValueError(
-                f"{ckpt.path} is a {ckpt.task} model, not an image generator (a DiT trained with 'aiayn train --config dit-tiny')"
-            )
+        what = "an image generator (a DiT trained with 'aiayn train --config dit-tiny')"
+        model, ckpt = load_model(path, where, task="image-generation", what=what)
         return cls(model.eval(), json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), where)
 
     def class_index(self, name: str | int) -> int:

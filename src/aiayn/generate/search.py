@@ -96,42 +96,10 @@ OnStep = Callable[[Tensor, Tensor], Tensor | None] | None  # (active rows [n], t
 
 
 @torch.no_grad()
-def greedy_search(
-    model,
-    inputs,
-    *,
-    special: SpecialTokens,
-    max_len: Tensor,
-    alpha: float = 0.0,
-    lp_style: str = "gnmt",
-    min_len: int = 0,
-    prompt: Tensor | None = None,
-    stop: Stop = None,
-    eos_at_cap: bool = True,
-    adjust: Adjust = None,
-    on_step: OnStep = None,
-    sync_every: int | None = None,
-    no_repeat_ngram: int = 0,
-) -> list[Hypothesis]:
-    """Take the most probable token at each step until EOS or the sentence's cap `max_len` ([B], EOS included);
-    `no_repeat_ngram` N > 0: never the same N-gram twice (ban_repeated_ngrams)."""
-    return _one_per_sentence(
-        model,
-        inputs,
-        special,
-        max_len,
-        alpha,
-        lp_style,
-        min_len,
-        prompt,
-        lambda lprobs: lprobs.argmax(-1),
-        stop,
-        eos_at_cap,
-        adjust,
-        on_step,
-        sync_every,
-        no_repeat_ngram=no_repeat_ngram,
-    )
+def greedy_search(model, inputs, *, special: SpecialTokens, max_len: Tensor, **options) -> list[Hypothesis]:
+    """Take the most probable token at each step until EOS or the sentence's cap `max_len` ([B], EOS
+    included). options: those of `_one_per_sentence` (alpha, min_len, prompt, no_repeat_ngram, ...)."""
+    return _one_per_sentence(model, inputs, lambda lprobs: lprobs.argmax(-1), special=special, max_len=max_len, **options)
 
 
 def sampling_filter(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> Tensor:
@@ -179,6 +147,27 @@ def sample(
     top_p: float = 1.0,
     min_p: float = 0.0,
     generator: torch.Generator | None = None,
+    **options,
+) -> list[Hypothesis]:
+    """Draw each token from the model's distribution, filtered by `sampling_filter`. The
+    log-probabilities reported are the model's own (before temperature and cuts). options: those
+    of `_one_per_sentence`, as for greedy_search."""
+    sampling_filter(torch.zeros(1, 1), temperature)  # checks the temperature before any work
+
+    def pick(lprobs: Tensor) -> Tensor:
+        logits = sampling_filter(lprobs, temperature, top_k, top_p, min_p)
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+    return _one_per_sentence(model, inputs, pick, special=special, max_len=max_len, **options)
+
+
+def _one_per_sentence(
+    model,
+    inputs,
+    pick: Callable[[Tensor], Tensor],
+    *,
+    special: SpecialTokens,
+    max_len: Tensor,
     alpha: float = 0.0,
     lp_style: str = "gnmt",
     min_len: int = 0,
@@ -190,71 +179,30 @@ def sample(
     sync_every: int | None = None,
     no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
-    """Draw each token from the model's distribution, filtered by `sampling_filter`. The
-    log-probabilities reported are the model's own (before temperature and cuts)."""
-    sampling_filter(torch.zeros(1, 1), temperature)  # checks the temperature before any work
-
-    def pick(lprobs: Tensor) -> Tensor:
-        logits = sampling_filter(lprobs, temperature, top_k, top_p, min_p)
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
-
-    return _one_per_sentence(
-        model,
-        inputs,
-        special,
-        max_len,
-        alpha,
-        lp_style,
-        min_len,
-        prompt,
-        pick,
-        stop,
-        eos_at_cap,
-        adjust,
-        on_step,
-        sync_every,
-        no_repeat_ngram=no_repeat_ngram,
-    )
-
-
-def _one_per_sentence(
-    model,
-    inputs,
-    special: SpecialTokens,
-    limit: Tensor,
-    alpha,
-    lp_style,
-    min_len,
-    prompt,
-    pick,
-    stop: Stop = None,
-    eos_at_cap: bool = True,
-    adjust: Adjust = None,
-    on_step: OnStep = None,
-    sync_every: int | None = None,
-    no_repeat_ngram: int = 0,
-) -> list[Hypothesis]:
-    """Greedy search and sampling: one hypothesis per sentence, extended by `pick` (argmax or a draw)
-    until EOS, or until its cap (where EOS is forced, unless eos_at_cap=False: a language model's
-    text just stops there), or until `on_step` says the row is done.
+    """Greedy search and sampling: one hypothesis per sentence, extended by `pick` (argmax or a draw:
+    [n, V] log-probabilities -> [n] tokens) until EOS, until its cap `max_len` ([B], EOS included;
+    EOS is forced there, unless eos_at_cap=False: a language model's text just stops), or until
+    `on_step` says the row is done. No EOS before min_len; with no_repeat_ngram N > 0 never the same
+    N-gram twice (ban_repeated_ngrams); the score is the log-probability over the length penalty
+    (alpha, lp_style).
 
     Which rows are done is kept on the device (a mask; finished rows go on being computed, their
     tokens ignored); every `sync_every` steps (runtime.search_sync_every: every step on a CPU, 8 on
     a GPU) the host asks whether any row is done, and drops those rows from the batch and state."""
     from aiayn import runtime
 
-    B, device = limit.size(0), limit.device
+    B, device = max_len.size(0), max_len.device
     sync_every = sync_every or runtime.search_sync_every(device)
     state = model.start(inputs)
     active = torch.arange(B, device=device)
     token = _first_tokens(special, prompt, B, 1, device)
-    T = int(limit.max())
+    T = int(max_len.max())
     out = torch.full((B, T), special.pad, dtype=torch.long, device=device)
     logprob = torch.zeros(B, dtype=torch.float64, device=device)
     length = torch.full((B,), T, dtype=torch.long, device=device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)  # by EOS (which the hypothesis leaves out)
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # per active row: done, not yet dropped
-    row_limit, first_cap = limit, int(limit.min())  # the caps of the active rows; the earliest (known on the host)
+    row_limit, first_cap = max_len, int(max_len.min())  # the caps of the active rows; the earliest (known on the host)
     for t in range(T):
         _check(stop)
         logits = model.step(token, state).float()  # [n, V]
@@ -372,7 +320,7 @@ def beam_search(
     B, K, device = limit.size(0), beam, limit.device
     sync_every = sync_every or runtime.search_sync_every(device)
     state = model.start(inputs)  # e.g. the encoder's keys/values, once per sentence, never per beam
-    T = int(limit.max())
+    T = int(max_len.max())
     active = torch.arange(B, device=device)  # original index of each sentence still being decoded
     scores = torch.full((B, K), NEG_INF, device=device)
     scores[:, 0] = 0.0  # all beams start identical: only the first one may expand at step 0

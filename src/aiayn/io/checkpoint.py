@@ -234,9 +234,14 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return ckpt
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Checkpoint]:
-    """A ready model (eval mode) from a weights file or a run directory."""
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", *, task: str | None = None, what: str = ""
+) -> tuple[torch.nn.Module, Checkpoint]:
+    """A ready model (eval mode) from a weights file or a run directory. task: refuse a checkpoint of
+    any other task, before its weights are built, saying it is not `what` (e.g. "an image classifier")."""
     ckpt = read_checkpoint(resolve_model_path(path))
+    if task is not None and ckpt.task != task:
+        raise ValueError(f"{ckpt.path} is a {ckpt.task} model, not {what or f'a {task} model'}")
     return ckpt.build(device), ckpt
 
 

@@ -1,9 +1,9 @@
 """`aiayn serve`: a translation service (FastAPI + uvicorn) with dynamic batching and a web page.
 
 Endpoints:
-  POST /v1/translate   {"texts": [...], "beam": 4, "nbest": 1, "length_penalty": 0.6,
-                        "max_length": null, "alignment": false} → {"translations": [...]}
-  POST /v1/attention   {"text": "...", "beam": 4, "encoder": false} → the data of `aiayn attention`
+  POST /v1/translate   {"texts": [...], "beam": 4, "nbest": 1, "length_penalty": 0.6, "max_length": null,
+                        "no_repeat_ngram": 0, "alignment": false} → {"translations": [...]}
+  POST /v1/attention   {"text": "...", "beam": 4, "no_repeat_ngram": 0, "encoder": false} → the data of `aiayn attention`
   GET  /v1/models      the model: name, path, config summary, parameter count
   GET  /health         {"status": "ok", "queue_depth": ...} (503 while shutting down)
   GET  /               a page to try the model, with a cross-attention heat map
@@ -81,6 +81,10 @@ def _check_unicode(text: str, what: str) -> str:
     return text
 
 
+MAX_NGRAM = 16
+NO_REPEAT_NGRAM = "never output the same N subwords in a row twice (fairseq's --no-repeat-ngram-size); 0: off"
+
+
 class TranslateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -94,6 +98,7 @@ class TranslateRequest(BaseModel):
         le=MAX_OUTPUT_LENGTH,
         description="at most this many output subwords (end of sentence included); default: source length + 50",
     )
+    no_repeat_ngram: int = Field(0, ge=0, le=MAX_NGRAM, description=NO_REPEAT_NGRAM)
     alignment: bool = Field(False, description="also return, per output subword, the source subword it attends to most")
 
     @field_validator("texts")
@@ -133,6 +138,7 @@ class AttentionRequest(BaseModel):
 
     text: str = Field(min_length=1, description="one sentence")
     beam: int = Field(4, ge=1, le=MAX_BEAM)
+    no_repeat_ngram: int = Field(0, ge=0, le=MAX_NGRAM, description=NO_REPEAT_NGRAM)
     encoder: bool = Field(False, description="also return the encoder self-attention")
 
     @field_validator("text")
@@ -448,7 +454,9 @@ def create_app(
                 raise HTTPException(413, f"{len(req.texts)} texts in one request; the limit is {settings.max_texts}")
             for i, text in enumerate(req.texts):
                 check_text(i, text)
-            key = DecodeKey(beam=req.beam, nbest=req.nbest, alpha=req.length_penalty, max_length=req.max_length)
+            key = DecodeKey(
+                beam=req.beam, nbest=req.nbest, alpha=req.length_penalty, max_length=req.max_length, no_repeat_ngram=req.no_repeat_ngram
+            )
             lengths = source_lengths(translator, req.texts)  # tokenized once, for the cost and for the batcher
             cost = request_cost(translator, lengths, key)
             if cost > settings.max_request_cost:
@@ -527,7 +535,7 @@ def _attention_json(translator: Translator, req: AttentionRequest) -> bytes:
     from aiayn.heatmaps import attention_maps
 
     own = copy.copy(translator)
-    own.options = DecodeKey(beam=req.beam).options(translator.options)
+    own.options = DecodeKey(beam=req.beam, no_repeat_ngram=req.no_repeat_ngram).options(translator.options)
     data = attention_maps(own, req.text).to_dict()
     if not req.encoder:
         data.pop("encoder")

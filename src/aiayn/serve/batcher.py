@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests are decoded together.
 
 Every request goes into one pending list. A single worker coroutine takes the oldest pending
-request, gathers the later ones that can share its search (same beam, n-best, length penalty and
-output cap) up to `max_batch_tokens` (source subwords × beam, the unit of `Translator.max_tokens`)
+request, gathers the later ones that can share its search (same beam, n-best, length penalty,
+output cap and n-gram ban) up to `max_batch_tokens` (source subwords × beam, the unit of `Translator.max_tokens`)
 and `max_batch_texts`, waiting at most `max_wait_ms` after the oldest one arrived for more to
 come, and decodes them as one `Translator.translate` call in the model thread. While the model is
 busy, new requests pile up and form the next batch, so batches grow with the load by themselves.
@@ -53,9 +53,10 @@ class DecodeKey:
     nbest: int = 1
     alpha: float = 0.6
     max_length: int | None = None  # output subwords, EOS included; None: the translator's a·|x| + b
+    no_repeat_ngram: int = 0  # N > 0: never the same N subwords in a row twice
 
     def options(self, base: SearchOptions) -> SearchOptions:
-        changes: dict[str, Any] = dict(beam=self.beam, nbest=self.nbest, alpha=self.alpha)
+        changes: dict[str, Any] = dict(beam=self.beam, nbest=self.nbest, alpha=self.alpha, no_repeat_ngram=self.no_repeat_ngram)
         if self.max_length is not None:
             changes.update(max_len_a=0.0, max_len_b=self.max_length)
         return replace(base, **changes)

@@ -42,12 +42,24 @@ function beamSize() {
   return beam;
 }
 
+function noRepeatNgram() {
+  const n = parseInt($("no-repeat-ngram").value, 10);
+  if (!Number.isInteger(n) || n < 0 || n > 16) {
+    throw new Error("the n-gram ban must be a whole number from 0 (off) to 16");
+  }
+  return n;
+}
+
+function searchOptions() {
+  return { beam: beamSize(), no_repeat_ngram: noRepeatNgram() };
+}
+
 async function translate() {
   showError("");
   const button = $("translate");
-  let beam;
+  let search;
   try {
-    beam = beamSize();
+    search = searchOptions();
   } catch (e) {
     showError(e.message);
     return;
@@ -61,7 +73,7 @@ async function translate() {
   setStatus("translating…");
   const started = performance.now();
   try {
-    const result = await postJSON("/v1/translate", { texts, beam });
+    const result = await postJSON("/v1/translate", { texts, ...search });
     const translations = result.translations;
     $("translation").textContent = translations.map((t) => t.text).join("\n");
     $("score").textContent = translations.length === 1 && translations[0].score !== null
@@ -69,7 +81,7 @@ async function translate() {
     setStatus(`translated in ${Math.round(performance.now() - started)} ms; drawing the attention…`);
     state.texts = texts;
     fillSentenceSelect(texts);
-    await loadAttention(0, beam);
+    await loadAttention(0, search);
     setStatus(`done in ${Math.round(performance.now() - started)} ms`);
   } catch (e) {
     showError(e.message);
@@ -85,8 +97,8 @@ function fillSentenceSelect(texts) {
   select.hidden = $("sentence-label").hidden = texts.length < 2;
 }
 
-async function loadAttention(index, beam) {
-  const maps = await postJSON("/v1/attention", { text: state.texts[index], beam });
+async function loadAttention(index, search) {
+  const maps = await postJSON("/v1/attention", { text: state.texts[index], ...search });
   state.maps = maps;
   const layers = maps.cross.length;
   const heads = layers ? maps.cross[0].length : 0;
@@ -202,7 +214,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("sentence").addEventListener("change", async () => {
     showError("");
     try {
-      await loadAttention(Number($("sentence").value), beamSize());
+      await loadAttention(Number($("sentence").value), searchOptions());
     } catch (e) {
       showError(e.message);
     }
