@@ -124,6 +124,7 @@ def test_nbest_alignment_and_search_options(translator):
     banned = t.translate(SENTENCES[:4])
     assert [x["text"] for x in once["translations"]] == [b.text for b in banned]
     assert all(len(set(b.tokens)) == len(b.tokens) for b in banned)
+    assert [b.text for b in banned] != [u.text for u in translator.translate(SENTENCES[:4])]  # the ban changed something
 
 
 def test_models_health_docs_and_page(translator):
@@ -177,7 +178,9 @@ def test_attention_endpoint_is_the_data_of_aiayn_attention(translator):
     assert_error(empty, 422)
     own = copy.copy(translator)
     own.options = replace(translator.options, no_repeat_ngram=1)
-    assert banned.json()["target"] == attention_maps(own, SENTENCES[1]).to_dict()["target"]
+    banned_target = banned.json()["target"]
+    assert banned_target == attention_maps(own, SENTENCES[1]).to_dict()["target"]
+    assert len(set(banned_target)) == len(banned_target)  # no subword twice
 
 
 # ---------------------------------------------------------------- limits and validation
@@ -217,6 +220,8 @@ SCHEMA_ERRORS = [
     ({"texts": ["a"], "max_length": -1}, "max_length"),
     ({"texts": ["a"], "max_length": 0}, "max_length"),
     ({"texts": ["a"], "length_penalty": -0.5}, "length_penalty"),
+    ({"texts": ["a"], "no_repeat_ngram": -1}, "no_repeat_ngram"),
+    ({"texts": ["a"], "no_repeat_ngram": 17}, "no_repeat_ngram"),
     ({"texts": ["a"], "alignment": "yes"}, "alignment"),
     ({"texts": ["a"], "beam_size": 4}, "beam_size"),
     (["a", "b"], "body"),

@@ -624,7 +624,7 @@ def _run_generate(args):
 
     if args.prompt is not None and args.prompts:
         raise UserError("give --prompt or --prompts, not both")
-    model, ckpt = load_model(args.model, task="lm", what="a language model, what generate needs (translate a translation model)")
+    model, ckpt = load_model(args.model, task="lm", what="a language model (generate needs one; translate a translation model)")
     gen = Generator(model, ckpt.tokenizer, device=args.device, precision=args.precision)
     options = GenerationOptions(
         max_new_tokens=args.max_new_tokens,

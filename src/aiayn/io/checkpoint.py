@@ -241,7 +241,7 @@ def load_model(
     any other task, before its weights are built, saying it is not `what` (e.g. "an image classifier")."""
     ckpt = read_checkpoint(resolve_model_path(path))
     if task is not None and ckpt.task != task:
-        raise ValueError(f"{ckpt.path} is a {ckpt.task} model, not {what or f'a {task} model'}")
+        raise ValueError(f"{ckpt.path} is a {ckpt.task} model, not {what or f'a {task!r} model'}")
     return ckpt.build(device), ckpt
 
 

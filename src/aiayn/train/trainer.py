@@ -536,9 +536,9 @@ class Trainer:
                     last_valid = self.step
                     window_start += time.time() - paused  # the window's rate counts training time alone
                 if cfg.save_every and self.step % cfg.save_every == 0:
-                    self.train_seconds += time.time() - self._session_start
-                    self._session_start = time.time()
                     paused = time.time()
+                    self.train_seconds += paused - self._session_start
+                    self._session_start = paused
                     self.save()
                     last_saved = self.step
                     window_start += time.time() - paused

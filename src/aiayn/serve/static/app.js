@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { maps: null, texts: [] };
+const state = { maps: null, texts: [], search: null }; // search: the options the shown translations were made with
 
 async function postJSON(url, body) {
   const response = await fetch(url, {
@@ -80,6 +80,7 @@ async function translate() {
       ? `score ${translations[0].score.toFixed(3)} (log-probability / length penalty)` : "";
     setStatus(`translated in ${Math.round(performance.now() - started)} ms; drawing the attention…`);
     state.texts = texts;
+    state.search = search;
     fillSentenceSelect(texts);
     await loadAttention(0, search);
     setStatus(`done in ${Math.round(performance.now() - started)} ms`);
@@ -214,7 +215,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("sentence").addEventListener("change", async () => {
     showError("");
     try {
-      await loadAttention(Number($("sentence").value), searchOptions());
+      await loadAttention(Number($("sentence").value), state.search);
     } catch (e) {
       showError(e.message);
     }
