@@ -174,20 +174,22 @@ def test_label_smoothed_loss_by_hand():
     assert nll.item() == pytest.approx(expected_nll, rel=1e-6)
 
 
-def test_label_smoothed_gradient_is_p_minus_q():
-    """The fused loss's gradient equals autograd's through log_softmax (and gradcheck in float64)."""
+@pytest.mark.parametrize("eps", [0.1, 0.0])
+def test_label_smoothed_gradient_is_p_minus_q(eps):
+    """The fused loss's gradient equals autograd's through log_softmax (and gradcheck in float64),
+    with smoothing and without (the language models' ε = 0, which skips the smoothing's passes)."""
     torch.manual_seed(0)
     logits = torch.randn(40, 25, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 25, (40,))
-    assert torch.autograd.gradcheck(lambda x: label_smoothed_nll(x, target, 0.1)[0], (logits,))
-    loss, _ = label_smoothed_nll(logits, target, 0.1)
-    reference = torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1, reduction="sum")
+    assert torch.autograd.gradcheck(lambda x: label_smoothed_nll(x, target, eps)[0], (logits,))
+    loss, _ = label_smoothed_nll(logits, target, eps)
+    reference = torch.nn.functional.cross_entropy(logits, target, label_smoothing=eps, reduction="sum")
     assert loss.item() == pytest.approx(reference.item(), rel=1e-12)
     (ours,) = torch.autograd.grad(loss, logits)
     (theirs,) = torch.autograd.grad(reference, logits)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
     half = logits.detach().bfloat16().requires_grad_()
-    loss16, _ = label_smoothed_nll(half, target, 0.1)
+    loss16, _ = label_smoothed_nll(half, target, eps)
     loss16.backward()
     assert loss16.dtype == torch.float32 and half.grad.dtype == torch.bfloat16
 

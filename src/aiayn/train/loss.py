@@ -9,7 +9,8 @@ whole vocabulary of V tokens (Szegedy et al., 2016), so with p = softmax(x):
     ∂loss/∂x = p − q
 
 Written as one autograd function, the loss costs two passes over the [N, V] logits forward
-and one backward, instead of a log-softmax, a gather, a mean and their three backward passes.
+and one backward, instead of a log-softmax, a gather, a mean and their three backward passes
+(one pass fewer each way where ε = 0).
 Padding positions are excluded before the loss (the caller passes real tokens only).
 """
 
@@ -30,7 +31,8 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
         lse = torch.logsumexp(x, dim=-1)  # [N]
         x_y = x.gather(1, target[:, None]).squeeze(1)  # [N]
         nll = lse - x_y
-        loss = nll - epsilon * (x.mean(dim=-1) - x_y)  # = (1 − ε)·nll + ε·(lse − mean_k x_k)
+        # = (1 − ε)·nll + ε·(lse − mean_k x_k); without smoothing (a language model) the mean's pass is skipped
+        loss = nll - epsilon * (x.mean(dim=-1) - x_y) if epsilon else nll
         ctx.save_for_backward(logits, lse, target)
         ctx.epsilon = epsilon
         return loss.sum(), nll.sum()
@@ -40,7 +42,8 @@ class _LabelSmoothedCrossEntropy(torch.autograd.Function):
         logits, lse, target = ctx.saved_tensors
         epsilon, V = ctx.epsilon, logits.size(-1)
         grad = (_at_least_fp32(logits) - lse[:, None]).exp_()  # p = softmax(x)
-        grad.sub_(epsilon / V)  # p − ε/V ...
+        if epsilon:
+            grad.sub_(epsilon / V)  # p − ε/V ...
         rows = torch.arange(grad.size(0), device=grad.device)
         grad[rows, target] -= 1.0 - epsilon  # ... − (1 − ε) at the reference: p − q
         grad.mul_(grad_loss)
