@@ -79,3 +79,23 @@ def test_a_block_at_one_position_per_row_equals_that_row_of_the_full_block(pre_n
     here, _ = block(x, at=at)
     assert here.shape == (3, 1, 16)
     torch.testing.assert_close(here[:, 0], full[torch.arange(3), at], atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_attention_on_a_cpu_is_fp32_attention_rounded_forward_and_backward():
+    """Under bf16 autocast on a CPU, Eq. (1) runs in fp32 while training too (PyTorch's bf16 CPU
+    kernel is several times slower, backward most): the output and the gradients are fp32's, rounded to bf16."""
+    from aiayn.nn.attention import scaled_dot_product_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 16).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert out.dtype == torch.bfloat16
+    grad_out = torch.randn(out.shape).bfloat16()
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(q32, k32, v32, is_causal=True)
+    assert torch.equal(out, ref.bfloat16())
+    for ours, theirs in zip(grads, torch.autograd.grad(ref, (q32, k32, v32), grad_out.float())):
+        assert ours.dtype == torch.bfloat16
+        assert torch.equal(ours, theirs.bfloat16())

@@ -192,6 +192,9 @@ def test_label_smoothed_gradient_is_p_minus_q(eps):
     loss16, _ = label_smoothed_nll(half, target, eps)
     loss16.backward()
     assert loss16.dtype == torch.float32 and half.grad.dtype == torch.bfloat16
+    rounded = half.detach().double().requires_grad_()
+    (exact,) = torch.autograd.grad(label_smoothed_nll(rounded, target, eps)[0], rounded)
+    torch.testing.assert_close(half.grad.double(), exact, rtol=2**-7, atol=1e-9)  # bf16's rounding of the fp32 gradient
 
 
 def test_config_from_yaml_and_overrides(tmp_path):

@@ -288,14 +288,22 @@ def search_sync_every(where: torch.device) -> int:
     return 8 if where.type == "cuda" else 1
 
 
-def decoding_attention_in_fp32(x: torch.Tensor) -> bool:
-    """Whether bf16 decoding on a CPU keeps attention in fp32 (queries of one step, the KV cache,
-    the encoder's keys and values). PyTorch's CPU attention kernel is slow in bf16 at one query:
-    greedy decoding of base dimensions on a 2-core AMD EPYC Zen 4 spent 480 ms in bf16 attention
-    against 122 ms in fp32, which made bf16 decoding slower than fp32 although its products were faster."""
+def attention_in_fp32(q: torch.Tensor) -> bool:
+    """Whether bf16 on a CPU runs attention itself (Eq. 1) in fp32, training and decoding alike.
+    PyTorch's CPU attention kernel is slow in bf16: greedy decoding of base dimensions on a 2-core
+    AMD EPYC Zen 4 spent 480 ms in bf16 attention against 122 ms in fp32, and a `quickstart`
+    training update on a Zen 5 EPYC spent 30 ms in the bf16 kernel's backward pass against 6 ms in fp32."""
     import torch
 
-    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled()
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16
+
+
+def decoding_attention_in_fp32(x: torch.Tensor) -> bool:
+    """Whether bf16 decoding on a CPU keeps attention's inputs in fp32 from the start (the KV cache,
+    the encoder's keys and values), so that `attention_in_fp32` casts only each step's query."""
+    import torch
+
+    return attention_in_fp32(x) and not torch.is_grad_enabled()
 
 
 def partial_cache_reorder(where: torch.device) -> bool:

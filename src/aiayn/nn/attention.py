@@ -47,7 +47,7 @@ def scaled_dot_product_attention(
             mask = causal if mask is None else mask & causal
             is_causal = False
     if not need_weights:
-        if q.size(-2) == 1 and runtime.decoding_attention_in_fp32(q):  # (autocast off: it would cast back to bf16)
+        if runtime.attention_in_fp32(q):  # (autocast off: it would cast back to bf16)
             with torch.autocast("cpu", enabled=False):
                 out = F.scaled_dot_product_attention(
                     q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
