@@ -14,7 +14,10 @@ read that one token stream, so they see the same vocabulary and text.
   peak lr, warm-up, clipping and a cosine to the same floor ("cosine_with_min_lr"). Its schedule is
   counted in steps, so max_steps is set from its speed, measured over a short first run, to end with
   the budget; a callback stops it at the budget in any case.
-* Both: 2 threads, fp32, the same batch (16 × 128 tokens), the same budget of wall-clock minutes.
+* Both: 2 threads, the same batch (16 × 128 tokens), the same budget of wall-clock minutes.
+  Precision: aiayn's default (`auto`: bf16 autocast where the CPU has bf16 units, else fp32);
+  Hugging Face in fp32 (its default) and, where the CPU has bf16 units, also with `bf16=True`
+  (autocast); the speed ratio is taken against the faster of its runs.
   Validation loss: every token of the valid stream predicted once, in consecutive windows of the
   context, by one function for both models (nats per token, perplexity, bits per character).
 
@@ -43,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from aiayn.runtime import cpu_info  # noqa: E402
+from aiayn.runtime import cpu_has_bf16, cpu_info  # noqa: E402
 
 
 def prepare(work: Path, vocab_size: int) -> Path:
@@ -80,7 +83,15 @@ def run_aiayn(data: Path, work: Path, args) -> dict:
     from aiayn.train.trainer import Trainer
 
     cfg = load_config(
-        args.config, {"max_time": args.minutes, "max_updates": 0, "validate_every": 0, "save_every": 0, "threads": args.threads}
+        args.config,
+        {
+            "max_time": args.minutes,
+            "max_updates": 0,
+            "validate_every": 0,
+            "save_every": 0,
+            "threads": args.threads,
+            "precision": args.precision,
+        },
     )
     trainer = Trainer(cfg, data, work / "aiayn-run", log=lambda *a: None, progress=False)
     started = time.time()
@@ -99,10 +110,11 @@ def run_aiayn(data: Path, work: Path, args) -> dict:
         "context": model.config.context,
         "batch": cfg.max_tokens // model.config.context,
         "cfg": cfg,
+        "precision": trainer.precision,
     }
 
 
-def run_hf(data: Path, work: Path, args, reference: dict) -> dict:
+def run_hf(data: Path, work: Path, args, reference: dict, precision: str) -> dict:
     import transformers
     from hf_budget import budget_callback, train_for
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
@@ -143,7 +155,7 @@ def run_hf(data: Path, work: Path, args, reference: dict) -> dict:
 
     def trainer(max_steps, seconds, name):
         targs = TrainingArguments(
-            output_dir=str(work / f"hf-{name}"),
+            output_dir=str(work / f"hf-{precision}-{name}"),
             max_steps=max_steps,
             per_device_train_batch_size=B,
             learning_rate=tc.lr,
@@ -160,6 +172,7 @@ def run_hf(data: Path, work: Path, args, reference: dict) -> dict:
             eval_strategy="no",
             report_to=[],
             use_cpu=True,
+            bf16=precision == "bf16",  # autocast, as aiayn's bf16
             seed=1,
             dataloader_num_workers=0,
             disable_tqdm=True,
@@ -176,6 +189,7 @@ def run_hf(data: Path, work: Path, args, reference: dict) -> dict:
         "planned_steps": r["planned_steps"],
         "probe_seconds_per_step": r["probe_seconds_per_step"],
         "transformers": transformers.__version__,
+        "precision": precision,
     }
 
 
@@ -185,9 +199,18 @@ def main() -> None:
     p.add_argument("--config", default="gpt-tiny")
     p.add_argument("--vocab-size", type=int, default=4000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="auto", help="aiayn's training precision (default auto: bf16 where the CPU has bf16 units)")
+    p.add_argument(
+        "--hf-precision",
+        type=lambda s: s.split(","),
+        default=None,
+        help="Hugging Face's runs, comma-separated (default fp32, and bf16 too where the CPU has bf16 units)",
+    )
     p.add_argument("--work", help="directory for the data and runs (default: a temporary one)")
     p.add_argument("--out", default=str(HERE / "results" / "gpt_train.json"))
     args = p.parse_args()
+    if args.hf_precision is None:
+        args.hf_precision = ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -199,16 +222,20 @@ def main() -> None:
         data = prepare(work, args.vocab_size)
         valid = TokenStream(data, "valid")
         ours = run_aiayn(data, work, args)
-        print(f"aiayn: {ours['updates']} updates, {ours['speed']:.0f} tokens/s", flush=True)
-        theirs = run_hf(data, work, args, ours)
-        print(f"HF:    {theirs['updates']} updates, {theirs['tokens'] / theirs['train_seconds']:.0f} tokens/s", flush=True)
+        print(f"aiayn ({ours['precision']}): {ours['updates']} updates, {ours['speed']:.0f} tokens/s", flush=True)
+        runs = {"aiayn": ours}
+        for precision in args.hf_precision:
+            theirs = run_hf(data, work, args, ours, precision)
+            runs["hf" if precision == "fp32" else f"hf-{precision}"] = theirs
+            print(f"HF ({precision}): {theirs['updates']} updates, {theirs['tokens'] / theirs['train_seconds']:.0f} tokens/s", flush=True)
         rows = {}
-        for name, r in (("aiayn", ours), ("hf", theirs)):
+        for name, r in runs.items():
             T = ours["context"]
-            model = r["model"]
+            model = r["model"].float()
             logits_of = (lambda x, m=model: m(x)) if name == "aiayn" else (lambda x, m=model: m(x).logits)
             nll = stream_loss(logits_of, valid.tokens, T)
             rows[name] = {
+                "precision": r["precision"],
                 "updates": r["updates"],
                 "train_tokens": r["tokens"],
                 "train_seconds": round(r["train_seconds"], 1),
@@ -218,19 +245,24 @@ def main() -> None:
                 "valid_bits_per_char": round(nll / math.log(2) * (len(valid) - 1) / valid.characters, 4),
                 **(
                     {"planned_steps": r["planned_steps"], "probe_seconds_per_step": round(r["probe_seconds_per_step"], 4)}
-                    if name == "hf"
+                    if name != "aiayn"
                     else {}
                 ),
             }
-    a, h = rows["aiayn"], rows["hf"]
-    print(f"\n{'':8} {'updates':>8} {'tokens/s':>10} {'valid loss':>11} {'ppl':>8} {'bits/char':>10}")
+    a = rows["aiayn"]
+    fastest = max((n for n in rows if n != "aiayn"), key=lambda n: rows[n]["tokens_per_s"])
+    print(f"\n{'':8} {'precision':>9} {'updates':>8} {'tokens/s':>10} {'valid loss':>11} {'ppl':>8} {'bits/char':>10}")
     for name, r in rows.items():
         print(
-            f"{name:8} {r['updates']:>8} {r['tokens_per_s']:>10.0f} {r['valid_loss_nats']:>11.4f} {r['valid_ppl']:>8.2f} {r['valid_bits_per_char']:>10.4f}"
+            f"{name:8} {r['precision']:>9} {r['updates']:>8} {r['tokens_per_s']:>10.0f} {r['valid_loss_nats']:>11.4f} {r['valid_ppl']:>8.2f} {r['valid_bits_per_char']:>10.4f}"
         )
-    print(
-        f"aiayn / HF training tokens/s: {a['tokens_per_s'] / h['tokens_per_s']:.2f}×; valid loss {a['valid_loss_nats'] - h['valid_loss_nats']:+.4f} nats"
-    )
+    for name in rows:
+        if name != "aiayn":
+            h = rows[name]
+            print(
+                f"aiayn / {name} training tokens/s: {a['tokens_per_s'] / h['tokens_per_s']:.2f}×; valid loss {a['valid_loss_nats'] - h['valid_loss_nats']:+.4f} nats"
+            )
+    transformers_version = next(r["transformers"] for n, r in runs.items() if n != "aiayn")
     result = {
         "benchmark": "gpt_train",
         "machine": {
@@ -238,11 +270,12 @@ def main() -> None:
             "flags": sorted({f for f in cpu_info("flags").split() if f.startswith(("avx", "amx"))}),
             "threads": args.threads,
             "torch": torch.__version__,
-            "transformers": theirs["transformers"],
+            "transformers": transformers_version,
         },
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
         "rows": rows,
-        "tokens_per_s_ratio": round(a["tokens_per_s"] / h["tokens_per_s"], 3),
+        "tokens_per_s_ratio": round(a["tokens_per_s"] / rows[fastest]["tokens_per_s"], 3),  # against HF's faster precision
+        "ratio_against": fastest,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

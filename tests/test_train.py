@@ -376,7 +376,14 @@ def worst_difference(a: dict, b: dict) -> float:
 @pytest.mark.slow
 def test_torchrun_with_compiled_layers_equals_eager(small_dataset, tmp_path):
     """DDP (2 CPU processes, gloo) over compiled layers gives the weights of the same run eager."""
-    common = ["train", "--data", small_dataset, "--config", "tiny", *cli_overrides(max_updates=3, save_every=3, model={"dropout": 0.0})]
+    common = [
+        "train",
+        "--data",
+        small_dataset,
+        "--config",
+        "tiny",
+        *cli_overrides(max_updates=3, save_every=3, precision="fp32", model={"dropout": 0.0}),
+    ]
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2", "--standalone", "-m", "aiayn"]
     for name, extra in (("eager", []), ("compiled", ["--compile", "true"])):
         run = subprocess.run(
@@ -394,7 +401,10 @@ def test_compiled_layers_train_like_eager(small_dataset, tmp_path):
     kind of layer once for token-bucket batches of every shape, and leaves validation's decoding eager."""
     import torch._dynamo
 
-    settings = dict(max_updates=6, save_every=6, validate_every=6, valid_bleu=True, valid_max_sentences=4, model={"dropout": 0.0})
+    # fp32: bf16 autocast (the default where the CPU has bf16 units) rounds compiled and eager products differently
+    settings = dict(
+        max_updates=6, save_every=6, validate_every=6, valid_bleu=True, valid_max_sentences=4, precision="fp32", model={"dropout": 0.0}
+    )
     train(small_dataset, tmp_path / "eager", **settings)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -567,7 +577,9 @@ def test_init_from_refuses_another_vocabulary(small_dataset, tmp_path, shipped):
 
 @pytest.mark.slow
 def test_memory_does_not_creep(small_dataset, tmp_path):
-    """Resident memory is flat (within 10%) between update 100 and update 1,000 of a tiny run."""
+    """Resident memory is flat (within 10%) between update 100 and update 1,000 of a tiny run, in fp32.
+    (bf16 on a CPU holds oneDNN's kernels for each new batch shape: on a Zen 5 EPYC the same run
+    grew from 1,110 MiB at update 100 to 1,265 at 500 and then stayed within 2 MiB up to 2,500.)"""
     rss = {}
 
     def rss_now():
@@ -584,7 +596,7 @@ def test_memory_does_not_creep(small_dataset, tmp_path):
 
     Trainer.update = update
     try:
-        train(small_dataset, tmp_path / "run", max_updates=1000, save_every=250, log_every=50)
+        train(small_dataset, tmp_path / "run", max_updates=1000, save_every=250, log_every=50, precision="fp32")
     finally:
         Trainer.update = original
     growth = rss[1000] / rss[100]

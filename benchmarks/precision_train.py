@@ -1,0 +1,167 @@
+"""What bf16 autocast gains in training speed on this CPU, preset by preset: the same recipe and
+data trained for the same updates in fp32 and in bf16, back to back.
+
+Each preset trains on its own kind of data, prepared once: the shipped Bible corpus (joint BPE of
+4,000 pieces) for the translation and language models, Debian's dataset-fashion-mnist for ViT and
+DiT (skipped where it is not installed), the generated shapes scenes for CLIP. The figure is
+items per second (real tokens, or images, or image-caption pairs) between the log line at
+--skip updates and the last one (no checkpoint or validation falls between them), and the loss at
+the end, to show that both runs learn alike.
+
+    .venv/bin/python benchmarks/precision_train.py                    # every preset, 200 updates each way
+    .venv/bin/python benchmarks/precision_train.py --configs gpt-tiny,small --updates 100
+
+Prints a table and writes benchmarks/results/precision_train.json. On a CPU without bf16 units
+(`aiayn.runtime.cpu_has_bf16`) bf16 runs at about a quarter of fp32's speed: the script says so
+and stops unless given --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from aiayn.runtime import cpu_has_bf16, cpu_info  # noqa: E402
+
+DATA = {  # config -> the kind of data it trains on
+    "quickstart": "translation",
+    "small": "translation",
+    "rnnsearch-tiny": "translation",
+    "gpt-tiny": "text",
+    "vit-tiny": "fashion-mnist",
+    "dit-tiny": "fashion-mnist",
+    "clip-tiny": "shapes",
+}
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def prepare(kind: str, work: Path) -> Path | None:
+    out = work / kind
+    if (out / "meta.json").exists():
+        return out
+    if kind in ("translation", "text"):
+        from aiayn.data.binarize import PrepareOptions
+        from aiayn.data.binarize import prepare as prepare_parallel
+        from aiayn.data.shipped import write_shipped_corpus
+        from aiayn.data.text import TextOptions, prepare_text
+
+        corpus = write_shipped_corpus(work / "corpus")
+        if kind == "translation":
+            options = PrepareOptions(vocab_size=4000, progress=False)
+            prepare_parallel({"train": corpus["train"], "valid": corpus["valid"]}, out, options, force=True, log=lambda m: None)
+        else:
+            prepare_text({"train": [corpus["train"][0]], "valid": [corpus["valid"][0]]}, out, TextOptions(vocab_size=4000, progress=False))
+        return out
+    if kind == "fashion-mnist" and not FASHION.exists():
+        return None
+    import subprocess
+
+    task = "images" if kind == "fashion-mnist" else "image-text"
+    subprocess.run(
+        [sys.executable, "-m", "aiayn", "prepare", "--task", task, "--dataset", kind, "--out", str(out)], check=True, capture_output=True
+    )
+    return out
+
+
+def train(config: str, data: Path, run: Path, precision: str, updates: int, skip: int, threads: int) -> dict:
+    from aiayn.train.config import load_config
+    from aiayn.train.trainer import Trainer
+
+    shutil.rmtree(run, ignore_errors=True)
+    overrides = {
+        "max_updates": updates,
+        "max_time": 0,
+        "validate_every": 0,
+        "save_every": 0,
+        "log_every": skip,
+        "precision": precision,
+        "threads": threads,
+    }
+    cfg = load_config(config, overrides)
+    trainer = Trainer(cfg, data, run, log=lambda *a: None, progress=False)
+    trainer.train()
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    logged = [e for e in lines if e["type"] == "train" and e["step"] >= skip]
+    first, last = logged[0], logged[-1]
+    seconds = last["time"] - first["time"]
+    return {
+        "precision": trainer.precision,
+        "updates": last["step"] - first["step"],
+        "items_per_s": round((last["tokens_seen"] - first["tokens_seen"]) / seconds, 1),
+        "ms_per_update": round(1000 * seconds / (last["step"] - first["step"]), 1),
+        "final_loss": last["loss"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default=",".join(DATA), help="comma-separated recipes (default: %(default)s)")
+    p.add_argument("--updates", type=int, default=200, help="updates per run (default 200)")
+    p.add_argument("--skip", type=int, default=20, help="updates left out of the timing at the start (default 20)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--force", action="store_true", help="run bf16 even where the CPU has no bf16 units")
+    p.add_argument("--work", help="directory for the data and runs (default: a temporary one)")
+    p.add_argument("--out", default=str(HERE / "results" / "precision_train.json"))
+    args = p.parse_args()
+    if not cpu_has_bf16() and not args.force:
+        sys.exit("this CPU has no bf16 units (AVX-512 BF16 or AMX): bf16 would run at about 0.25× fp32; --force runs it anyway")
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for config in args.configs.split(","):
+            data = prepare(DATA[config], work)
+            if data is None:
+                print(f"{config}: skipped ({FASHION} is not installed)", flush=True)
+                continue
+            runs = {}
+            for precision in ("fp32", "bf16"):
+                started = time.time()
+                runs[precision] = train(config, data, work / f"run-{config}-{precision}", precision, args.updates, args.skip, args.threads)
+                print(f"{config} {precision}: {runs[precision]['items_per_s']:,.0f}/s ({time.time() - started:.0f} s)", flush=True)
+            rows.append(
+                {
+                    "config": config,
+                    "data": DATA[config],
+                    **{k: v for k, v in runs.items()},
+                    "speedup": round(runs["bf16"]["items_per_s"] / runs["fp32"]["items_per_s"], 3),
+                }
+            )
+
+    print(f"\n{'config':16} {'items/s fp32':>13} {'items/s bf16':>13} {'bf16/fp32':>10} {'loss fp32':>10} {'loss bf16':>10}")
+    for r in rows:
+        f, b = r["fp32"], r["bf16"]
+        print(
+            f"{r['config']:16} {f['items_per_s']:>13,.0f} {b['items_per_s']:>13,.0f} {r['speedup']:>9.2f}× {f['final_loss']:>10.4f} {b['final_loss']:>10.4f}"
+        )
+    result = {
+        "benchmark": "precision_train",
+        "machine": {
+            "cpu": cpu_info("model name") or platform.processor(),
+            "cpu_family": cpu_info("cpu family"),
+            "flags": sorted({f for f in cpu_info("flags").split() if f.startswith(("avx", "amx"))}),
+            "threads": args.threads,
+            "torch": torch.__version__,
+        },
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
