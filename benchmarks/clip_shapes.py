@@ -17,7 +17,10 @@ Data, made once by `aiayn prepare --task image-text`:
   optimiser settings, schedule shape (cosine_with_min_lr), batch and clipping; its max_steps is set
   from its own speed (hf_budget.py). Trainer's own weight-decay grouping (biases and LayerNorms
   excluded) is what its users get.
-* Both: --threads threads, fp32, the same wall-clock budget per dataset. Scored the same way
+* Both: --threads threads, the same wall-clock budget per dataset. Precision: aiayn's default (auto:
+  bf16 autocast where the CPU has bf16 units, else fp32); Hugging Face in fp32 (its default) and,
+  where the CPU has bf16 units, also with `bf16=True` (autocast); the speed ratio is taken against
+  the faster of its runs. Scored the same way
   (aiayn.zero_shot.evaluate_split): zero-shot accuracy over all 48 colour–shape names with the
   dataset's four prompt templates averaged, on `test_unseen` (composition) and `test` (seen);
   recall@5 of held-out emoji from their names (and of names from the emoji); training pairs/s.
@@ -46,6 +49,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
+from hf_budget import add_precision_options, hf_precisions, hf_system  # noqa: E402
+
 from aiayn.data.image_text import ImageTextOptions, ImageTextSplit, prepare_image_text  # noqa: E402
 from aiayn.data.images import to_tensor  # noqa: E402
 from aiayn.data.tokenizer import Tokenizer  # noqa: E402
@@ -60,13 +65,22 @@ def run_aiayn(data: Path, work: Path, minutes: float, args) -> dict:
     from aiayn.train.trainer import Trainer
 
     run = work / f"aiayn-{data.name}"
-    cfg = load_config(args.config, {"max_time": minutes, "validate_every": 0, "save_every": 0, "threads": args.threads, "seed": args.seed})
+    overrides = {
+        "max_time": minutes,
+        "validate_every": 0,
+        "save_every": 0,
+        "threads": args.threads,
+        "seed": args.seed,
+        "precision": args.precision,
+    }
+    cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg, data, run, log=lambda *a: None, progress=False)
     summary = trainer.train()
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     last = [e for e in log if e["type"] == "train"][-1]  # speed up to the last log line: the final validation is not training
     model, _ = load_model(run / "checkpoints" / f"step-{summary['updates']:08d}.safetensors")  # the last weights
-    return {"model": model.eval(), "updates": summary["updates"], "speed": last["tokens_seen"] / last["time"], "cfg": cfg}
+    speed = last["tokens_seen"] / last["time"]
+    return {"model": model.eval(), "updates": summary["updates"], "speed": speed, "cfg": cfg, "precision": trainer.precision}
 
 
 class HFDual(torch.nn.Module):
@@ -91,7 +105,7 @@ class HFDual(torch.nn.Module):
         return self.hf.logit_scale.exp()
 
 
-def run_hf(data: Path, work: Path, minutes: float, args, reference: dict) -> dict:
+def run_hf(data: Path, work: Path, minutes: float, args, reference: dict, precision: str) -> dict:
     import transformers
     from hf_budget import budget_callback, train_for
     from transformers import CLIPConfig, CLIPModel, Trainer, TrainingArguments
@@ -160,7 +174,7 @@ def run_hf(data: Path, work: Path, minutes: float, args, reference: dict) -> dic
 
     def trainer(max_steps, seconds, name):
         targs = TrainingArguments(
-            output_dir=str(work / f"hf-{data.name}-{name}"),
+            output_dir=str(work / f"hf-{data.name}-{precision}-{name}"),
             max_steps=max_steps,
             per_device_train_batch_size=tc.max_sentences,
             learning_rate=tc.lr,
@@ -177,6 +191,7 @@ def run_hf(data: Path, work: Path, minutes: float, args, reference: dict) -> dic
             eval_strategy="no",
             report_to=[],
             use_cpu=True,
+            bf16=precision == "bf16",  # autocast, as aiayn's bf16
             seed=args.seed,
             dataloader_num_workers=0,
             dataloader_drop_last=True,
@@ -192,6 +207,7 @@ def run_hf(data: Path, work: Path, minutes: float, args, reference: dict) -> dic
         "speed": r["steps"] * tc.max_sentences / r["train_seconds"],
         "planned_steps": r["planned_steps"],
         "transformers": transformers.__version__,
+        "precision": precision,
     }
 
 
@@ -213,9 +229,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--skip-hf", action="store_true", help="train aiayn only")
+    add_precision_options(p)
     p.add_argument("--work", help="directory for the data and runs (default: a temporary one)")
     p.add_argument("--out", default=str(HERE / "results" / "clip_shapes.json"))
     args = p.parse_args()
+    args.hf_precision = hf_precisions(args)
     torch.set_num_threads(args.threads)
     rows: dict = {}
     versions = {}
@@ -233,12 +251,14 @@ def main() -> None:
                 prepare_image_text(name, None, data, ImageTextOptions(seed=args.seed), log=lambda *a: None)
             runs = {"aiayn": run_aiayn(data, work, minutes, args)}
             print(f"{name}: aiayn {runs['aiayn']['updates']} updates", flush=True)
-            if not args.skip_hf:
-                runs["hf"] = run_hf(data, work, minutes, args, runs["aiayn"])
-                versions["transformers"] = runs["hf"]["transformers"]
-                print(f"{name}: HF    {runs['hf']['updates']} updates", flush=True)
+            for precision in [] if args.skip_hf else args.hf_precision:
+                system = hf_system(precision)
+                runs[system] = run_hf(data, work, minutes, args, runs["aiayn"], precision)
+                versions["transformers"] = runs[system]["transformers"]
+                print(f"{name}: {system} {runs[system]['updates']} updates", flush=True)
             for system, r in runs.items():
                 rows.setdefault(name, {})[system] = {
+                    "precision": r["precision"],
                     "minutes": minutes,
                     "updates": r["updates"],
                     "train_pairs_per_s": round(r["speed"], 1),
@@ -267,10 +287,16 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
         "rows": rows,
     }
-    if "hf" in systems:
-        ratio = rows["shapes"]["aiayn"]["train_pairs_per_s"] / rows["shapes"]["hf"]["train_pairs_per_s"]
-        result["train_pairs_per_s_ratio"] = round(ratio, 3)
-        print(f"aiayn / HF training pairs/s (shapes): {ratio:.2f}×")
+    peers = [s for s in systems if s.startswith("hf")]
+    for system in peers:
+        ratio = rows["shapes"]["aiayn"]["train_pairs_per_s"] / rows["shapes"][system]["train_pairs_per_s"]
+        print(f"aiayn / {system} training pairs/s (shapes): {ratio:.2f}×")
+    if peers:  # against Hugging Face's faster precision
+        fastest = max(peers, key=lambda s: rows["shapes"][s]["train_pairs_per_s"])
+        result["train_pairs_per_s_ratio"] = round(
+            rows["shapes"]["aiayn"]["train_pairs_per_s"] / rows["shapes"][fastest]["train_pairs_per_s"], 3
+        )
+        result["ratio_against"] = fastest
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

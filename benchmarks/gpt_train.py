@@ -46,7 +46,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from aiayn.runtime import cpu_has_bf16, cpu_info  # noqa: E402
+from hf_budget import add_precision_options, hf_precisions, hf_system  # noqa: E402
+
+from aiayn.runtime import cpu_info  # noqa: E402
 
 
 def prepare(work: Path, vocab_size: int) -> Path:
@@ -55,6 +57,8 @@ def prepare(work: Path, vocab_size: int) -> Path:
 
     files = write_shipped_corpus(work / "text")
     out = work / "data"
+    if (out / "meta.json").exists():  # prepared by an earlier call with this --work
+        return out
     prepare_text({"train": [files["train"][0]], "valid": [files["valid"][0]]}, out, TextOptions(vocab_size=vocab_size, progress=False))
     return out
 
@@ -199,18 +203,11 @@ def main() -> None:
     p.add_argument("--config", default="gpt-tiny")
     p.add_argument("--vocab-size", type=int, default=4000)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", default="auto", help="aiayn's training precision (default auto: bf16 where the CPU has bf16 units)")
-    p.add_argument(
-        "--hf-precision",
-        type=lambda s: s.split(","),
-        default=None,
-        help="Hugging Face's runs, comma-separated (default fp32, and bf16 too where the CPU has bf16 units)",
-    )
+    add_precision_options(p)
     p.add_argument("--work", help="directory for the data and runs (default: a temporary one)")
     p.add_argument("--out", default=str(HERE / "results" / "gpt_train.json"))
     args = p.parse_args()
-    if args.hf_precision is None:
-        args.hf_precision = ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+    args.hf_precision = hf_precisions(args)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -226,7 +223,7 @@ def main() -> None:
         runs = {"aiayn": ours}
         for precision in args.hf_precision:
             theirs = run_hf(data, work, args, ours, precision)
-            runs["hf" if precision == "fp32" else f"hf-{precision}"] = theirs
+            runs[hf_system(precision)] = theirs
             print(f"HF ({precision}): {theirs['updates']} updates, {theirs['tokens'] / theirs['train_seconds']:.0f} tokens/s", flush=True)
         rows = {}
         for name, r in runs.items():

@@ -58,3 +58,29 @@ def train_for(make_trainer, minutes: float, probe_steps: int = 60, min_steps: in
         "probe_seconds_per_step": per_step,
         "steps": trainer.state.global_step,
     }
+
+
+def add_precision_options(parser) -> None:
+    """--precision (aiayn's) and --hf-precision (Hugging Face's runs), for the benchmarks that train both."""
+    parser.add_argument("--precision", default="auto", help="aiayn's training precision (default auto: bf16 where the CPU has bf16 units)")
+    parser.add_argument(
+        "--hf-precision",
+        type=lambda s: s.split(","),
+        default=None,
+        help="Hugging Face's runs, comma-separated (default fp32, and bf16 too where the CPU has bf16 units)",
+    )
+
+
+def hf_precisions(args) -> list[str]:
+    """Hugging Face's runs: fp32, its default, and bf16 autocast (`bf16=True`) too where the CPU has
+    bf16 units, since aiayn trains in bf16 there; the speed ratios are taken against the faster run."""
+    if args.hf_precision is not None:
+        return args.hf_precision
+    from aiayn.runtime import cpu_has_bf16
+
+    return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+
+
+def hf_system(precision: str) -> str:
+    """The name of a Hugging Face run in the tables: "hf" in fp32, "hf-bf16" in bf16."""
+    return "hf" if precision == "fp32" else f"hf-{precision}"
