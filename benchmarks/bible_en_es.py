@@ -79,6 +79,8 @@ def run_aiayn(dataset: Path, work: Path, args) -> dict:
             args.minutes,
             "--threads",
             args.threads,
+            "--precision",  # fp32, as Hugging Face trains here (aiayn's auto is bf16 on CPUs with bf16 units)
+            "fp32",
             *args.aiayn_overrides,
         ]
         started = time.time()

@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from hf_budget import add_precision_options, hf_precisions, hf_system  # noqa: E402
+from hf_budget import add_precision_options, hf_precisions, hf_system, ratio_against_fastest  # noqa: E402
 
 from aiayn.data.image_text import ImageTextOptions, ImageTextSplit, prepare_image_text  # noqa: E402
 from aiayn.data.images import to_tensor  # noqa: E402
@@ -265,14 +265,16 @@ def main() -> None:
                     "parameters": sum(p.numel() for p in r["model"].parameters()),
                     **score(r["model"], data, splits),
                 }
-    print(f"\n{'':14} {'updates':>8} {'pairs/s':>8} {'unseen zs %':>12} {'seen zs %':>10} {'emoji R@5':>10} {'name R@5':>9}")
+    print(
+        f"\n{'':14} {'precision':>9} {'updates':>8} {'pairs/s':>8} {'unseen zs %':>12} {'seen zs %':>10} {'emoji R@5':>10} {'name R@5':>9}"
+    )
     systems = sorted({s for d in rows.values() for s in d})
     for system in systems:
         shapes, emoji = rows["shapes"][system], rows.get("emoji", {}).get(system, {})
         e5 = emoji.get("test", {}).get("recall@5", float("nan"))
         n5 = emoji.get("test", {}).get("image_recall@5", float("nan"))
         print(
-            f"{system:14} {shapes['updates']:>8} {shapes['train_pairs_per_s']:>8.1f} {shapes['test_unseen']['zero_shot_accuracy']:>12.2f} "
+            f"{system:14} {shapes['precision']:>9} {shapes['updates']:>8} {shapes['train_pairs_per_s']:>8.1f} {shapes['test_unseen']['zero_shot_accuracy']:>12.2f} "
             f"{shapes['test']['zero_shot_accuracy']:>10.2f} {e5:>10.2f} {n5:>9.2f}"
         )
     result = {
@@ -292,11 +294,8 @@ def main() -> None:
         ratio = rows["shapes"]["aiayn"]["train_pairs_per_s"] / rows["shapes"][system]["train_pairs_per_s"]
         print(f"aiayn / {system} training pairs/s (shapes): {ratio:.2f}×")
     if peers:  # against Hugging Face's faster precision
-        fastest = max(peers, key=lambda s: rows["shapes"][s]["train_pairs_per_s"])
-        result["train_pairs_per_s_ratio"] = round(
-            rows["shapes"]["aiayn"]["train_pairs_per_s"] / rows["shapes"][fastest]["train_pairs_per_s"], 3
-        )
-        result["ratio_against"] = fastest
+        ratio, fastest = ratio_against_fastest(rows["shapes"], "train_pairs_per_s")
+        result.update(train_pairs_per_s_ratio=round(ratio, 3), ratio_against=fastest)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -65,7 +65,8 @@ def train_classifier(data: Path, work: Path, args):
     if args.classifier:
         return load_model(args.classifier)[0].eval()
     run = work / "judge"
-    cfg = load_config("vit-tiny", {"max_time": args.classifier_minutes, "validate_every": 0, "save_every": 0, "threads": args.threads})
+    overrides = {"max_time": args.classifier_minutes, "validate_every": 0, "save_every": 0, "threads": args.threads, "precision": "fp32"}
+    cfg = load_config("vit-tiny", overrides)
     summary = Trainer(cfg, data, run, log=lambda *a: None, progress=False).train()
     return load_model(run / "checkpoints" / f"step-{summary['updates']:08d}.safetensors")[0].eval()
 
@@ -77,7 +78,9 @@ def run_aiayn(data: Path, work: Path, args) -> dict:
 
     run = work / "aiayn-run"
     cfg = load_config(
-        args.config, {"max_time": args.minutes, "validate_every": 0, "save_every": 0, "threads": args.threads, "seed": args.seed}
+        args.config,
+        # fp32, as diffusers' training loop here (aiayn's auto is bf16 on CPUs with bf16 units)
+        {"max_time": args.minutes, "validate_every": 0, "save_every": 0, "threads": args.threads, "seed": args.seed, "precision": "fp32"},
     )
     summary = Trainer(cfg, data, run, log=lambda *a: None, progress=False).train()
     speed, seconds = last_train_speed(run)

@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from hf_budget import add_precision_options, hf_precisions, hf_system  # noqa: E402
+from hf_budget import add_precision_options, hf_precisions, hf_system, ratio_against_fastest  # noqa: E402
 
 from aiayn.runtime import cpu_info  # noqa: E402
 
@@ -57,8 +57,10 @@ def prepare(work: Path, vocab_size: int) -> Path:
 
     files = write_shipped_corpus(work / "text")
     out = work / "data"
-    if (out / "meta.json").exists():  # prepared by an earlier call with this --work
+    meta = out / "meta.json"
+    if meta.exists() and json.loads(meta.read_text())["vocab"]["size"] == vocab_size:  # an earlier call with this --work
         return out
+    shutil.rmtree(out, ignore_errors=True)
     prepare_text({"train": [files["train"][0]], "valid": [files["valid"][0]]}, out, TextOptions(vocab_size=vocab_size, progress=False))
     return out
 
@@ -247,7 +249,6 @@ def main() -> None:
                 ),
             }
     a = rows["aiayn"]
-    fastest = max((n for n in rows if n != "aiayn"), key=lambda n: rows[n]["tokens_per_s"])
     print(f"\n{'':8} {'precision':>9} {'updates':>8} {'tokens/s':>10} {'valid loss':>11} {'ppl':>8} {'bits/char':>10}")
     for name, r in rows.items():
         print(
@@ -271,9 +272,9 @@ def main() -> None:
         },
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
         "rows": rows,
-        "tokens_per_s_ratio": round(a["tokens_per_s"] / rows[fastest]["tokens_per_s"], 3),  # against HF's faster precision
-        "ratio_against": fastest,
     }
+    ratio, fastest = ratio_against_fastest(rows, "tokens_per_s")  # against Hugging Face's faster precision
+    result.update(tokens_per_s_ratio=round(ratio, 3), ratio_against=fastest)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

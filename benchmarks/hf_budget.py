@@ -60,12 +60,21 @@ def train_for(make_trainer, minutes: float, probe_steps: int = 60, min_steps: in
     }
 
 
+def _precisions(text: str) -> list[str]:
+    import argparse
+
+    chosen = text.split(",")
+    if not chosen or any(p not in ("fp32", "bf16") for p in chosen):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected fp32, bf16 or fp32,bf16")
+    return chosen
+
+
 def add_precision_options(parser) -> None:
     """--precision (aiayn's) and --hf-precision (Hugging Face's runs), for the benchmarks that train both."""
     parser.add_argument("--precision", default="auto", help="aiayn's training precision (default auto: bf16 where the CPU has bf16 units)")
     parser.add_argument(
         "--hf-precision",
-        type=lambda s: s.split(","),
+        type=_precisions,
         default=None,
         help="Hugging Face's runs, comma-separated (default fp32, and bf16 too where the CPU has bf16 units)",
     )
@@ -84,3 +93,13 @@ def hf_precisions(args) -> list[str]:
 def hf_system(precision: str) -> str:
     """The name of a Hugging Face run in the tables: "hf" in fp32, "hf-bf16" in bf16."""
     return "hf" if precision == "fp32" else f"hf-{precision}"
+
+
+def ratio_against_fastest(rows: dict, key: str) -> tuple[float, str] | None:
+    """aiayn's figure `key` over the best Hugging Face row's ("hf", "hf-bf16", ...), and that row's
+    name; None where no Hugging Face row ran."""
+    peers = [name for name in rows if name.startswith("hf")]
+    if not peers:
+        return None
+    fastest = max(peers, key=lambda name: rows[name][key])
+    return rows["aiayn"][key] / rows[fastest][key], fastest

@@ -68,9 +68,10 @@ def prepare(kind: str, work: Path) -> Path | None:
     import subprocess
 
     task = "images" if kind == "fashion-mnist" else "image-text"
-    subprocess.run(
-        [sys.executable, "-m", "aiayn", "prepare", "--task", task, "--dataset", kind, "--out", str(out)], check=True, capture_output=True
-    )
+    command = [sys.executable, "-m", "aiayn", "prepare", "--task", task, "--dataset", kind, "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"aiayn prepare --dataset {kind} failed:\n{done.stderr}")
     return out
 
 
@@ -114,6 +115,11 @@ def main() -> None:
     p.add_argument("--work", help="directory for the data and runs (default: a temporary one)")
     p.add_argument("--out", default=str(HERE / "results" / "precision_train.json"))
     args = p.parse_args()
+    unknown = [c for c in args.configs.split(",") if c not in DATA]
+    if unknown:
+        p.error(f"--configs {','.join(unknown)}: this benchmark knows {', '.join(DATA)}")
+    if args.skip < 1 or args.updates < 2 * args.skip:
+        p.error("--updates must be at least twice --skip (the timing runs from the log line at --skip to the last one)")
     if not cpu_has_bf16() and not args.force:
         sys.exit("this CPU has no bf16 units (AVX-512 BF16 or AMX): bf16 would run at about 0.25× fp32; --force runs it anyway")
     torch.set_num_threads(args.threads)
@@ -135,7 +141,7 @@ def main() -> None:
                 {
                     "config": config,
                     "data": DATA[config],
-                    **{k: v for k, v in runs.items()},
+                    **runs,
                     "speedup": round(runs["bf16"]["items_per_s"] / runs["fp32"]["items_per_s"], 3),
                 }
             )

@@ -56,7 +56,7 @@ def train(dataset: Path, run: Path, config: str, minutes: float, threads: int, l
 
         shutil.rmtree(run)
     sh(
-        ["train", "--data", dataset, "--config", config, "--out", run, "--max-time", minutes, "--threads", threads]
+        ["train", "--data", dataset, "--config", config, "--out", run, "--max-time", minutes, "--threads", threads, "--precision", "fp32"]
         + ["--save-every", 100, "--keep-last", 0, "--validate-every", 0, "--valid-bleu", "false"],
         log,
     )

@@ -79,6 +79,7 @@ def run_trial(name: str, overrides: dict, args) -> dict:
         shutil.rmtree(run)
     cmd = [sys.executable, "-m", "aiayn", "train", "--data", str(data), "--config", args.config, "--out", str(run)]
     cmd += ["--max-time", str(args.minutes), "--threads", str(args.threads), "--validate-every", "0", "--valid-bleu", "false"]
+    cmd += ["--precision", "fp32"]  # the trials' figures in one precision on every CPU (a trial may override it)
     for key, value in overrides.items():
         cmd += [f"--{key.replace('_', '-')}" if "." not in key else f"--{key}", value]
     print("$", " ".join(cmd[2:]), flush=True)

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from hf_budget import add_precision_options, hf_precisions, hf_system  # noqa: E402
+from hf_budget import add_precision_options, hf_precisions, hf_system, ratio_against_fastest  # noqa: E402
 
 from aiayn.data.images import ImageSplit, prepare_images, to_tensor  # noqa: E402
 from aiayn.runtime import cpu_info  # noqa: E402
@@ -223,9 +223,8 @@ def main() -> None:
         result["machine"]["transformers"] = runs[name]["transformers"]
         print(f"aiayn / {name} training images/s: {rows['aiayn']['train_images_per_s'] / rows[name]['train_images_per_s']:.2f}×")
     if peers:  # against Hugging Face's faster precision
-        fastest = max(peers, key=lambda n: rows[n]["train_images_per_s"])
-        result["train_images_per_s_ratio"] = round(rows["aiayn"]["train_images_per_s"] / rows[fastest]["train_images_per_s"], 3)
-        result["ratio_against"] = fastest
+        ratio, fastest = ratio_against_fastest(rows, "train_images_per_s")
+        result.update(train_images_per_s_ratio=round(ratio, 3), ratio_against=fastest)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -99,3 +99,18 @@ def test_bf16_attention_on_a_cpu_is_fp32_attention_rounded_forward_and_backward(
     for ours, theirs in zip(grads, torch.autograd.grad(ref, (q32, k32, v32), grad_out.float())):
         assert ours.dtype == torch.bfloat16
         assert torch.equal(ours, theirs.bfloat16())
+
+
+def test_bf16_prefill_against_an_fp32_cache_is_fp32_attention_rounded():
+    """bf16 decoding on a CPU keeps its KV cache in fp32; a prompt's several queries (bf16) against it
+    see the keys up to their own position, in fp32, with the output rounded to bf16."""
+    from aiayn.nn.attention import scaled_dot_product_attention
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 3, 8).bfloat16()
+    k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)  # two cached positions, then the three new ones
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = scaled_dot_product_attention(q, k, v, is_causal=True)
+    sees = torch.ones(3, 5, dtype=torch.bool).tril(2)  # query i sees keys ≤ i + 2
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k, v, attn_mask=sees)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.bfloat16())

@@ -269,6 +269,17 @@ def test_existing_run_needs_resume(small_dataset, tmp_path):
         train(small_dataset, tmp_path / "empty", resume=True, max_updates=10)
 
 
+@pytest.mark.parametrize("started", ["fp32", "bf16"])
+def test_precision_auto_resumes_in_the_runs_own_precision(small_dataset, tmp_path, started):
+    """A run started in either precision and resumed with `auto` (which is bf16 or fp32 by the CPU)
+    continues in the precision it was trained in, so that a resumed run stays bit-exact."""
+    train(small_dataset, tmp_path / "run", max_updates=2, save_every=2, precision=started)
+    trainer = Trainer(
+        fast_config(max_updates=4, precision="auto"), small_dataset, tmp_path / "run", resume=True, log=lambda *a: None, progress=False
+    )
+    assert trainer.precision == started
+
+
 def test_resume_keeps_the_runs_model_when_a_preset_changes(small_dataset, tmp_path, monkeypatch):
     """--resume rebuilds the model its checkpoint records: a preset redefined since the run began
     does not change it; a model section that asks for another model is refused."""

@@ -8,7 +8,8 @@ measured on.
 - precision: `resolve_precision`, `autocast`, `cpu_has_bf16`; for inference `inference_precision`
   (bf16 only where it measures faster) and `int8_weight_levels` (int8 products without VNNI).
 - matrix products: `onednn_inference` (AIAYN_GEMM=auto|mkl|onednn), `gemm_library`.
-- attention kernels: `configure_attention` (cuDNN's kernel off on CUDA).
+- attention kernels: `configure_attention` (cuDNN's kernel off on CUDA); `attention_in_fp32`
+  (bf16 on a CPU runs the fused kernel in fp32) and `decoding_attention_in_fp32`.
 - padding: `skip_padding(device)` (position-wise work on the real tokens only, on the CPU).
 - dropout: `int16_dropout(x)` (the CPU's cheaper keep-mask).
 - memory: `reuse_freed_memory()` (glibc keeps large blocks on the heap, CPU training) and
@@ -56,9 +57,10 @@ def device(choice: str | torch.device | None = "auto") -> torch.device:
 def resolve_precision(precision: str, where: torch.device) -> str:
     """fp32, bf16 or fp16 for training on `where`. "auto" is bf16 on CUDA (fp16 where bf16 is
     missing); on a CPU bf16 where it multiplies bf16 natively (`cpu_has_bf16`), else fp32. Training
-    steps on a 2-core AMD EPYC Zen 5 (AVX-512 BF16), bf16 autocast against fp32, 60-400 updates:
-    quickstart 1.05×, small 1.75×, gpt-tiny 1.78×, vit-tiny 1.92×, clip-tiny 1.36×, dit-tiny 1.75×,
-    rnnsearch-tiny 1.04×; without bf16 units bf16 runs at about 0.25× fp32."""
+    steps on a 2-core AMD EPYC Zen 5 (AVX-512 BF16), bf16 autocast against fp32
+    (benchmarks/precision_train.py): small 1.78×, gpt-tiny 1.68×, vit-tiny 1.92×, dit-tiny 1.62×,
+    clip-tiny 1.76×, rnnsearch-tiny 1.04×, quickstart 0.82× (its recipe pins fp32); without bf16
+    units bf16 runs at about 0.25× fp32."""
     import torch
 
     if precision == "auto":
@@ -293,7 +295,8 @@ def search_sync_every(where: torch.device) -> int:
 
 
 def attention_in_fp32(q: torch.Tensor) -> bool:
-    """Whether bf16 on a CPU runs attention itself (Eq. 1) in fp32, training and decoding alike.
+    """Whether bf16 on a CPU runs the fused attention kernel (Eq. 1) in fp32, training and decoding
+    alike (the spelled-out path that returns the weights, for heat maps, stays in autocast).
     PyTorch's CPU attention kernel is slow in bf16: greedy decoding of base dimensions on a 2-core
     AMD EPYC Zen 4 spent 480 ms in bf16 attention against 122 ms in fp32, and a `quickstart`
     training update on a Zen 5 EPYC spent 30 ms in the bf16 kernel's backward pass against 6 ms in fp32."""

@@ -35,7 +35,7 @@ def scaled_dot_product_attention(
     is_causal: query i sees keys ≤ i + (Lk − Lq) (the decoder's masking of §3.2.3).
 
     The default path is PyTorch's fused kernel (flash / memory-efficient on GPU, a fused
-    CPU kernel otherwise). `need_weights=True` spells Eq. (1) out and also returns the
+    CPU kernel otherwise; in fp32 under bf16 on a CPU, `runtime.attention_in_fp32`). `need_weights=True` spells Eq. (1) out and also returns the
     attention probabilities [B, h, Lq, Lk], for alignments and heat maps.
     """
     if is_causal:

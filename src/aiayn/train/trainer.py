@@ -88,6 +88,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         latest = self._latest_complete(checkpoints) if resume else None
         resumed = read_checkpoint(step_paths(self.run_dir, latest)[0]) if resume else None  # read once: config, then weights
+        saved_precision = resumed.extra.get("precision") if resumed else None
+        if cfg.precision == "auto" and saved_precision in ("fp32", "bf16", "fp16"):
+            # auto resumes in the run's own precision (its first start may have resolved auto otherwise)
+            self.precision = runtime.resolve_precision(saved_precision, self.device)
         if init_from:
             ckpt = read_checkpoint(init_from)
             self.task.check_compatible(ckpt, "--init-from")
