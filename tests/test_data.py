@@ -217,7 +217,7 @@ def test_killed_run_leaves_nothing_that_looks_complete(tmp_path):
     """SIGKILL mid-run (no chance to clean up): only a hidden temp dir remains, never --out."""
     words = [f"w{i}" for i in range(3000)]
     rng = np.random.default_rng(0)
-    lines = [" ".join(rng.choice(words, 30)) for _ in range(60000)]
+    lines = [" ".join(rng.choice(words, 30)) for _ in range(150000)]  # long enough to be mid-run on a fast CPU
     src, tgt = corpus(tmp_path, src_lines=lines, tgt_lines=lines)
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -242,7 +242,7 @@ def test_killed_run_leaves_nothing_that_looks_complete(tmp_path):
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".out.tmp") for p in tmp_path.iterdir()):
         time.sleep(0.05)
-    time.sleep(1.0)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
