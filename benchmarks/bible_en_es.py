@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -211,12 +210,14 @@ def main() -> None:
     for r in results:
         tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else "-"
         print(f"{r['system']:<46} {r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['updates']:>8} {tps:>9}")
+    from aiayn.runtime import machine
+
     record = {
         "command": " ".join(sys.argv),
         "minutes": args.minutes,
         "threads": args.threads,
         "vocab_size": args.vocab_size,
-        "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(args.threads),
         "results": results,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }

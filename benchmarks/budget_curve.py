@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bible_en_es  # noqa: E402
-from tune_recipe import machine  # noqa: E402
+
+from aiayn.runtime import machine  # noqa: E402
 
 
 def matmul_peak(threads: int, n: int = 1024, seconds: float = 3.0) -> float:
@@ -97,7 +98,7 @@ def main() -> None:
     dataset = bible_en_es.prepare(args.data, args.work, args.vocab_size)
     record = {
         "command": " ".join(sys.argv),
-        "machine": {**machine(), "threads": args.threads, "fp32_matmul_gflops": round(matmul_peak(args.threads), 1)},
+        "machine": {**machine(args.threads), "fp32_matmul_gflops": round(matmul_peak(args.threads), 1)},
         "vocab_size": args.vocab_size,
         "config": args.config,
         "test_sentences": len((args.data / "test.en").read_text(encoding="utf-8").splitlines()),

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -54,7 +53,7 @@ from hf_budget import add_precision_options, hf_precisions, hf_system, ratio_aga
 from aiayn.data.image_text import ImageTextOptions, ImageTextSplit, prepare_image_text  # noqa: E402
 from aiayn.data.images import to_tensor  # noqa: E402
 from aiayn.data.tokenizer import Tokenizer  # noqa: E402
-from aiayn.runtime import cpu_info  # noqa: E402
+from aiayn.runtime import machine  # noqa: E402
 from aiayn.tasks.image_text import caption_batch  # noqa: E402
 from aiayn.zero_shot import evaluate_split  # noqa: E402
 
@@ -279,13 +278,7 @@ def main() -> None:
         )
     result = {
         "benchmark": "clip_shapes",
-        "machine": {
-            "cpu": cpu_info("model name") or platform.processor(),
-            "flags": sorted({f for f in cpu_info("flags").split() if f.startswith(("avx", "amx"))}),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            **versions,
-        },
+        "machine": {**machine(args.threads), **versions},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
         "rows": rows,
     }

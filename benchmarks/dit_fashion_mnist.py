@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -46,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from aiayn.data.images import ImageSplit, prepare_images, to_tensor  # noqa: E402
-from aiayn.runtime import cpu_info  # noqa: E402
+from aiayn.runtime import machine  # noqa: E402
 from aiayn.tasks.image_generation import to_pixels, to_unit_range  # noqa: E402
 from aiayn.vision import frechet_distance  # noqa: E402
 
@@ -304,12 +303,7 @@ def main() -> None:
         print(f"{name:10} {r['updates']:>8} {r['train_images_per_s']:>12.1f} {cells}")
     result = {
         "benchmark": "dit_fashion_mnist",
-        "machine": {
-            "cpu": cpu_info("model name") or platform.processor(),
-            "flags": sorted({f for f in cpu_info("flags").split() if f.startswith(("avx", "amx"))}),
-            "threads": args.threads,
-            "torch": torch.__version__,
-        },
+        "machine": machine(args.threads),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work", "grid")},
         "judge": judge_row,
         "rows": rows,

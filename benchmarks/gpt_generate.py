@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from aiayn import models  # noqa: E402
 from aiayn.generate.complete import GenerationOptions, Generator  # noqa: E402
 from aiayn.interop.hf_gpt2 import to_gpt2_model  # noqa: E402
-from aiayn.runtime import cpu_info  # noqa: E402
+from aiayn.runtime import machine  # noqa: E402
 
 
 def prompts(tok, n: int, length: int) -> list[list[int]]:
@@ -144,13 +143,7 @@ def main() -> None:
     rows = [row for preset in args.presets for row in run(preset, tok, args)]
     result = {
         "benchmark": "gpt_generate",
-        "machine": {
-            "cpu": cpu_info("model name") or platform.processor(),
-            "flags": sorted({f for f in cpu_info("flags").split() if f.startswith(("avx", "amx")) or f in ("fma",)}),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "machine": {**machine(args.threads), "transformers": transformers.__version__},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "rows": rows,
     }

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import sys
 import tempfile
@@ -48,7 +47,7 @@ sys.path.insert(0, str(HERE))
 
 from hf_budget import add_precision_options, hf_precisions, hf_system, ratio_against_fastest  # noqa: E402
 
-from aiayn.runtime import cpu_info  # noqa: E402
+from aiayn.runtime import machine  # noqa: E402
 
 
 def prepare(work: Path, vocab_size: int) -> Path:
@@ -263,13 +262,7 @@ def main() -> None:
     transformers_version = next(r["transformers"] for n, r in runs.items() if n != "aiayn")
     result = {
         "benchmark": "gpt_train",
-        "machine": {
-            "cpu": cpu_info("model name") or platform.processor(),
-            "flags": sorted({f for f in cpu_info("flags").split() if f.startswith(("avx", "amx"))}),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "transformers": transformers_version,
-        },
+        "machine": {**machine(args.threads), "transformers": transformers_version},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
         "rows": rows,
     }

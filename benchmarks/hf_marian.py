@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import sys
 import time
@@ -72,6 +71,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from aiayn.data import ParallelDataset, load_meta, load_tokenizers  # noqa: E402
 from aiayn.evaluate import evaluate  # noqa: E402
 from aiayn.models import TransformerConfig  # noqa: E402
+from aiayn.runtime import machine  # noqa: E402
 
 
 # ---------------------------------------------------------------- model
@@ -561,7 +561,7 @@ def main(argv=None) -> dict:
     summary = {
         "library": "transformers",
         "versions": {"transformers": transformers.__version__, "accelerate": accelerate.__version__, "torch": torch.__version__},
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
+        "machine": machine(args.threads),
         "data": str(Path(args.data).resolve()),
         "tokenizer_check": check,
         "model": {

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -107,12 +106,7 @@ def main() -> None:
         "beam": args.beam,
         "vocabulary": model.config.tgt_vocab_size,
         "shortlist": {"path": args.shortlist, "k": args.shortlist_size} if args.shortlist else None,
-        "machine": {
-            "cpu": runtime.cpu_info("model name") or platform.processor(),
-            "flags": sorted(f for f in runtime.cpu_info("flags").split() if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f),
-            "threads": args.threads,
-            "torch": torch.__version__,
-        },
+        "machine": runtime.machine(args.threads),
         "rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

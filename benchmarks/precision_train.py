@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from aiayn.runtime import cpu_has_bf16, cpu_info  # noqa: E402
+from aiayn.runtime import cpu_has_bf16, machine  # noqa: E402
 
 DATA = {  # config -> the kind of data it trains on
     "quickstart": "translation",
@@ -154,13 +153,7 @@ def main() -> None:
         )
     result = {
         "benchmark": "precision_train",
-        "machine": {
-            "cpu": cpu_info("model name") or platform.processor(),
-            "cpu_family": cpu_info("cpu family"),
-            "flags": sorted({f for f in cpu_info("flags").split() if f.startswith(("avx", "amx"))}),
-            "threads": args.threads,
-            "torch": torch.__version__,
-        },
+        "machine": machine(args.threads),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
         "rows": rows,
     }

@@ -54,7 +54,6 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -304,6 +303,8 @@ def run_prepare(src: Path, tgt: Path, pairs: int, out: Path, vocab_size: int, wo
 
 # ---------------------------------------------------------------- report
 def machine_info() -> dict:
+    from aiayn.runtime import machine
+
     def version(dist: str) -> str | None:
         try:
             return importlib.metadata.version(dist)
@@ -316,15 +317,11 @@ def machine_info() -> dict:
     except OSError:
         mem_total = None
     return {
+        **machine(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": next(
-            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor()
-        ),
         "mem_total_mib": mem_total,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        **{dist: version(dist) for dist in ("torch", "numpy", "sentencepiece", "tqdm", "aiayn")},
+        **{dist: version(dist) for dist in ("numpy", "sentencepiece", "tqdm", "aiayn")},
     }
 
 
@@ -448,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     command_line = shlex.join([sys.executable, *sys.argv])
     print(
-        f"machine: {info['cpu_count']} cpus ({info['cpu_model']}), {info['mem_total_mib']} MiB; python {info['python']}, "
+        f"machine: {info['cpu_count']} cpus ({info['cpu']}), {info['mem_total_mib']} MiB; python {info['python']}, "
         f"torch {info['torch']}, sentencepiece {info['sentencepiece']}; load average {os.getloadavg()}"
     )
     tmp = Path(tempfile.mkdtemp(prefix="aiayn-prepare-bench-", dir=args.tmp))

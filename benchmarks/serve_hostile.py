@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import collections
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -159,9 +158,11 @@ def main() -> None:
         f"server RSS: {rss_warm:.0f} MiB after warm-up, {max(rss or [rss_warm]):.0f} at most, {rss_after:.0f} after ({rss_after / rss_warm:.2f}×)"
     )
     print(f"server: cancelled_batches {health['cancelled_batches']}, batches {health['batches']}")
+    from aiayn.runtime import machine
+
     result = {
         "argv": sys.argv,
-        "machine": {"platform": platform.platform(), "cpu": _cpu()},
+        "machine": machine(),
         "phases": dict(rows),
         "p95_hostile_over_calm": round(ratio, 3),
         "probe_ms": probe_ms,
@@ -176,15 +177,6 @@ def main() -> None:
 
 def percentile(row: dict, p: int) -> float:
     return row[f"p{p}_ms"]
-
-
-def _cpu() -> str:
-    try:
-        from aiayn.runtime import cpu_info
-
-        return cpu_info("model name")
-    except Exception:  # noqa: BLE001
-        return ""
 
 
 if __name__ == "__main__":

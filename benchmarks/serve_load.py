@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -233,6 +232,8 @@ def main() -> None:
 
     import torch
 
+    from aiayn.runtime import machine
+
     args.work.mkdir(parents=True, exist_ok=True)
     model = args.model or tiny_model(args.work, args.train_updates)
     sentences = load_sentences(args.work, args.sentences)
@@ -287,13 +288,7 @@ def main() -> None:
                 "results": results,
                 "gain_of_batching": gains,
                 "errors": total_errors,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "platform": platform.platform(),
-                },
+                "machine": {**machine(torch.get_num_threads()), "cpus": os.cpu_count()},
             },
             indent=2,
         )

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -239,13 +238,15 @@ def main() -> None:
         )
     goal = all(r["ratio"] >= 1.5 for r in rows)
     print(f"goal ≥ 1.5× HF's tokens/s: {'PASS' if goal else 'FAIL'}")
+    from aiayn.runtime import machine
+
     record = {
         "command": " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "threads": args.threads,
         "updates": args.updates,
         "skip": args.skip,
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(args.threads),
         "precision": args.precision,
         "rows": rows,
         "goal_1_5x": goal,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -39,14 +38,9 @@ sys.path.insert(0, str(HERE))
 
 from bible_en_es import DEFAULT_DATA, prepare, sh  # noqa: E402
 
+from aiayn.runtime import machine  # noqa: E402
+
 SYSTEMS = {"transformer": "tiny", "rnnsearch": "rnnsearch-tiny"}
-
-
-def machine() -> dict:
-    from aiayn.runtime import cpu_info
-
-    flags = sorted(f for f in cpu_info("flags").split() if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f)
-    return {"cpu": cpu_info("model name"), "flags": flags, "python": platform.python_version(), "platform": platform.platform()}
 
 
 # ---------------------------------------------------------------- budget

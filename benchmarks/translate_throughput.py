@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -119,7 +118,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from aiayn.generate import beam_search, greedy_search, special_tokens
-    from aiayn.runtime import cpu_info, gemm_library, onednn_inference
+    from aiayn.runtime import gemm_library, machine, onednn_inference
 
     work = Path(tempfile.mkdtemp(prefix="aiayn-translate-bench-"))
     model, tokenizers, ckpt, sources, data = build(args.size, args.vocab_size, work)
@@ -283,12 +282,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "length": L,
         "torch": torch.__version__,
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu": cpu_info("model name") or platform.processor(),
-            "flags": sorted(f for f in cpu_info("flags").split() if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f),
-        },
+        "machine": machine(),
         "gemm_library": "oneDNN" if onednn_inference() else "MKL",
         "results": [{"system": name, "beam": beam, **r} for (name, beam), r in results.items()],
     }

@@ -27,22 +27,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def machine() -> dict:
-    info = {}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                info["cpu"] = value.strip()
-            if key.strip() == "Flags":
-                flags = value.split()
-                info["flags"] = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma",)]
-    except FileNotFoundError:
-        pass
-    return info
-
-
 def prepared(work: Path, vocab: int) -> Path:
     from aiayn.data.binarize import PrepareOptions, prepare
     from aiayn.data.shipped import write_shipped_corpus
@@ -128,6 +112,8 @@ def main() -> None:
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     record = json.loads(args.out.read_text()) if args.out.is_file() else {"trials": []}
+    from aiayn.runtime import machine
+
     record["machine"] = machine()
     rows = []
     for text in args.trial:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -44,7 +43,7 @@ sys.path.insert(0, str(HERE))
 from hf_budget import add_precision_options, hf_precisions, hf_system, ratio_against_fastest  # noqa: E402
 
 from aiayn.data.images import ImageSplit, prepare_images, to_tensor  # noqa: E402
-from aiayn.runtime import cpu_info  # noqa: E402
+from aiayn.runtime import machine  # noqa: E402
 from aiayn.tasks.images import augment  # noqa: E402
 
 
@@ -209,12 +208,7 @@ def main() -> None:
         )
     result = {
         "benchmark": "vit_fashion_mnist",
-        "machine": {
-            "cpu": cpu_info("model name") or platform.processor(),
-            "flags": sorted({f for f in cpu_info("flags").split() if f.startswith(("avx", "amx"))}),
-            "threads": args.threads,
-            "torch": torch.__version__,
-        },
+        "machine": machine(args.threads),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
         "rows": rows,
     }

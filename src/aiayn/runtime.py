@@ -14,6 +14,7 @@ measured on.
 - dropout: `int16_dropout(x)` (the CPU's cheaper keep-mask).
 - memory: `reuse_freed_memory()` (glibc keeps large blocks on the heap, CPU training) and
   `release_freed_memory()` (gives freed pages back, data preparation).
+- the record: `machine(threads)`, the CPU and versions a benchmark's figures were measured on.
 - batch size: `default_max_tokens(device)` for decoding; `search_sync_every(device)`, how often a
   search asks the device which sentences are done.
 """
@@ -177,6 +178,29 @@ def cpu_info(field: str) -> str:
     except OSError:
         pass
     return ""
+
+
+def machine(threads: int | None = None) -> dict:
+    """What a benchmark's figures were measured on, for its results file: the CPU's model name,
+    family and model numbers (`lscpu` prints the same), its vector and matrix flags (AVX*, AMX*,
+    FMA, VNNI, BF16), the threads used, and the Python, platform and PyTorch versions."""
+    import platform
+
+    import torch
+
+    vector = ("avx", "amx", "fma")
+    info = {
+        "cpu": cpu_info("model name") or platform.processor() or platform.machine(),
+        "cpu_family": cpu_info("cpu family"),
+        "cpu_model": cpu_info("model"),
+        "flags": sorted({f for f in cpu_info("flags").split() if f.startswith(vector) or "vnni" in f or "bf16" in f}),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
+    if threads is not None:
+        info["threads"] = threads
+    return info
 
 
 @functools.cache
