@@ -299,3 +299,26 @@ def test_the_server_classifies_an_uploaded_image_and_refuses_garbage():
     assert bad.status_code == 422 and "not a readable image" in bad.json()["message"]
     assert not_b64.status_code == 422 and "base64" in not_b64.json()["message"]
     assert "classify.js" in page.text
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_the_classifier_runs_in_bf16_and_int8_close_to_fp32(precision):
+    from aiayn.runtime import cpu_has_bf16
+    from aiayn.vision import Classifier
+
+    if precision == "bf16" and not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 units (bf16 autocast still works, only slowly)")
+    spec = {"height": 8, "width": 8, "channels": 1, "mean": [0.5], "std": [0.25], "flip": False}
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 8, 8, 1), dtype=np.uint8)
+    model = tiny_vit()
+    fp32 = Classifier(model, [str(i) for i in range(10)], spec, torch.device("cpu"))
+    reference, (reference_grid, _) = fp32.probabilities(images), fp32.rollout(images[0])
+    clf = Classifier(model, [str(i) for i in range(10)], spec, torch.device("cpu"), precision)
+    assert clf.precision == precision
+    probs = clf.probabilities(images)
+    assert probs.dtype == torch.float32 and torch.allclose(probs.sum(-1), torch.ones(16), atol=1e-5)
+    # bf16 keeps 8 bits of mantissa, int8 codes 7-8 bits per weight and activation: a few per cent of the logits' spread
+    assert (probs - reference).abs().max() < 0.05, (probs - reference).abs().max()
+    grid, top = clf.rollout(images[0])
+    # the class token's rollout over the 4×4 patches (its share of itself left out) follows fp32's
+    assert grid.shape == (4, 4) and np.abs(grid - reference_grid).max() < 0.02 * reference_grid.max()

@@ -671,6 +671,12 @@ def _add_classify(sub):
     p.add_argument("--top-k", type=S.int_at_least(1), default=3, help="classes to show per image (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="arithmetic: fp32 (default); bf16 or fp16 (autocast); int8 (CPU, a quantized copy); auto (as decoding chooses)",
+    )
     p.set_defaults(run=_run_classify)
 
 
@@ -680,7 +686,7 @@ def _run_classify(args):
     from aiayn.data.images import load_image
     from aiayn.vision import Classifier
 
-    clf = Classifier.load(args.model, args.device)
+    clf = Classifier.load(args.model, args.device, args.precision)
     failed = 0
     for path in args.images:
         try:
@@ -1017,7 +1023,7 @@ def _evaluate_images(args):
     split = ImageSplit(args.data, args.split)
     if split.meta["classes"] != clf.classes:
         raise UserError(f"{args.data} has other classes than the model ({', '.join(split.meta['classes'][:5])}…)")
-    result = evaluate_split(clf.model, split, clf.spec, clf.device)
+    result = evaluate_split(clf.model, split, clf.spec, clf.device, clf.precision)
     confusion = result.pop("confusion")
     if args.confusion:
         draw_confusion(confusion, clf.classes, args.confusion, f"{args.split}: accuracy {result['valid_accuracy']:.2f}%")

@@ -14,28 +14,42 @@ import torch
 
 @dataclass
 class Classifier:
-    """A ViT with its class names and image format (the checkpoint's assets)."""
+    """A ViT with its class names and image format (the checkpoint's assets), run in `precision`:
+    fp32, bf16 or fp16 (autocast), int8 (a quantized copy, CPU) or auto (as decoding chooses:
+    runtime.inference_precision)."""
 
     model: torch.nn.Module
     classes: list[str]
     spec: dict
     device: torch.device
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        from aiayn.nn.int8 import for_precision
+
+        self.model, self.precision = for_precision(self.model.to(self.device).eval(), self.precision, self.device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "Classifier":
+    def load(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "Classifier":
         from aiayn import runtime
         from aiayn.io.checkpoint import load_model
 
         where = runtime.device(device)
         model, ckpt = load_model(path, where, task="images", what="an image classifier")
-        return cls(model, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), where)
+        return cls(model, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), where, precision)
 
     @torch.no_grad()
-    def probabilities(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 [B, H, W, C] -> class probabilities [B, n_classes]."""
+    def logits(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 [B, H, W, C] -> class logits [B, n_classes] (float32)."""
+        from aiayn import runtime
         from aiayn.data.images import to_tensor
 
-        return self.model(to_tensor(images, self.spec).to(self.device)).float().softmax(-1).cpu()
+        with runtime.autocast(self.precision, self.device):
+            return self.model(to_tensor(images, self.spec).to(self.device)).float()
+
+    def probabilities(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 [B, H, W, C] -> class probabilities [B, n_classes]."""
+        return self.logits(images).softmax(-1).cpu()
 
     def classify(self, images: np.ndarray, top_k: int = 3) -> list[list[tuple[str, float]]]:
         probs = self.probabilities(images)
@@ -47,12 +61,14 @@ class Classifier:
     def rollout(self, image: np.ndarray) -> tuple[np.ndarray, list[tuple[str, float]]]:
         """The attention rollout of the class token (or, with mean pooling, of all tokens on average) over
         the patch grid [grid, grid], and the top predictions."""
+        from aiayn import runtime
         from aiayn.data.images import to_tensor
         from aiayn.models import attention_rollout
 
         x = to_tensor(image[None], self.spec).to(self.device)
-        states, weights = self.model.features(x, need_weights=True)
-        probs = self.model.head(self.model.pool(states)).float().softmax(-1)[0].cpu()
+        with runtime.autocast(self.precision, self.device):
+            states, weights = self.model.features(x, need_weights=True)
+            probs = self.model.head(self.model.pool(states)).float().softmax(-1)[0].cpu()
         r = attention_rollout(weights)[0]  # [L, L]
         g = self.model.config.grid
         row = r[0, 1:] if self.model.config.pooling == "cls" else r.mean(0)

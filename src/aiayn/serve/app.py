@@ -274,7 +274,7 @@ def load_translator(model: str | Path, device: str = "auto", precision: str = "f
     if ckpt.task == "lm":
         return Generator(loaded, ckpt.tokenizer, device=device, precision=precision)
     if ckpt.task == "images":
-        return Classifier(loaded, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), device)
+        return Classifier(loaded, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), device, precision)
     if ckpt.task == "image-text":
         return DualEncoder.load(model, str(device))
     if ckpt.task == "image-generation":

@@ -44,7 +44,7 @@ def model_info(clf: Classifier, name: str, path: str | None) -> dict:
             "layers": c.n_layers,
         },
         "device": str(clf.device),
-        "precision": "fp32",
+        "precision": clf.precision,
     }
 
 
