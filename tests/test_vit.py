@@ -322,3 +322,73 @@ def test_the_classifier_runs_in_bf16_and_int8_close_to_fp32(precision):
     grid, top = clf.rollout(images[0])
     # the class token's rollout over the 4×4 patches (its share of itself left out) follows fp32's
     assert grid.shape == (4, 4) and np.abs(grid - reference_grid).max() < 0.02 * reference_grid.max()
+
+
+@pytest.mark.slow
+def test_the_classify_page_in_a_browser(tmp_path):
+    """Upload a PNG on the served page: its classes are listed with the server's probabilities and
+    the rollout is laid over the picture; a file that is no image shows the server's message."""
+    from test_serve_browser import ARGS, CHROMIUM
+
+    if not CHROMIUM.is_file():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from _serving import LiveServer
+    from PIL import Image
+
+    from aiayn.serve import ServeSettings, create_app
+    from aiayn.vision import Classifier
+
+    spec = {"height": 8, "width": 8, "channels": 1, "mean": [0.5], "std": [0.25], "flip": False}
+    clf = Classifier(tiny_vit(), [f"class {i}" for i in range(10)], spec, torch.device("cpu"))
+    pixels = np.random.default_rng(0).integers(0, 255, (8, 8), dtype=np.uint8)
+    Image.fromarray(pixels, "L").save(tmp_path / "digit.png")
+    (tmp_path / "notes.png").write_bytes(b"not an image at all")
+    expected = clf.classify(pixels[..., None][None], 5)[0]
+    problems = []
+    with LiveServer(create_app(clf, ServeSettings(), name="vit")) as server, playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(server.url + "/")
+            playwright_api.expect(page.locator("#model-info")).to_contain_text("10 classes")
+            page.set_input_files("#file", str(tmp_path / "digit.png"))
+            page.wait_for_selector("#labels li:nth-child(5)")
+            shown = page.locator("#labels li").all_text_contents()
+            assert shown == [f"{label} — {100 * p:.1f}%" for label, p in expected], (shown, expected)
+            # the rollout canvas holds the picture with orange cells over it: some pixels are no shade of grey
+            coloured = page.evaluate(
+                """() => { const d = document.getElementById('rollout').getContext('2d').getImageData(0, 0, 224, 224).data;
+                           let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] !== d[i + 2]) n++; return n; }"""
+            )
+            assert coloured > 0
+            page.set_input_files("#file", str(tmp_path / "notes.png"))
+            playwright_api.expect(page.locator("#error")).to_contain_text("not a readable image")
+            assert page.locator("#labels li").count() == 0
+        finally:
+            browser.close()
+    assert not problems, problems
+
+
+def test_the_training_crop_shifts_by_at_most_its_padding_and_the_config_sets_it(digits_data):
+    from aiayn.data.images import to_tensor
+    from aiayn.tasks.images import ImageClassificationTask, augment, crop_padding
+    from aiayn.train.config import TrainConfig
+
+    rng = np.random.default_rng(0)
+    images = np.zeros((64, 12, 12, 1), dtype=np.uint8)
+    images[:, 5, 5] = 255  # one lit pixel: where it lands tells the shift
+    for pad in (0, 1, 3):
+        out = augment(images, rng, pad, flip=False)
+        _, ys, xs = np.nonzero(out[..., 0] == 255)
+        assert len(ys) == 64 and np.abs(ys - 5).max() == pad and np.abs(xs - 5).max() == pad
+    spec = {"height": 28}
+    assert crop_padding(spec) == 4 and crop_padding(spec, 2) == 2 and crop_padding(spec, 0) == 0
+    task = ImageClassificationTask(digits_data)
+    sampler = task.sampler(None, TrainConfig.from_dict({"model": {"preset": "vit-tiny"}, "crop_padding": 0, "max_sentences": 16}))
+    first = next(iter(task.batches(sampler, None)))
+    plain = task.train_data.images[np.sort(next(iter(sampler))[1])]
+    assert torch.equal(first.images, to_tensor(np.asarray(plain), task.spec))  # digits are not flipped: no crop, no change
+    with pytest.raises(ValueError, match="crop_padding"):
+        TrainConfig.from_dict({"model": {"preset": "vit-tiny"}, "crop_padding": -2})

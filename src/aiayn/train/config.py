@@ -35,6 +35,9 @@ class TrainConfig:
     clip_norm: float = 0.0  # gradient clipping by global norm (0: off)
     # §5.4 regularization (dropout lives in the model section)
     label_smoothing: float = 0.1
+    # image classification: zero padding (pixels) around each training image before its random crop
+    # back to size (-1: a seventh of the height, 4 pixels of a 28-pixel image; 0: no crop)
+    crop_padding: int = -1
     # an exponential moving average of the weights (train/ema.py): its decay, 0 for none; when kept,
     # checkpoints hold the average (what sampling and validation use), the training state the weights
     ema_decay: float = 0.0
@@ -126,6 +129,7 @@ RULES = {
     "clip_norm": S.AT_LEAST_0,
     "label_smoothing": S.PROBABILITY,
     "ema_decay": S.PROBABILITY,
+    "crop_padding": S.Rule(low=-1),
     "max_updates": S.AT_LEAST_0,
     "max_epochs": S.AT_LEAST_0,
     "max_time": S.AT_LEAST_0,
