@@ -1,12 +1,28 @@
-"""Helpers for the serving tests: a real uvicorn server in a thread, on a free loopback port."""
+"""Helpers for the serving tests: a real uvicorn server in a thread, on a free loopback port, and
+a page of Debian's chromium driven by Playwright (PyPI) to look at it (`bash bootstrap.sh test`
+installs both; no browser is downloaded)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from pathlib import Path
 
+import pytest
 import uvicorn
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 class LiveServer:
@@ -42,3 +58,23 @@ class LiveServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def browser_page(app, tmp_path: Path):
+    """`with browser_page(app, tmp_path) as (page, server, expect):` a chromium page beside `app`
+    served live (Playwright's `expect` for waiting on it); when the block ends, the test fails on any
+    error the page's scripts raised. Skips where chromium or playwright is missing."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (bash bootstrap.sh test installs it with apt)")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (bash bootstrap.sh test installs it)")
+    problems: list[str] = []
+    with LiveServer(app) as server, playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            yield page, server, playwright_api.expect
+        finally:
+            browser.close()
+    assert not problems, problems

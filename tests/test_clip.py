@@ -441,13 +441,8 @@ def test_the_service_answers_zero_shot_and_embeddings(shapes_data, clip_run):
 
 @pytest.mark.slow
 def test_the_zero_shot_page_in_a_browser(shapes_data, clip_run, tmp_path):
-    from test_serve_browser import ARGS, CHROMIUM
-
-    if not CHROMIUM.is_file():
-        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
-    playwright_api = pytest.importorskip("playwright.sync_api")
     import httpx
-    from _serving import LiveServer
+    from _serving import browser_page
     from PIL import Image
 
     from aiayn.serve import ServeSettings, create_app
@@ -455,30 +450,22 @@ def test_the_zero_shot_page_in_a_browser(shapes_data, clip_run, tmp_path):
     image = np.asarray(ImageTextSplit(shapes_data, "test").images[0])
     Image.fromarray(image).save(tmp_path / "scene.png")
     app = create_app(clip_run / "checkpoints" / "best.safetensors", ServeSettings(), device="cpu")
-    problems = []
-    with LiveServer(app) as server, playwright_api.sync_playwright() as pw:
+    with browser_page(app, tmp_path) as (page, server, expect):
         labels = ["red circle", "blue square", "green cross"]
         expected = httpx.post(f"{server.url}/v1/zero-shot", json={"image": png_of(image), "labels": labels}, timeout=60).json()["labels"]
-        browser = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        try:
-            page = browser.new_page()
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.goto(server.url + "/")
-            playwright_api.expect(page.locator("#model-info")).to_contain_text("joint space")
-            assert "red circle" in page.input_value("#label-text")  # prefilled with the model's classes
-            page.fill("#label-text", ", ".join(labels))
-            page.set_input_files("#file", str(tmp_path / "scene.png"))
-            page.wait_for_selector("#labels li:nth-child(3)", timeout=60_000)
-            shown = page.locator("#labels li").all_text_contents()
-            assert [s.split(" — ")[0] for s in shown] == [x["label"] for x in expected]
-            assert shown[0].split(" — ")[1].strip() == f"{expected[0]['probability'] * 100:.1f}%"
-            page.fill("#label-text", " , ")
-            page.click("#go")
-            page.wait_for_selector("#error:not([hidden])")
-            assert "at least one label" in page.text_content("#error")
-        finally:
-            browser.close()
-    assert not problems, problems
+        page.goto(server.url + "/")
+        expect(page.locator("#model-info")).to_contain_text("joint space")
+        assert "red circle" in page.input_value("#label-text")  # prefilled with the model's classes
+        page.fill("#label-text", ", ".join(labels))
+        page.set_input_files("#file", str(tmp_path / "scene.png"))
+        page.wait_for_selector("#labels li:nth-child(3)", timeout=60_000)
+        shown = page.locator("#labels li").all_text_contents()
+        assert [s.split(" — ")[0] for s in shown] == [x["label"] for x in expected]
+        assert shown[0].split(" — ")[1].strip() == f"{expected[0]['probability'] * 100:.1f}%"
+        page.fill("#label-text", " , ")
+        page.click("#go")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "at least one label" in page.text_content("#error")
 
 
 def test_prepare_image_text_from_the_command_line(tmp_path):

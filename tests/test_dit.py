@@ -325,40 +325,26 @@ def test_the_service_draws_samples_with_their_steps(dit_run):
 
 @pytest.mark.slow
 def test_the_samples_page_in_a_browser(dit_run, tmp_path):
-    from test_serve_browser import ARGS, CHROMIUM
-
-    if not CHROMIUM.is_file():
-        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    from _serving import LiveServer
+    from _serving import browser_page
 
     from aiayn.serve import ServeSettings, create_app
 
-    app = create_app(dit_run, ServeSettings(), device="cpu")
-    problems = []
-    with LiveServer(app) as server, playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        try:
-            page = browser.new_page()
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.goto(server.url + "/")
-            playwright_api.expect(page.locator("#model-info")).to_contain_text("noise levels")
-            assert page.locator("#class option").count() == 10
-            page.select_option("#class", "7")
-            page.fill("#n", "3")
-            page.fill("#steps", "5")
-            page.click("#go")
-            page.wait_for_selector("#samples img:nth-child(3)", timeout=60_000)
-            assert page.locator("#samples img").count() == 3
-            assert page.text_content("#step-label") == "step 5 of 5"
-            page.locator("#step").fill("0")
-            assert page.text_content("#step-label") == "step 1 of 5"
-            page.fill("#n", "65")
-            page.click("#go")
-            page.wait_for_selector("#error:not([hidden])")
-        finally:
-            browser.close()
-    assert not problems, problems
+    with browser_page(create_app(dit_run, ServeSettings(), device="cpu"), tmp_path) as (page, server, expect):
+        page.goto(server.url + "/")
+        expect(page.locator("#model-info")).to_contain_text("noise levels")
+        assert page.locator("#class option").count() == 10
+        page.select_option("#class", "7")
+        page.fill("#n", "3")
+        page.fill("#steps", "5")
+        page.click("#go")
+        page.wait_for_selector("#samples img:nth-child(3)", timeout=60_000)
+        assert page.locator("#samples img").count() == 3
+        assert page.text_content("#step-label") == "step 5 of 5"
+        page.locator("#step").fill("0")
+        assert page.text_content("#step-label") == "step 1 of 5"
+        page.fill("#n", "65")
+        page.click("#go")
+        page.wait_for_selector("#error:not([hidden])")
 
 
 def test_min_snr_weights_the_loss_and_validation_reports_the_plain_mse():

@@ -7,25 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
 import httpx  # noqa: E402
+from _serving import ARGS, CHROMIUM  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SENTENCE = "And God said, Let there be light: and there was light."
 
 

@@ -328,12 +328,8 @@ def test_the_classifier_runs_in_bf16_and_int8_close_to_fp32(precision):
 def test_the_classify_page_in_a_browser(tmp_path):
     """Upload a PNG on the served page: its classes are listed with the server's probabilities and
     the rollout is laid over the picture; a file that is no image shows the server's message."""
-    from test_serve_browser import ARGS, CHROMIUM
-
-    if not CHROMIUM.is_file():
-        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    from _serving import LiveServer
+    pytest.importorskip("fastapi")
+    from _serving import browser_page
     from PIL import Image
 
     from aiayn.serve import ServeSettings, create_app
@@ -345,30 +341,22 @@ def test_the_classify_page_in_a_browser(tmp_path):
     Image.fromarray(pixels, "L").save(tmp_path / "digit.png")
     (tmp_path / "notes.png").write_bytes(b"not an image at all")
     expected = clf.classify(pixels[..., None][None], 5)[0]
-    problems = []
-    with LiveServer(create_app(clf, ServeSettings(), name="vit")) as server, playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        try:
-            page = browser.new_page()
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.goto(server.url + "/")
-            playwright_api.expect(page.locator("#model-info")).to_contain_text("10 classes")
-            page.set_input_files("#file", str(tmp_path / "digit.png"))
-            page.wait_for_selector("#labels li:nth-child(5)")
-            shown = page.locator("#labels li").all_text_contents()
-            assert shown == [f"{label} — {100 * p:.1f}%" for label, p in expected], (shown, expected)
-            # the rollout canvas holds the picture with orange cells over it: some pixels are no shade of grey
-            coloured = page.evaluate(
-                """() => { const d = document.getElementById('rollout').getContext('2d').getImageData(0, 0, 224, 224).data;
-                           let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] !== d[i + 2]) n++; return n; }"""
-            )
-            assert coloured > 0
-            page.set_input_files("#file", str(tmp_path / "notes.png"))
-            playwright_api.expect(page.locator("#error")).to_contain_text("not a readable image")
-            assert page.locator("#labels li").count() == 0
-        finally:
-            browser.close()
-    assert not problems, problems
+    with browser_page(create_app(clf, ServeSettings(), name="vit"), tmp_path) as (page, server, expect):
+        page.goto(server.url + "/")
+        expect(page.locator("#model-info")).to_contain_text("10 classes")
+        page.set_input_files("#file", str(tmp_path / "digit.png"))
+        page.wait_for_selector("#labels li:nth-child(5)")
+        shown = page.locator("#labels li").all_text_contents()
+        assert shown == [f"{label} — {100 * p:.1f}%" for label, p in expected], (shown, expected)
+        # the rollout canvas holds the grey picture with orange cells over it: some pixels are no shade of grey
+        coloured = page.evaluate(
+            """() => { const d = document.getElementById('rollout').getContext('2d').getImageData(0, 0, 224, 224).data;
+                       let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] !== d[i + 2]) n++; return n; }"""
+        )
+        assert coloured > 0
+        page.set_input_files("#file", str(tmp_path / "notes.png"))
+        expect(page.locator("#error")).to_contain_text("not a readable image")
+        assert page.locator("#labels li").count() == 0
 
 
 def test_the_training_crop_shifts_by_at_most_its_padding_and_the_config_sets_it(digits_data):
