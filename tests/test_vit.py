@@ -227,8 +227,9 @@ def test_hf_vit_imports_with_equal_logits_and_exports_back(tmp_path):
 
 @pytest.mark.slow
 def test_digits_reach_95_percent_in_under_two_minutes(digits_data, tmp_path):
-    """A small ViT (2 layers, 64 wide, patch 2: 16 patches of an 8 × 8 digit) for a fixed number of
-    updates (so that the result does not depend on the machine's speed), cosine decay over them."""
+    """A small ViT (2 layers, 64 wide, patch 2: 16 patches of an 8 × 8 digit, their mean pooled) for a
+    fixed number of updates (so that the result does not depend on the machine's speed), cosine decay
+    over them, regularised as vit-tiny is (stochastic depth, label smoothing, weight decay 0.05)."""
     import time
 
     from aiayn.io.checkpoint import load_model
@@ -238,14 +239,14 @@ def test_digits_reach_95_percent_in_under_two_minutes(digits_data, tmp_path):
     trainer(
         digits_data,
         tmp_path / "run",
-        model={"preset": "vit-tiny", "patch_size": 2, "n_layers": 2, "d_model": 64, "d_ff": 128, "drop_path": 0.0},
+        model={"preset": "vit-tiny", "patch_size": 2, "n_layers": 2, "d_model": 64, "d_ff": 128, "drop_path": 0.1, "pooling": "mean"},
         lr_schedule="cosine",
         lr=0.004,
         warmup_steps=30,
         max_updates=8000,
         max_sentences=32,
-        label_smoothing=0.0,
-        weight_decay=0.01,
+        label_smoothing=0.1,
+        weight_decay=0.05,
         validate_every=0,
         save_every=0,
     ).train()
@@ -254,8 +255,9 @@ def test_digits_reach_95_percent_in_under_two_minutes(digits_data, tmp_path):
     split = ImageSplit(digits_data, "test")
     accuracy = evaluate_split(model, split, split.meta["image"], torch.device("cpu"))["valid_accuracy"]
     assert seconds < 120, seconds
-    # the same updates land at different accuracies on different CPUs (their float rounding differs):
-    # at least 97% in the suites of earlier sessions, 96.1% on a Zen 4 EPYC (2026-12-04)
+    # the same updates land at different accuracies on different CPUs and precisions (their rounding
+    # differs; the 180 test digits are 0.56 points each). This recipe on a Xeon with AMX (2026-12-05):
+    # 98.89% in fp32, 99.44% in bf16; the unregularised class-token one before it: 94.44% and 98.33%
     assert accuracy >= 95.0, accuracy
 
 
