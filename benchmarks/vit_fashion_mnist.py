@@ -46,6 +46,7 @@ from hf_budget import add_precision_options, hf_precisions, hf_system, ratio_aga
 from aiayn.data.images import ImageSplit, prepare_images, to_tensor  # noqa: E402
 from aiayn.runtime import autocast, machine  # noqa: E402
 from aiayn.tasks.images import augment, crop_padding  # noqa: E402
+from aiayn.train.config import parse_overrides  # noqa: E402
 
 
 @torch.no_grad()
@@ -56,23 +57,6 @@ def accuracy_and_speed(logits_of, split: ImageSplit, spec: dict, batch: int = 25
         y = torch.from_numpy(split.labels[start : start + batch].astype(np.int64))
         correct += int((logits_of(x).argmax(-1) == y).sum())
     return 100.0 * correct / len(split), len(split) / (time.time() - started)
-
-
-def settings(items: list[str]) -> dict:
-    """["model.drop_path=0", "lr=3e-3"] -> {"model": {"drop_path": 0}, "lr": 0.003} (values read as YAML)."""
-    import yaml
-
-    out: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        *parents, last = key.strip().split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    return out
 
 
 def run_aiayn(data: Path, work: Path, args) -> dict:
@@ -195,7 +179,9 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results" / "vit_fashion_mnist.json"))
     args = p.parse_args()
     args.hf_precision = hf_precisions(args)
-    args.set = settings(args.set)
+    if bad := [item for item in args.set if "=" not in item]:
+        p.error(f"--set {bad[0]!r}: expected KEY=VALUE")
+    args.set = parse_overrides([f"--{item}" for item in args.set])  # as `aiayn train --key value` reads them
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -216,9 +202,8 @@ def main() -> None:
         rows = {}
         for name, r in runs.items():
             model = r["model"]
-            if (
-                name == "aiayn"
-            ):  # in its training precision, as Hugging Face's model after Trainer (accelerate wraps its forward in autocast)
+            # each model in its training precision: Trainer leaves Hugging Face's forward wrapped in autocast (accelerate)
+            if name == "aiayn":
 
                 def logits_of(x, m=model, precision=r["precision"]):
                     with autocast(precision, x.device):
