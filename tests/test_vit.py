@@ -11,7 +11,8 @@ import torch
 from aiayn import models
 from aiayn.data.corpus import CorpusError
 from aiayn.data.images import ImageOptions, ImageSplit, prepare_images
-from aiayn.nn import PatchEmbedding
+from aiayn.models.vit import ViTConfig
+from aiayn.nn import ConvStem, PatchEmbedding
 
 
 def tiny_vit(**overrides):
@@ -34,7 +35,29 @@ def test_patch_embedding_is_a_linear_map_of_each_flattened_patch():
     torch.testing.assert_close(out, by_hand, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pooling": "mean", "positional": "sinusoidal"}, {"layer_scale": 0.1}])
+def test_a_conv_stem_gives_the_patch_grid_from_overlapping_fields_and_wants_a_power_of_two():
+    torch.manual_seed(0)
+    stem = ConvStem(1, 4, 32).eval()
+    assert [m.stride for m in stem.convs if isinstance(m, torch.nn.Conv2d)] == [(2, 2), (2, 2)]
+    x = torch.randn(2, 1, 8, 12)
+    out = stem(x)
+    assert out.shape == (2, 2 * 3, 32)
+    moved = x.clone()
+    moved[:, :, 3, 3] += 1.0  # the last pixel of patch (0, 0): its 3 × 3 fields reach into the patches beside it
+    changed = (stem(moved) - out).abs().amax((0, 2)) > 0
+    assert changed[0] and changed[1] and changed[3] and not changed[2]
+    with pytest.raises(ValueError, match="power of 2"):
+        ConvStem(1, 6, 32)
+    with pytest.raises(ValueError, match="power of 2"):
+        ViTConfig.check({"image_size": 28, "patch_size": 7, "patch_stem": "conv"})
+    from aiayn.interop.hf_marian import InteropError
+    from aiayn.interop.hf_vit import hf_vit_config
+
+    with pytest.raises(InteropError, match="linear patch projection"):
+        hf_vit_config(tiny_vit(patch_stem="conv"), ["a", "b"])
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pooling": "mean", "positional": "sinusoidal"}, {"layer_scale": 0.1}, {"patch_stem": "conv"}])
 def test_an_image_is_classified_the_same_alone_or_in_any_batch(overrides):
     model = tiny_vit(**overrides)
     images = torch.randn(5, 1, 8, 8)

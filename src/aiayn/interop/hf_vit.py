@@ -6,7 +6,7 @@ logits equal Hugging Face's; `export_vit` writes an aiayn ViT as a directory tha
 `ViTForImageClassification.from_pretrained` and `ViTImageProcessor.from_pretrained` load. HF's
 separate query/key/value become aiayn's fused qkv_proj (q;k;v); the class token, positions, patch
 convolution, norms and head carry over as they are. What ViT in transformers lacks (LayerScale,
-mean pooling, 2-D sinusoidal positions) is refused on export.
+mean pooling, 2-D sinusoidal positions, a convolutional stem) is refused on export.
 """
 
 from __future__ import annotations
@@ -129,10 +129,11 @@ def hf_vit_config(model: ViT, classes: list[str]):
         or c.activation not in HF_ACTIVATION
         or not c.patch_bias
         or c.embed_norm
+        or c.patch_stem != "linear"
         or not c.n_classes
     ):
         raise InteropError(
-            "transformers' ViT has a class token, learned positions, a patch bias, no LayerScale or norm before the blocks, "
+            "transformers' ViT has a linear patch projection with a bias, a class token, learned positions, no LayerScale or norm before the blocks, "
             "a classifier and a GELU or ReLU; this model differs"
         )
     return HFViTConfig(

@@ -1,7 +1,7 @@
 """ViT: an image classified by the Transformer's encoder (Dosovitskiy et al. 2020, "An Image is
 Worth 16x16 Words"), assembled from the block set.
 
-    image ─► patches (strided conv) ─► [CLS] + patches + positions ─► Stack of N Block(pre_norm)
+    image ─► patches (strided conv, or a conv stem) ─► [CLS] + patches + positions ─► Stack of N Block(pre_norm)
           ─► LayerNorm ─► the [CLS] state (or the patches' mean) ─► Linear ─► class logits
 
 §3.1 of the ViT paper: "we prepend a learnable embedding to the sequence of embedded patches ...
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from aiayn import schema
 from aiayn.models.config import ModelConfig, check_heads
-from aiayn.nn import Block, Dropout, Linear, PatchEmbedding, Stack, sinusoid_table_2d
+from aiayn.nn import Block, ConvStem, Dropout, Linear, PatchEmbedding, Stack, sinusoid_table_2d
 
 
 @dataclass
@@ -44,6 +44,7 @@ class ViTConfig(ModelConfig):
     positional: str = "learned"  # learned | sinusoidal (2-D)
     layer_norm_eps: float = 1e-6
     patch_bias: bool = True  # the patch projection's bias (CLIP's has none)
+    patch_stem: str = "linear"  # linear: one strided convolution (ViT) | conv: 3×3 convolutions of stride 2 (Xiao et al. 2021)
     embed_norm: bool = False  # a LayerNorm on the embedded patches and positions before the blocks (CLIP's ln_pre)
 
     @property
@@ -71,12 +72,16 @@ class ViTConfig(ModelConfig):
             "activation": S.Rule(choices=tuple(ACTIVATIONS)),
             "pooling": S.Rule(choices=("cls", "mean")),
             "positional": S.Rule(choices=("learned", "sinusoidal")),
+            "patch_stem": S.Rule(choices=("linear", "conv")),
             "layer_norm_eps": S.POSITIVE,
         }
         schema.check(cls, values, where, rules, what="model config")
         check_heads(values, where)
         if "image_size" in values and "patch_size" in values and values["image_size"] % values["patch_size"]:
             raise ValueError(f"{where}image_size={values['image_size']} is not a multiple of {where}patch_size={values['patch_size']}")
+        patch = values.get("patch_size", cls.patch_size)
+        if values.get("patch_stem") == "conv" and (patch < 2 or patch & (patch - 1)):
+            raise ValueError(f"{where}patch_stem=conv needs a patch_size that is a power of 2 (at least 2), not {patch}")
 
 
 class ViT(nn.Module):
@@ -88,7 +93,8 @@ class ViT(nn.Module):
         self.config = cfg = config
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size={cfg.image_size} is not a multiple of patch_size={cfg.patch_size}")
-        self.patch_embed = PatchEmbedding(cfg.in_channels, cfg.patch_size, cfg.d_model, bias=cfg.patch_bias)
+        stem = ConvStem if cfg.patch_stem == "conv" else PatchEmbedding
+        self.patch_embed = stem(cfg.in_channels, cfg.patch_size, cfg.d_model, bias=cfg.patch_bias)
         n_tokens = cfg.grid**2 + (cfg.pooling == "cls")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.pooling == "cls" else None
         if cfg.positional == "learned":
@@ -121,7 +127,8 @@ class ViT(nn.Module):
 
     def reset_parameters(self) -> None:
         """timm's: truncated-normal(0.02) weights, class token and positions, zero biases; the patch
-        projection Xavier-uniform over its flattened patch."""
+        projection Xavier-uniform over its flattened patch (a convolutional stem's 3 × 3 layers keep
+        PyTorch's Kaiming initialisation)."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)

@@ -8,7 +8,7 @@ connection with its norm, the block and the stack, positions and embeddings.
 from aiayn.nn.attention import AdditiveAttention, CrossAttention, Packing, SelfAttention, scaled_dot_product_attention
 from aiayn.nn.blocks import ACTIVATIONS, Block, Dropout, FeedForward, Residual, Stack
 from aiayn.nn.cache import DecodingState, KVCache
-from aiayn.nn.embeddings import PatchEmbedding, TokenEmbedding
+from aiayn.nn.embeddings import ConvStem, PatchEmbedding, TokenEmbedding
 from aiayn.nn.linear import Linear
 from aiayn.nn.positions import PositionalEncoding, sinusoid_table, sinusoid_table_2d
 
@@ -16,6 +16,7 @@ __all__ = [
     "ACTIVATIONS",
     "AdditiveAttention",
     "Block",
+    "ConvStem",
     "CrossAttention",
     "DecodingState",
     "Dropout",

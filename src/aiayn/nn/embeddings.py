@@ -35,3 +35,32 @@ class PatchEmbedding(nn.Module):
         if H % self.patch_size or W % self.patch_size:
             raise ValueError(f"image size {H}×{W} is not a multiple of the patch size {self.patch_size}")
         return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class ConvStem(nn.Module):
+    """A convolutional stem in place of the patch projection (Xiao et al. 2021, "Early Convolutions
+    Help Transformers See Better", §3): log2(p) 3 × 3 convolutions of stride 2, each followed by
+    BatchNorm and ReLU, doubling the channels from d_model / 2^log2(p) … d_model / 2, then a 1 × 1
+    projection to d_model. The output has the same p × p grid as PatchEmbedding's, and the stem's
+    receptive fields overlap. [B, C, H, W] -> [B, (H/p)·(W/p), d_model], row-major."""
+
+    def __init__(self, in_channels: int, patch_size: int, d_model: int, bias: bool = True):
+        super().__init__()
+        steps = patch_size.bit_length() - 1
+        if patch_size < 2 or 1 << steps != patch_size:
+            raise ValueError(f"a convolutional stem needs a patch size that is a power of 2 (at least 2), not {patch_size}")
+        self.patch_size = patch_size
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i in range(steps):
+            out = max(d_model >> (steps - i), 1)
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            channels = out
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(channels, d_model, kernel_size=1, bias=bias)
+
+    def forward(self, images: Tensor) -> Tensor:
+        H, W = images.shape[-2:]
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(f"image size {H}×{W} is not a multiple of the patch size {self.patch_size}")
+        return self.proj(self.convs(images)).flatten(2).transpose(1, 2)
