@@ -4,14 +4,17 @@
 Data: Debian's dataset-fashion-mnist, prepared once with `aiayn prepare --task images --dataset
 fashion-mnist` (55,000 train / 5,000 valid held out of the 60,000, the 10,000 test images).
 
-* aiayn: `aiayn train --config vit-tiny` (patch 4 → 7 × 7 patches + a class token, 6 layers, 128
-  wide, 4 heads, d_ff 512, stochastic depth 0.1; batches of 128; AdamW, weight decay 0.05, peak lr
+* aiayn: `aiayn train --config vit-tiny` (patch 4 → 7 × 7 patches + a class token, the patches
+  embedded by a convolutional stem (two 3 × 3 convolutions of stride 2), 6 layers, 128 wide,
+  4 heads, d_ff 512, stochastic depth 0.1; batches of 128; AdamW, weight decay 0.05, peak lr
   2e-3, 300 warm-up updates and a cosine decay that ends with the budget; label smoothing 0.1;
   a random crop of the 2-pixel-padded image and a horizontal flip).
 * Hugging Face: `ViTForImageClassification` of the same dimensions, `Trainer` with the same
   optimiser settings, schedule shape (cosine_with_min_lr), label smoothing, batch and the same
   augmentation (one numpy function for both); its max_steps is set from its speed (hf_budget.py).
-  ViT in transformers has no stochastic depth: that difference is the libraries'.
+  ViT in transformers has no stochastic depth and no convolutional stem (its patches are embedded
+  by one strided convolution): those differences are the libraries'. `--set model.patch_stem=linear`
+  gives aiayn the same patch embedding.
 * Both: --threads threads, the same wall-clock budget. Precision: aiayn's default (auto: bf16
   autocast where the CPU has bf16 units, else fp32); Hugging Face in fp32 and, where the CPU has
   bf16 units, also with `bf16=True`; the speed ratio is taken against the faster of its runs. Reported: valid and test accuracy, training

@@ -398,6 +398,26 @@ def png_of(array) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_the_dual_encoder_runs_in_bf16_and_int8_close_to_fp32(shapes_data, clip_run, precision):
+    from aiayn.runtime import cpu_has_bf16
+    from aiayn.zero_shot import DualEncoder
+
+    if precision == "bf16" and not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 units (bf16 autocast still works, only slowly)")
+    model = clip_run / "checkpoints" / "best.safetensors"
+    images = np.asarray(ImageTextSplit(shapes_data, "test").images[:16])
+    labels = ["red circle", "blue square", "green cross", "yellow triangle"]
+    fp32 = DualEncoder.load(model)
+    enc = DualEncoder.load(model, precision=precision)
+    assert fp32.precision == "fp32" and enc.precision == precision
+    # embeddings are unit vectors: bf16's 8-bit mantissa and int8's 7-8-bit codes keep them within a few per cent
+    cosine = (enc.encode_images(images) * fp32.encode_images(images)).sum(-1)
+    assert cosine.min() > 0.98, cosine.min()
+    probs, reference = enc.classify(images, labels), fp32.classify(images, labels)
+    assert (probs - reference).abs().max() < 0.1, (probs - reference).abs().max()
+
+
 def test_the_service_answers_zero_shot_and_embeddings(shapes_data, clip_run):
     import asyncio
 

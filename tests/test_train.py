@@ -212,6 +212,19 @@ def test_config_from_yaml_and_overrides(tmp_path):
         load_config("huge")
 
 
+def test_help_config_lists_every_key_and_the_presets_but_no_code(capsys):
+    import dataclasses
+
+    from aiayn.cli import main
+    from aiayn.models import PRESETS
+
+    main(["train", "--help-config"])
+    out = capsys.readouterr().out
+    assert all(f"    {f.name}: " in out for f in dataclasses.fields(TrainConfig))
+    assert all(name in out.splitlines()[-1] for name in PRESETS)
+    assert "def " not in out and "return" not in out
+
+
 # ---------------------------------------------------------------- runs
 def train(data, out, resume=False, **overrides):
     return Trainer(fast_config(**overrides), data, out, resume=resume, log=lambda *a: None, progress=False).train()

@@ -250,29 +250,18 @@ def test_hf_vit_imports_with_equal_logits_and_exports_back(tmp_path):
 
 @pytest.mark.slow
 def test_digits_reach_95_percent_in_under_two_minutes(digits_data, tmp_path):
-    """A small ViT (2 layers, 64 wide, patch 2: 16 patches of an 8 × 8 digit, their mean pooled) for a
-    fixed number of updates (so that the result does not depend on the machine's speed), cosine decay
-    over them, regularised as vit-tiny is (stochastic depth, label smoothing, weight decay 0.05)."""
+    """configs/vit-digits.yaml: a small ViT (2 layers, 64 wide, patch 2: 16 patches of an 8 × 8 digit,
+    their mean pooled) for a fixed number of updates (so that the result does not depend on the
+    machine's speed), cosine decay over them, regularised as vit-tiny is."""
     import time
 
     from aiayn.io.checkpoint import load_model
     from aiayn.tasks.images import evaluate_split
+    from aiayn.train.config import load_config
+    from aiayn.train.trainer import Trainer
 
     started = time.time()
-    trainer(
-        digits_data,
-        tmp_path / "run",
-        model={"preset": "vit-tiny", "patch_size": 2, "n_layers": 2, "d_model": 64, "d_ff": 128, "drop_path": 0.1, "pooling": "mean"},
-        lr_schedule="cosine",
-        lr=0.004,
-        warmup_steps=30,
-        max_updates=8000,
-        max_sentences=32,
-        label_smoothing=0.1,
-        weight_decay=0.05,
-        validate_every=0,
-        save_every=0,
-    ).train()
+    Trainer(load_config("vit-digits"), digits_data, tmp_path / "run", log=lambda *a: None, progress=False).train()
     seconds = time.time() - started
     model, _ = load_model(tmp_path / "run")
     split = ImageSplit(digits_data, "test")

@@ -13,6 +13,7 @@ from pathlib import Path
 from aiayn import schema as S
 
 PRECISIONS = ["auto", "fp32", "bf16", "fp16", "int8"]
+ENCODER_PRECISION_HELP = "arithmetic: fp32 (default); bf16 or fp16 (autocast); int8 (CPU, a quantized copy); auto (as decoding chooses)"
 PRECISION_HELP = (
     "arithmetic of decoding: fp32 (default); bf16 or fp16 (autocast); int8 (CPU: weights int8 per output channel, "
     "activations quantized per step); auto (bf16 on a GPU, and on a CPU where bf16 measures faster, else fp32). "
@@ -284,8 +285,13 @@ def _run_train(args, extra):
 
     if args.help_config:
         import inspect
+        import re
 
-        print(inspect.getsource(TrainConfig))
+        from aiayn.models import PRESETS
+
+        source = inspect.getsource(TrainConfig)
+        print(source[: re.search(r"\n    (def |@)", source).start()].rstrip())  # the keys with their defaults and comments, not the methods
+        print(f"\nmodel presets (model.preset): {', '.join(PRESETS)}; any field of a preset's config is a model.KEY too")
         return
     if not args.data or not args.out:
         raise UserError("--data and --out are required")
@@ -671,12 +677,7 @@ def _add_classify(sub):
     p.add_argument("--top-k", type=S.int_at_least(1), default=3, help="classes to show per image (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="arithmetic: fp32 (default); bf16 or fp16 (autocast); int8 (CPU, a quantized copy); auto (as decoding chooses)",
-    )
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=ENCODER_PRECISION_HELP)
     p.set_defaults(run=_run_classify)
 
 
@@ -719,6 +720,7 @@ def _add_zero_shot(sub):
     p.add_argument("--top-k", type=S.int_at_least(1), default=3, help="labels to show per image (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=ENCODER_PRECISION_HELP)
     p.set_defaults(run=_run_zero_shot)
 
 
@@ -759,7 +761,7 @@ def _run_zero_shot(args):
 
     from aiayn.zero_shot import DualEncoder
 
-    enc = DualEncoder.load(args.model, args.device)
+    enc = DualEncoder.load(args.model, args.device, args.precision)
     if args.labels:
         labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     else:

@@ -30,10 +30,15 @@ class DualEncoder:
     spec: dict
     zero_shot: dict | None
     device: torch.device
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast), int8 (a quantized copy, CPU) or auto (runtime.inference_precision)
+
+    def __post_init__(self):
+        from aiayn.nn.int8 import for_precision
+
+        self.model, self.precision = for_precision(self.model.to(self.device).eval(), self.precision, self.device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "DualEncoder":
+    def load(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "DualEncoder":
         from aiayn.data.text import lm_tokenizer_from_assets
         from aiayn.io.checkpoint import load_model
 
@@ -41,7 +46,7 @@ class DualEncoder:
         model, ckpt = load_model(path, where, task="image-text", what="an image-text (CLIP) model")
         a = ckpt.assets
         zero_shot = json.loads(a["zero_shot"]) if a.get("zero_shot") else None
-        return cls(model.eval(), lm_tokenizer_from_assets(a, str(ckpt.path)), json.loads(a["image"]), zero_shot, where)
+        return cls(model, lm_tokenizer_from_assets(a, str(ckpt.path)), json.loads(a["image"]), zero_shot, where, precision)
 
     @property
     def templates(self) -> list[str]:

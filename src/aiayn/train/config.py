@@ -15,7 +15,7 @@ from aiayn import schema
 
 @dataclass
 class TrainConfig:
-    # the model: a preset (models/presets.py: base, big, small, tiny; gpt-tiny, gpt-small, gpt2) and overrides of its fields
+    # the model: a preset (models/presets.py, listed at the end of 'aiayn train --help-config') and overrides of its fields
     model: dict = field(default_factory=lambda: {"preset": "base"})
     # §5.1 batching: padded tokens per side per batch; update_freq batches make one update
     max_tokens: int = 4096
