@@ -118,7 +118,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from aiayn.generate import beam_search, greedy_search, special_tokens
-    from aiayn.runtime import gemm_library, machine, onednn_inference
+    from aiayn.runtime import gemm_library, int8_engine, int8_engine_as, machine, onednn_inference
 
     work = Path(tempfile.mkdtemp(prefix="aiayn-translate-bench-"))
     model, tokenizers, ckpt, sources, data = build(args.size, args.vocab_size, work)
@@ -171,7 +171,16 @@ def main() -> None:
         from aiayn.nn.int8 import for_precision
 
         int8_model, _ = for_precision(model, "int8", device)
-        systems.append(("aiayn int8", aiayn_int8))
+        systems.append((f"aiayn int8 ({int8_engine()})", aiayn_int8))
+        engines = {"fbgemm", "onednn"} & set(torch.backends.quantized.supported_engines)
+        for other in sorted(engines - {int8_engine()}):  # the engine auto did not choose, for comparison (AIAYN_INT8_ENGINE)
+            other_model, _ = for_precision(model, "int8", device)
+
+            def aiayn_int8_other(beam, engine=other, m=other_model):
+                with int8_engine_as(engine):
+                    return aiayn(beam, model=m)
+
+            systems.append((f"aiayn int8 ({other})", aiayn_int8_other))
         if args.shortlist:  # each batch's output vocabulary restricted (generate.shortlist; random weights: speed only)
             from aiayn.generate.shortlist import Shortlist, Shortlisted
 
@@ -284,6 +293,7 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": machine(),
         "gemm_library": "oneDNN" if onednn_inference() else "MKL",
+        "int8_engine": None if cuda else int8_engine(),
         "results": [{"system": name, "beam": beam, **r} for (name, beam), r in results.items()],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

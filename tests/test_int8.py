@@ -45,6 +45,29 @@ def test_int8_linear_is_close_to_fp32_for_any_leading_shape():
     assert no_bias.bias is None and no_bias(x).shape == (3, 7, 8)
 
 
+def test_the_two_int8_engines_give_the_same_products(monkeypatch):
+    engines = torch.backends.quantized.supported_engines
+    if not {"fbgemm", "onednn"} <= set(engines):
+        pytest.skip(f"this PyTorch has the int8 engines {engines}")
+    torch.manual_seed(0)
+    lin = Linear(256, 384).eval()
+    x = torch.randn(3, 7, 256)
+    saved, out = torch.backends.quantized.engine, {}
+    for engine in ("fbgemm", "onednn"):
+        monkeypatch.setattr(runtime, "int8_engine", lambda engine=engine: engine)
+        with torch.no_grad():
+            out[engine] = Int8Linear.from_linear(lin)(x)
+        assert torch.backends.quantized.engine == saved  # packing switched the engine for itself alone
+    with torch.no_grad():
+        ref = lin(x)
+    assert relative_error(out["fbgemm"], ref) < 0.03 and relative_error(out["onednn"], ref) < 0.03
+    # the same int8 codes; the engines may quantize an activation's range a step apart
+    assert relative_error(out["onednn"], out["fbgemm"]) < 0.02
+    assert runtime._resolve_int8_engine("auto") in ("fbgemm", "onednn")
+    with pytest.raises(ValueError, match="AIAYN_INT8_ENGINE"):
+        runtime._resolve_int8_engine("int4")
+
+
 def test_packed_weight_follows_loaded_buffers():
     torch.manual_seed(0)
     a, b = Linear(32, 16).eval(), Linear(32, 16).eval()

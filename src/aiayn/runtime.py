@@ -6,7 +6,8 @@ measured on.
 
 - device: `device(choice)` ("auto" is CUDA where there is one).
 - precision: `resolve_precision`, `autocast`, `cpu_has_bf16`; for inference `inference_precision`
-  (bf16 only where it measures faster) and `int8_weight_levels` (int8 products without VNNI).
+  (bf16 only where it measures faster), `int8_weight_levels` (int8 products without VNNI) and
+  `int8_engine` (fbgemm or oneDNN, measured; AIAYN_INT8_ENGINE).
 - matrix products: `onednn_inference` (AIAYN_GEMM=auto|mkl|onednn), `gemm_library`.
 - attention kernels: `configure_attention` (cuDNN's kernel off on CUDA); `attention_in_fp32`
   (bf16 on a CPU runs the fused kernel in fp32) and `decoding_attention_in_fp32`.
@@ -112,6 +113,76 @@ def int8_weight_levels() -> int:
     outlier features, on an AVX2 EPYC). With VNNI the products accumulate in int32 and both
     sides use 8 bits."""
     return 127 if cpu_has_vnni() else 63
+
+
+_int8_engine_choice = os.environ.get("AIAYN_INT8_ENGINE", "auto").lower()
+
+
+@functools.cache
+def _resolve_int8_engine(choice: str) -> str:
+    import time
+    import warnings
+
+    import torch
+
+    engines = torch.backends.quantized.supported_engines
+    if choice != "auto":
+        if choice not in ("fbgemm", "onednn") or choice not in engines:
+            raise ValueError(f"AIAYN_INT8_ENGINE={choice!r}: expected auto, or one of fbgemm and onednn that this PyTorch has ({engines})")
+        return choice
+    if "fbgemm" not in engines or "onednn" not in engines:
+        return "fbgemm" if "fbgemm" in engines else torch.backends.quantized.engine
+    codes = torch.randint(-127, 128, (2048, 512), dtype=torch.int8)
+    scale, x = torch.full((2048,), 0.01, dtype=torch.double), torch.randn(32, 512)
+    best = {}
+    for engine in ("fbgemm", "onednn"):
+        with quantized_engine(engine), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            weight = torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros(2048, dtype=torch.long), 0)
+            packed = torch.ops.quantized.linear_prepack(weight, None)
+        torch.ops.quantized.linear_dynamic(x, packed, False)
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            torch.ops.quantized.linear_dynamic(x, packed, False)
+            times.append(time.perf_counter() - t)
+        best[engine] = min(times)
+    return "onednn" if best["onednn"] < 0.8 * best["fbgemm"] else "fbgemm"
+
+
+def int8_engine() -> str:
+    """Which of PyTorch's int8 GEMMs `nn.int8` packs its weights for: fbgemm, or oneDNN where a
+    dynamic 32 × 512 → 2048 product measures at least 20% faster through it (a few ms, once). On
+    a Xeon with AMX (2026-12-06) oneDNN took 170 µs against fbgemm's 234 µs for that product, and
+    410 against 757 µs at 128 rows: it multiplies with AMX's int8 tiles. AIAYN_INT8_ENGINE=
+    fbgemm|onednn|auto (default auto)."""
+    return _resolve_int8_engine(_int8_engine_choice)
+
+
+@contextlib.contextmanager
+def int8_engine_as(choice: str):
+    """Within this block, `nn.int8` packs for `choice` (auto, fbgemm or onednn) as AIAYN_INT8_ENGINE would."""
+    global _int8_engine_choice
+    saved, _int8_engine_choice = _int8_engine_choice, choice
+    try:
+        int8_engine()  # checks the choice
+        yield
+    finally:
+        _int8_engine_choice = saved
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str):
+    """Within this block, torch.backends.quantized.engine is `engine` (int8 weights are packed for
+    the engine current when they are packed, and keep it)."""
+    import torch
+
+    saved = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = saved
 
 
 @functools.cache

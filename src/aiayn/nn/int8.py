@@ -3,8 +3,8 @@
 A weight W [out, in] is quantized symmetrically per output channel, W ≈ s ⊙ Q with
 s_o = max|W_o| / 127 and Q = round(W / s) ∈ [−127, 127]; an activation x is quantized per call
 over its own range (dynamic quantization, 8-bit affine), and the product runs in PyTorch's int8
-GEMM (fbgemm, VNNI's vpdpbusd where the CPU has it), accumulating in int32 and rescaling to fp32
-with the bias added (without VNNI the kernel takes the weights at 7 bits:
+GEMM (fbgemm with VNNI's vpdpbusd where the CPU has it, or oneDNN where it measures faster, as with
+AMX: `runtime.int8_engine`), accumulating in int32 and rescaling to fp32 with the bias added (without VNNI the kernel takes the weights at 7 bits:
 `runtime.int8_weight_levels`). Embeddings, layer norms, softmax and attention stay in fp32.
 
 `quantize_int8(model)` swaps each `Linear` of any model of the family for an `Int8Linear` in
@@ -37,7 +37,7 @@ class Int8Linear(nn.Module):
     The kernel's packed form of the weight is made on first use and again whenever the buffers
     change (a `load_state_dict`); copies and pickles leave it behind."""
 
-    _packed: tuple | None = None  # (buffer identity, packed weight)
+    _packed: tuple | None = None  # ((engine, buffer identity), packed weight)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
@@ -68,7 +68,8 @@ class Int8Linear(nn.Module):
         return self.weight_q.float() * self.weight_scale[:, None]
 
     def _packed_weight(self):
-        key = tuple((t.data_ptr(), t._version) for t in (self.weight_q, self.weight_scale, self.bias) if t is not None)
+        engine = runtime.int8_engine()
+        key = (engine, *((t.data_ptr(), t._version) for t in (self.weight_q, self.weight_scale, self.bias) if t is not None))
         if self._packed is None or self._packed[0] != key:
             with warnings.catch_warnings():  # quantized tensors are how this PyTorch's int8 GEMM takes its weight
                 warnings.simplefilter("ignore")
@@ -78,7 +79,8 @@ class Int8Linear(nn.Module):
                     q = torch.round(q.float() * (levels / 127)).clamp(-levels, levels).to(torch.int8)
                     scale = scale * (127 / levels)
                 qweight = torch._make_per_channel_quantized_tensor(q, scale, torch.zeros(self.out_features, dtype=torch.long), 0)
-                packed = torch.ops.quantized.linear_prepack(qweight, None if self.bias is None else self.bias.float().cpu())
+                with runtime.quantized_engine(engine):
+                    packed = torch.ops.quantized.linear_prepack(qweight, None if self.bias is None else self.bias.float().cpu())
             self._packed = (key, packed)
         return self._packed[1]
 
