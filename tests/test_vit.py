@@ -249,9 +249,9 @@ def test_hf_vit_imports_with_equal_logits_and_exports_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_reach_95_percent_in_under_two_minutes(digits_data, tmp_path):
-    """configs/vit-digits.yaml: a small ViT (2 layers, 64 wide, patch 2: 16 patches of an 8 × 8 digit,
-    their mean pooled) for a fixed number of updates (so that the result does not depend on the
+def test_digits_reach_97_percent_in_under_two_minutes(digits_data, tmp_path):
+    """configs/vit-digits.yaml: a small ViT (2 layers, 64 wide, patch 2: 16 patches of an 8 × 8 digit
+    from a convolutional stem, their mean pooled) for a fixed number of updates (so that the result does not depend on the
     machine's speed), cosine decay over them, regularised as vit-tiny is."""
     import time
 
@@ -268,9 +268,10 @@ def test_digits_reach_95_percent_in_under_two_minutes(digits_data, tmp_path):
     accuracy = evaluate_split(model, split, split.meta["image"], torch.device("cpu"))["valid_accuracy"]
     assert seconds < 120, seconds
     # the same updates land at different accuracies on different CPUs and precisions (their rounding
-    # differs; the 180 test digits are 0.56 points each). This recipe on a Xeon with AMX (2026-12-05):
-    # 98.89% in fp32, 99.44% in bf16; the unregularised class-token one before it: 94.44% and 98.33%
-    assert accuracy >= 95.0, accuracy
+    # differs, as a seed would; the 180 test digits are 0.56 points each). This recipe on a Xeon with
+    # AMX (2026-12-06, benchmarks/vit_digits.py): 98.89-99.44% over seeds 1-5 in fp32, and in bf16
+    # over seeds 1-3 (see docs/family.md); without the convolutional stem the lowest was 97.22%
+    assert accuracy >= 97.0, accuracy
 
 
 def test_the_server_classifies_an_uploaded_image_and_refuses_garbage():
