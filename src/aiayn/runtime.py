@@ -115,12 +115,25 @@ def int8_weight_levels() -> int:
     return 127 if cpu_has_vnni() else 63
 
 
+def _fastest_call(call, repeats: int = 7) -> float:
+    """The shortest of `repeats` timed calls (seconds), after one untimed call: the start-up
+    measurements that choose a kernel by speed."""
+    import time
+
+    call()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 _int8_engine_choice = os.environ.get("AIAYN_INT8_ENGINE", "auto").lower()
 
 
 @functools.cache
 def _resolve_int8_engine(choice: str) -> str:
-    import time
     import warnings
 
     import torch
@@ -140,13 +153,7 @@ def _resolve_int8_engine(choice: str) -> str:
             warnings.simplefilter("ignore")
             weight = torch._make_per_channel_quantized_tensor(codes, scale, torch.zeros(2048, dtype=torch.long), 0)
             packed = torch.ops.quantized.linear_prepack(weight, None)
-        torch.ops.quantized.linear_dynamic(x, packed, False)
-        times = []
-        for _ in range(7):
-            t = time.perf_counter()
-            torch.ops.quantized.linear_dynamic(x, packed, False)
-            times.append(time.perf_counter() - t)
-        best[engine] = min(times)
+        best[engine] = _fastest_call(lambda packed=packed: torch.ops.quantized.linear_dynamic(x, packed, False))
     return "onednn" if best["onednn"] < 0.8 * best["fbgemm"] else "fbgemm"
 
 
@@ -192,7 +199,6 @@ def bf16_faster_on_cpu() -> bool:
     oneDNN included; a few ms) rather than guessed from the CPU's name; bf16 must win by 20%.
     On a 2-core AMD EPYC Zen 4 (AVX-512 BF16) the two were within 15% at this size and whole beam
     searches equal, so it answers no there; on an AVX2-only EPYC bf16 runs at about 0.25×."""
-    import time
 
     import torch
 
@@ -202,19 +208,10 @@ def bf16_faster_on_cpu() -> bool:
         return False
     layer, x = Linear(512, 2048).eval(), torch.randn(32, 512)
 
-    def best() -> float:
-        layer(x)
-        times = []
-        for _ in range(7):
-            t = time.perf_counter()
-            layer(x)
-            times.append(time.perf_counter() - t)
-        return min(times)
-
     with torch.no_grad():
-        fp32 = best()
+        fp32 = _fastest_call(lambda: layer(x))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = best()
+            bf16 = _fastest_call(lambda: layer(x))
     return bf16 < 0.8 * fp32
 
 
