@@ -9,6 +9,7 @@ The configs were chosen on the valid set (benchmarks/tune_recipe.py), never on t
 
     .venv/bin/python benchmarks/budget_curve.py                              # 3, 10, 30 min: ~100 min
     .venv/bin/python benchmarks/budget_curve.py --minutes 3 10 --skip-hf
+    .venv/bin/python benchmarks/budget_curve.py --minutes 30 --skip-hf --tag zen4 --keep-other-rows   # rerun one cell
 
 Prints a table, writes benchmarks/results/budget_curve[-TAG].json (with the CPU's lscpu model, flags and
 measured fp32 matmul peak), docs/budget_curve[-TAG].png, and src/aiayn/assets/budget_curve.json: the
@@ -90,6 +91,11 @@ def main() -> None:
         default="",
         help="a suffix for the results and the plot (e.g. the machine): budget_curve-TAG.json; the quickstart's asset is written in any case",
     )
+    p.add_argument(
+        "--keep-other-rows",
+        action="store_true",
+        help="keep the rows of the existing budget_curve[-TAG].json (same CPU model and flags) for the budgets and systems not rerun, each with its date",
+    )
     p.add_argument("--aiayn-overrides", nargs=argparse.REMAINDER, default=[], help="extra '--key value' for aiayn train (last on the line)")
     args = p.parse_args()
     if not (args.data / "train.en").is_file():
@@ -107,6 +113,17 @@ def main() -> None:
     }
     suffix = f"-{args.tag}" if args.tag else ""
     out = HERE / "results" / f"budget_curve{suffix}.json"
+    if args.keep_other_rows and out.is_file():
+        earlier = json.loads(out.read_text())
+        same = ("cpu", "flags", "threads")
+        if any(earlier["machine"].get(k) != record["machine"].get(k) for k in same):
+            raise SystemExit(f"--keep-other-rows: {out} was measured on another machine ({earlier['machine']}); use another --tag")
+        systems_now = {"aiayn"} | (set() if args.skip_hf else {"hf"})
+        record["rows"] = [
+            {**r, "date": r.get("date", earlier["date"])}
+            for r in earlier["rows"]
+            if not (r["minutes"] in args.minutes and r["key"] in systems_now)
+        ]
     for minutes in args.minutes:
         work = args.work / f"{minutes:g}min"
         work.mkdir(parents=True, exist_ok=True)
@@ -125,26 +142,29 @@ def main() -> None:
         systems = [("aiayn", bible_en_es.run_aiayn)] + ([] if args.skip_hf else [("hf", bible_en_es.run_hf)])
         for key, run in systems:
             result = run(dataset, work, run_args)
-            row = {"key": key, "minutes": minutes, **{k: v for k, v in result.items() if k != "valid"}}
+            row = {"key": key, "minutes": minutes, "date": record["date"], **{k: v for k, v in result.items() if k != "valid"}}
             record["rows"].append(row)
+            record["rows"].sort(key=lambda r: (r["minutes"], r["key"]))
             print(f"{minutes:g} min  {key:<6} BLEU {row['bleu']:6.2f}  chrF {row['chrf']:6.2f}  {row['updates']} updates", flush=True)
             out.write_text(json.dumps(record, indent=2))
     m = record["machine"]
     print(
         f"\nBible en→es test ({record['test_sentences']:,} verses), beam 4; {m.get('cpu')} ({', '.join(m.get('flags', []))}), {args.threads} threads, fp32 matmul {m['fp32_matmul_gflops']} GFLOP/s"
     )
-    print(f"{'minutes':>7} {'system':<8} {'BLEU':>6} {'chrF':>6} {'updates':>8} {'tokens/s':>9}")
+    print(f"{'minutes':>7} {'system':<8} {'BLEU':>6} {'chrF':>6} {'updates':>8} {'tokens/s':>9}  date")
     for r in record["rows"]:
-        print(f"{r['minutes']:>7g} {r['key']:<8} {r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['updates']:>8} {r['tokens_per_s']:>9.0f}")
-    for minutes in args.minutes:
+        print(
+            f"{r['minutes']:>7g} {r['key']:<8} {r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['updates']:>8} {r['tokens_per_s']:>9.0f}  {r.get('date', '')}"
+        )
+    for minutes in sorted({r["minutes"] for r in record["rows"]}):
         pair = {r["key"]: r["bleu"] for r in record["rows"] if r["minutes"] == minutes}
         if len(pair) == 2:
             print(f"{minutes:g} min: aiayn − HF = {pair['aiayn'] - pair['hf']:+.2f} BLEU")
     # `aiayn quickstart` cites these figures (with their machine and date) as what a longer budget gives
     asset = HERE.parent / "src" / "aiayn" / "assets" / "budget_curve.json"
-    keep = ("key", "minutes", "bleu", "chrf", "updates", "tokens_per_s")
+    keep = ("key", "minutes", "bleu", "chrf", "updates", "tokens_per_s", "date")
     shipped = {k: record[k] for k in ("command", "machine", "vocab_size", "config", "test_sentences", "date")}
-    asset.write_text(json.dumps({**shipped, "rows": [{k: r[k] for k in keep} for r in record["rows"]]}, indent=1) + "\n")
+    asset.write_text(json.dumps({**shipped, "rows": [{k: r[k] for k in keep if k in r} for r in record["rows"]]}, indent=1) + "\n")
     png = HERE.parent / "docs" / f"budget_curve{suffix}.png"
     plot(record["rows"], png)
     print(f"wrote {out}, {asset} and {png}")

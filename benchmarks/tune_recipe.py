@@ -83,6 +83,12 @@ def run_trial(name: str, overrides: dict, args) -> dict:
     hyps = [t.text for t in Translator(model, *ckpt.tokenizers, beam=4).translate(src)]
     scores = evaluate(hyps, ref)
     valid = [e for e in log if e.get("type") == "valid"]
+    test = {}
+    if args.test:  # for the record once a trial has been chosen on valid; never a ground for the choice
+        test_src = (args.work / "corpus" / "test.en").read_text(encoding="utf-8").splitlines()
+        test_ref = (args.work / "corpus" / "test.es").read_text(encoding="utf-8").splitlines()
+        test_scores = evaluate([t.text for t in Translator(model, *ckpt.tokenizers, beam=4).translate(test_src)], test_ref)
+        test = {"test_bleu": round(test_scores["bleu"], 2), "test_chrf": round(test_scores["chrf"], 2), "test_sentences": len(test_src)}
     return {
         "trial": name,
         "overrides": overrides,
@@ -95,6 +101,7 @@ def run_trial(name: str, overrides: dict, args) -> dict:
         "valid_bleu": round(scores["bleu"], 2),
         "valid_chrf": round(scores["chrf"], 2),
         "examples": hyps[:3],
+        **test,
     }
 
 
@@ -107,6 +114,7 @@ def main() -> None:
     p.add_argument("--average", type=int, default=5, help="average the last K checkpoints")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--valid-sentences", type=int, default=500)
+    p.add_argument("--test", action="store_true", help="also score the test verses (beam 4), for the record: choose on valid")
     p.add_argument("--work", type=Path, default=Path("/tmp/aiayn-tune"))
     p.add_argument("--out", type=Path, default=HERE / "results" / "tune_recipe.json")
     args = p.parse_args()
@@ -128,7 +136,8 @@ def main() -> None:
         record["trials"].append(row)
         args.out.write_text(json.dumps(record, indent=2, ensure_ascii=False))
         print(
-            f"{name:<28} {row['updates']:>6} updates {row['tokens_per_s']:>6} tok/s  valid BLEU {row['valid_bleu']:6.2f} chrF {row['valid_chrf']:6.2f}",
+            f"{name:<28} {row['updates']:>6} updates {row['tokens_per_s']:>6} tok/s  valid BLEU {row['valid_bleu']:6.2f} chrF {row['valid_chrf']:6.2f}"
+            + (f"  (test BLEU {row['test_bleu']:.2f} chrF {row['test_chrf']:.2f})" if "test_bleu" in row else ""),
             flush=True,
         )
     print(

@@ -212,6 +212,49 @@ def test_config_from_yaml_and_overrides(tmp_path):
         load_config("huge")
 
 
+def test_a_budget_entry_applies_by_max_time_and_the_command_line_wins(tmp_path):
+    from aiayn.train.config import config_budget
+
+    path = tmp_path / "budgeted.yaml"
+    path.write_text(
+        "model: {preset: tiny, dropout: 0.0}\nlr: 0.003\nmax_tokens: 1024\n"
+        "budgets:\n  - {minutes: 10, lr: 0.002}\n  - {minutes: 20, model: {d_model: 256, dropout: 0.1}, lr: 0.001}\n"
+    )
+    assert load_config(str(path)).lr == 0.003  # no max_time: no budget entry
+    assert load_config(str(path), {"max_time": 9.9}).lr == 0.003
+    ten = load_config(str(path), {"max_time": 10})
+    assert ten.lr == 0.002 and ten.model == {"preset": "tiny", "dropout": 0.0} and ten.max_tokens == 1024
+    thirty = load_config(str(path), {"max_time": 30})
+    assert thirty.lr == 0.001 and thirty.model == {"preset": "tiny", "d_model": 256, "dropout": 0.1}
+    mine = load_config(str(path), {"max_time": 30, "lr": 0.0005, "model": {"dropout": 0.3}})
+    assert mine.lr == 0.0005 and mine.model == {"preset": "tiny", "d_model": 256, "dropout": 0.3}
+    assert config_budget(str(path), 25) == {"minutes": 20, "model": {"d_model": 256, "dropout": 0.1}, "lr": 0.001}
+    assert config_budget(str(path), 5) == {}
+    assert "budgets" not in TrainConfig.to_dict(thirty)  # what a run saves is the resolved config: resume needs no budget
+
+
+@pytest.mark.parametrize(
+    "budgets, phrase",
+    [
+        ("budgets: {minutes: 10}", "expected a list"),
+        ("budgets: [{lr: 0.1}]", r"budgets\[0\]: expected a mapping with minutes > 0"),
+        ("budgets: [{minutes: 0, lr: 0.1}]", r"budgets\[0\]: expected a mapping with minutes > 0"),
+        (
+            "budgets: [{minutes: 5, lr: 0.1}, {minutes: 10, lrr: 0.1}]",
+            r"budgets\[1\] \(from 10 minutes\): unknown training config keys: lrr",
+        ),
+        ("budgets: [{minutes: 5, model: {d_model: 130}}]", r"budgets\[0\].*not divisible"),
+        ("budgets: [{minutes: 5, max_time: 3}]", "may not set max_time"),
+        ("budgets: [{minutes: 5, lr: 0.1}, {minutes: 5, lr: 0.2}]", "same minutes"),
+    ],
+)
+def test_a_bad_budget_entry_is_refused_even_when_it_would_not_apply(tmp_path, budgets, phrase):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"model: {{preset: tiny}}\n{budgets}\n")
+    with pytest.raises(ValueError, match=phrase):
+        load_config(str(path))
+
+
 def test_help_config_lists_every_key_and_the_presets_but_no_code(capsys):
     import dataclasses
 

@@ -291,6 +291,10 @@ def _run_train(args, extra):
 
         source = inspect.getsource(TrainConfig)
         print(source[: re.search(r"\n    (def |@)", source).start()].rstrip())  # the keys with their defaults and comments, not the methods
+        print(
+            "\na config file may end with budgets: a list of {minutes: M, key: value, ...}; the entry with the largest M"
+            " at or under --max-time applies over the file (the command line over both; see configs/quickstart.yaml)"
+        )
         print(f"\nmodel presets (model.preset): {', '.join(PRESETS)}; any field of a preset's config is a model.KEY too")
         return
     if not args.data or not args.out:

@@ -21,6 +21,14 @@ def _vector_unit(flags: list[str]) -> str:
     return ""
 
 
+def _flat(values: dict, prefix: str = "") -> dict:
+    """{'model': {'dropout': 0.1}, 'lr': 0.002} -> {'model.dropout': 0.1, 'lr': 0.002} (as `aiayn train` takes them)"""
+    out = {}
+    for key, value in values.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
 def budget_lines(minutes: float, record: dict | None = None) -> list[str]:
     """What a longer --minutes gives: the test BLEU of this recipe after each budget, as
     benchmarks/budget_curve.py measured it (`record`: by default its figures shipped in
@@ -54,7 +62,7 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 3.0, test_senten
     from aiayn.generate.translate import Translator
     from aiayn.heatmaps import attention_maps, render
     from aiayn.io.checkpoint import average_checkpoints, list_checkpoints, load_model
-    from aiayn.train.config import load_config
+    from aiayn.train.config import config_budget, load_config
     from aiayn.train.trainer import Trainer
 
     started = time.time()
@@ -76,7 +84,11 @@ def quickstart(out: str | Path = "quickstart", minutes: float = 3.0, test_senten
         log=lambda m: log(f"     {m}"),
     )
 
-    log(f"3/5  aiayn train: a tiny Transformer for {minutes:g} minutes (its learning rate reaches 0 as the time runs out)")
+    log(f"3/5  aiayn train: a small Transformer for {minutes:g} minutes (its learning rate reaches 0 as the time runs out)")
+    budget = config_budget("quickstart", minutes)
+    if budget:
+        settings = ", ".join(f"{key}={value}" for key, value in _flat(budget).items() if key != "minutes")
+        log(f"     the recipe for budgets of {budget['minutes']:g} minutes or more: {settings}")
     cfg = load_config("quickstart", {"max_time": minutes, "validate_every": 0, "valid_bleu": False})
     trainer = Trainer(cfg, data, run_dir, log=lambda m: log(f"     {m}"))
     summary = trainer.train()

@@ -212,4 +212,45 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def load_config(name_or_path: str, overrides: dict | None = None) -> TrainConfig:
-    return TrainConfig.from_dict(merge(_read_yaml(name_or_path), overrides or {}))
+    """A named config or YAML file, its `budgets` entry for the run's max_time, then the overrides."""
+    values = _read_yaml(name_or_path)
+    budgets = _check_budgets(values.pop("budgets", None), values, where=name_or_path)
+    overrides = overrides or {}
+    entry = dict(budget_for(budgets, merge(values, overrides).get("max_time") or 0))
+    entry.pop("minutes", None)
+    return TrainConfig.from_dict(merge(merge(values, entry), overrides))
+
+
+def config_budget(name_or_path: str, minutes: float) -> dict:
+    """The `budgets` entry a run of this config with max_time=minutes takes ({} for none), its minutes included."""
+    values = _read_yaml(name_or_path)
+    return budget_for(_check_budgets(values.pop("budgets", None), values, where=name_or_path), minutes)
+
+
+def budget_for(budgets: list[dict], minutes: float) -> dict:
+    """A recipe for a budget (Li, Yumer & Ramanan 2020): a config's `budgets` list holds entries
+    {minutes: M, key: value, ...}; the one with the largest M at or under a run's max_time applies
+    over the rest of the config (and the command line over both). None applies without max_time."""
+    fitting = [b for b in budgets if minutes and b["minutes"] <= minutes]
+    return max(fitting, key=lambda b: b["minutes"]) if fitting else {}
+
+
+def _check_budgets(budgets, values: dict, where: str) -> list[dict]:
+    if budgets is None:
+        return []
+    if not isinstance(budgets, list):
+        raise ValueError(f"{where}: budgets: expected a list of {{minutes: M, key: value, ...}}, got {budgets!r}")
+    for i, entry in enumerate(budgets):
+        minutes = entry.get("minutes") if isinstance(entry, dict) else None
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
+            raise ValueError(f"{where}: budgets[{i}]: expected a mapping with minutes > 0 and the keys it sets, got {entry!r}")
+        rest = {k: v for k, v in entry.items() if k != "minutes"}
+        if "max_time" in rest or "budgets" in rest:
+            raise ValueError(f"{where}: budgets[{i}] may not set {'max_time' if 'max_time' in rest else 'budgets'}")
+        try:
+            TrainConfig.from_dict(merge(values, rest))
+        except ValueError as e:
+            raise ValueError(f"{where}: budgets[{i}] (from {minutes:g} minutes): {e}") from None
+    if len({b["minutes"] for b in budgets}) < len(budgets):
+        raise ValueError(f"{where}: budgets: two entries for the same minutes")
+    return budgets
