@@ -73,6 +73,24 @@ def plot(rows: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
+def write_asset(record: dict, asset: Path) -> None:
+    """The figures `aiayn quickstart` cites as what a longer budget gives: this run's aiayn rows, and the
+    shipped rows of budgets this run did not measure, each of those with its own date and machine."""
+    keep = ("key", "minutes", "bleu", "chrf", "updates", "tokens_per_s", "date", "machine")
+    rows = [{k: r[k] for k in keep if k in r} for r in record["rows"] if r["key"] == "aiayn"]
+    measured = {r["minutes"] for r in rows}
+    if asset.is_file():
+        earlier = json.loads(asset.read_text())
+        for r in earlier["rows"]:
+            if r["key"] == "aiayn" and r["minutes"] not in measured:
+                rows.append({**r, "date": r.get("date", earlier["date"]), "machine": r.get("machine", earlier["machine"])})
+    rows.sort(key=lambda r: r["minutes"])
+    shipped = {k: record[k] for k in ("command", "machine", "vocab_size", "config", "test_sentences", "date")}
+    tmp = asset.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**shipped, "rows": rows}, indent=1) + "\n")
+    tmp.replace(asset)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=bible_en_es.DEFAULT_DATA)
@@ -160,14 +178,10 @@ def main() -> None:
         pair = {r["key"]: r["bleu"] for r in record["rows"] if r["minutes"] == minutes}
         if len(pair) == 2:
             print(f"{minutes:g} min: aiayn − HF = {pair['aiayn'] - pair['hf']:+.2f} BLEU")
-    # `aiayn quickstart` cites these figures (with their machine and date) as what a longer budget gives
-    asset = HERE.parent / "src" / "aiayn" / "assets" / "budget_curve.json"
-    keep = ("key", "minutes", "bleu", "chrf", "updates", "tokens_per_s", "date")
-    shipped = {k: record[k] for k in ("command", "machine", "vocab_size", "config", "test_sentences", "date")}
-    asset.write_text(json.dumps({**shipped, "rows": [{k: r[k] for k in keep if k in r} for r in record["rows"]]}, indent=1) + "\n")
+    write_asset(record, HERE.parent / "src" / "aiayn" / "assets" / "budget_curve.json")
     png = HERE.parent / "docs" / f"budget_curve{suffix}.png"
     plot(record["rows"], png)
-    print(f"wrote {out}, {asset} and {png}")
+    print(f"wrote {out}, src/aiayn/assets/budget_curve.json and {png}")
 
 
 if __name__ == "__main__":

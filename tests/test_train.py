@@ -231,6 +231,9 @@ def test_a_budget_entry_applies_by_max_time_and_the_command_line_wins(tmp_path):
     assert config_budget(str(path), 25) == {"minutes": 20, "model": {"d_model": 256, "dropout": 0.1}, "lr": 0.001}
     assert config_budget(str(path), 5) == {}
     assert "budgets" not in TrainConfig.to_dict(thirty)  # what a run saves is the resolved config: resume needs no budget
+    # the shipped quickstart: the 3-minute recipe below 30 minutes, a wider model with dropout from 30
+    assert load_config("quickstart", {"max_time": 3}).model == {"preset": "tiny", "dropout": 0.0}
+    assert load_config("quickstart", {"max_time": 30}).model["d_model"] > 128
 
 
 @pytest.mark.parametrize(
@@ -691,6 +694,17 @@ def test_the_quickstart_cites_what_longer_budgets_reached():
     assert "aiayn quickstart --minutes 10 " in lines
     assert "quickstart --minutes" not in "\n".join(budget_lines(30, record))
     assert budget_lines(3, {**record, "rows": [record["rows"][1]]}) == []
+    # a budget rerun later, on another machine, is cited with its own date and machine
+    other = {"cpu": "Other CPU", "threads": 2, "flags": ["avx2"]}
+    rerun = {
+        **record,
+        "rows": [r for r in record["rows"] if r["minutes"] != 30]
+        + [{"key": "aiayn", "minutes": 30, "bleu": 30.9, "date": "2026-12-06 05:00", "machine": other}],
+    }
+    lines = "\n".join(budget_lines(3, rerun))
+    assert "19.0 after 3, 25.5 after 10 minutes on a 2-thread Some CPU with AVX-512 (2026-12-03);" in lines
+    assert "30.9 after 30 minutes on a 2-thread Other CPU with AVX2 (2026-12-06);" in lines
+    assert "aiayn quickstart --minutes 10 " in lines
     # the figures benchmarks/budget_curve.py measured ship with the package
     shipped = "\n".join(budget_lines(3))
     assert "benchmarks/budget_curve.py" in shipped and "after 30 minutes" in shipped

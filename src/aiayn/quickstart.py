@@ -32,7 +32,7 @@ def _flat(values: dict, prefix: str = "") -> dict:
 def budget_lines(minutes: float, record: dict | None = None) -> list[str]:
     """What a longer --minutes gives: the test BLEU of this recipe after each budget, as
     benchmarks/budget_curve.py measured it (`record`: by default its figures shipped in
-    assets/budget_curve.json, with their machine)."""
+    assets/budget_curve.json, with their machine; a row rerun later carries its own date and machine)."""
     import json
     from importlib import resources
 
@@ -41,18 +41,37 @@ def budget_lines(minutes: float, record: dict | None = None) -> list[str]:
             record = json.loads((resources.files("aiayn") / "assets" / "budget_curve.json").read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             return []
-    rows = sorted((r["minutes"], r["bleu"]) for r in record["rows"] if r["key"] == "aiayn")
+    rows = sorted((r for r in record["rows"] if r["key"] == "aiayn"), key=lambda r: r["minutes"])
     if not rows:
         return []
-    m = record["machine"]
-    figures = ", ".join(f"{b:.1f} after {t:g}" for t, b in rows)
-    longer = next((t for t, _ in rows if t > minutes), None)
+
+    def where(row: dict) -> str:
+        m = row.get("machine", record["machine"])
+        return f"{m.get('threads', 2)}-thread {m.get('cpu', 'CPU')}{_vector_unit(m.get('flags', []))}"
+
+    runs: list[tuple[str, str, list[dict]]] = []  # (machine, date, rows), in the order of the budgets
+    for row in rows:
+        key = (where(row), row.get("date", record["date"])[:10])
+        if runs and runs[-1][:2] == key:
+            runs[-1][2].append(row)
+        else:
+            runs.append((*key, [row]))
     verses = f", {record['test_sentences']:,} test verses" if record.get("test_sentences") else ""
-    return [
-        f"     a longer budget: on a {m.get('threads', 2)}-thread {m.get('cpu', 'CPU')}{_vector_unit(m.get('flags', []))} ({record['date'][:10]}{verses},",
-        f"     benchmarks/budget_curve.py) this recipe reached test BLEU {figures} minutes;",
-        *([f"     try: aiayn quickstart --minutes {longer:g} --out another-dir"] if longer else []),
-    ]
+    longer = next((r["minutes"] for r in rows if r["minutes"] > minutes), None)
+    try_longer = [f"     try: aiayn quickstart --minutes {longer:g} --out another-dir"] if longer else []
+    if len(runs) == 1:
+        machine, date, _ = runs[0]
+        figures = ", ".join(f"{r['bleu']:.1f} after {r['minutes']:g}" for r in rows)
+        return [
+            f"     a longer budget: on a {machine} ({date}{verses},",
+            f"     benchmarks/budget_curve.py) this recipe reached test BLEU {figures} minutes;",
+            *try_longer,
+        ]
+    lines = [f"     a longer budget: this recipe reached test BLEU (benchmarks/budget_curve.py{verses})"]
+    for machine, date, group in runs:
+        figures = ", ".join(f"{r['bleu']:.1f} after {r['minutes']:g}" for r in group)
+        lines.append(f"     {figures} minutes on a {machine} ({date});")
+    return lines + try_longer
 
 
 def quickstart(out: str | Path = "quickstart", minutes: float = 3.0, test_sentences: int = 500, log=print) -> dict:
