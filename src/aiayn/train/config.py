@@ -213,8 +213,7 @@ def merge(base: dict, overrides: dict) -> dict:
 
 def load_config(name_or_path: str, overrides: dict | None = None) -> TrainConfig:
     """A named config or YAML file, its `budgets` entry for the run's max_time, then the overrides."""
-    values = _read_yaml(name_or_path)
-    budgets = _check_budgets(values.pop("budgets", None), values, where=name_or_path)
+    values, budgets = _read_with_budgets(name_or_path)
     overrides = overrides or {}
     entry = dict(budget_for(budgets, merge(values, overrides).get("max_time") or 0))
     entry.pop("minutes", None)
@@ -223,8 +222,12 @@ def load_config(name_or_path: str, overrides: dict | None = None) -> TrainConfig
 
 def config_budget(name_or_path: str, minutes: float) -> dict:
     """The `budgets` entry a run of this config with max_time=minutes takes ({} for none), its minutes included."""
+    return budget_for(_read_with_budgets(name_or_path)[1], minutes)
+
+
+def _read_with_budgets(name_or_path: str) -> tuple[dict, list[dict]]:
     values = _read_yaml(name_or_path)
-    return budget_for(_check_budgets(values.pop("budgets", None), values, where=name_or_path), minutes)
+    return values, _check_budgets(values.pop("budgets", None), values, where=name_or_path)
 
 
 def budget_for(budgets: list[dict], minutes: float) -> dict:
