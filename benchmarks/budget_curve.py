@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--average", type=int, default=5)
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--skip-aiayn", action="store_true", help="Hugging Face alone, with the dimensions of aiayn's run already in --work")
     p.add_argument("--hf-tokens-per-update", type=int, default=4096)
     p.add_argument("--hf-lr", type=float, default=1e-3)
     p.add_argument("--hf-warmup", type=int, default=400)
@@ -136,7 +137,7 @@ def main() -> None:
         same = ("cpu", "flags", "threads")
         if any(earlier["machine"].get(k) != record["machine"].get(k) for k in same):
             raise SystemExit(f"--keep-other-rows: {out} was measured on another machine ({earlier['machine']}); use another --tag")
-        systems_now = {"aiayn"} | (set() if args.skip_hf else {"hf"})
+        systems_now = (set() if args.skip_aiayn else {"aiayn"}) | (set() if args.skip_hf else {"hf"})
         record["rows"] = [
             {**r, "date": r.get("date", earlier["date"])}
             for r in earlier["rows"]
@@ -157,7 +158,9 @@ def main() -> None:
             hf_lr=args.hf_lr,
             hf_warmup=args.hf_warmup,
         )
-        systems = [("aiayn", bible_en_es.run_aiayn)] + ([] if args.skip_hf else [("hf", bible_en_es.run_hf)])
+        systems = ([] if args.skip_aiayn else [("aiayn", bible_en_es.run_aiayn)]) + ([] if args.skip_hf else [("hf", bible_en_es.run_hf)])
+        if args.skip_aiayn and not (work / "aiayn-run" / "config.yaml").is_file():
+            raise SystemExit(f"--skip-aiayn: no aiayn run in {work} to take the dimensions from; run aiayn at {minutes:g} minutes first")
         for key, run in systems:
             result = run(dataset, work, run_args)
             row = {"key": key, "minutes": minutes, "date": record["date"], **{k: v for k, v in result.items() if k != "valid"}}
