@@ -78,17 +78,19 @@ def run_trial(name: str, overrides: dict, args) -> dict:
     averaged = run / "averaged.safetensors"
     average_checkpoints(steps, averaged)
     model, ckpt = load_model(averaged)
-    src = (data / "valid.src.txt").read_text(encoding="utf-8").splitlines()[: args.valid_sentences]
-    ref = (data / "valid.tgt.txt").read_text(encoding="utf-8").splitlines()[: args.valid_sentences]
-    hyps = [t.text for t in Translator(model, *ckpt.tokenizers, beam=4).translate(src)]
-    scores = evaluate(hyps, ref)
+    translator = Translator(model, *ckpt.tokenizers, beam=4)
+
+    def score(src: Path, ref: Path, limit: int | None = None) -> tuple[dict, list[str]]:
+        sources = src.read_text(encoding="utf-8").splitlines()[:limit]
+        hyps = [t.text for t in translator.translate(sources)]
+        return evaluate(hyps, ref.read_text(encoding="utf-8").splitlines()[:limit]), hyps
+
+    scores, hyps = score(data / "valid.src.txt", data / "valid.tgt.txt", args.valid_sentences)
     valid = [e for e in log if e.get("type") == "valid"]
     test = {}
     if args.test:  # for the record once a trial has been chosen on valid; never a ground for the choice
-        test_src = (args.work / "corpus" / "test.en").read_text(encoding="utf-8").splitlines()
-        test_ref = (args.work / "corpus" / "test.es").read_text(encoding="utf-8").splitlines()
-        test_scores = evaluate([t.text for t in Translator(model, *ckpt.tokenizers, beam=4).translate(test_src)], test_ref)
-        test = {"test_bleu": round(test_scores["bleu"], 2), "test_chrf": round(test_scores["chrf"], 2), "test_sentences": len(test_src)}
+        test_scores, test_hyps = score(args.work / "corpus" / "test.en", args.work / "corpus" / "test.es")
+        test = {"test_bleu": round(test_scores["bleu"], 2), "test_chrf": round(test_scores["chrf"], 2), "test_sentences": len(test_hyps)}
     return {
         "trial": name,
         "overrides": overrides,

@@ -248,8 +248,9 @@ def _check_budgets(budgets, values: dict, where: str) -> list[dict]:
         if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
             raise ValueError(f"{where}: budgets[{i}]: expected a mapping with minutes > 0 and the keys it sets, got {entry!r}")
         rest = {k: v for k, v in entry.items() if k != "minutes"}
-        if "max_time" in rest or "budgets" in rest:
-            raise ValueError(f"{where}: budgets[{i}] may not set {'max_time' if 'max_time' in rest else 'budgets'}")
+        for key in ("max_time", "budgets"):
+            if key in rest:
+                raise ValueError(f"{where}: budgets[{i}] may not set {key}")
         try:
             TrainConfig.from_dict(merge(values, rest))
         except ValueError as e:
