@@ -297,6 +297,8 @@ def summarize(budget: dict) -> dict:
         if same:
             out["rnn_minus_peer_bleu"] = same[0]["bleu"] - peer["bleu"]
         out["rnn_over_peer_target_tokens_per_s"] = rnn[-1]["target_tokens_per_s"] / peer["train_tgt_tokens_per_second"]
+        if peer.get("train_tgt_tokens_per_second_loop"):  # the peer's training loop alone: its start-up left out, as aiayn's is
+            out["rnn_over_peer_target_tokens_per_s_loop"] = rnn[-1]["target_tokens_per_s"] / peer["train_tgt_tokens_per_second_loop"]
     return out
 
 

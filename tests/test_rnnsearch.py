@@ -285,6 +285,34 @@ def test_serve_translates_and_draws_the_attention(rnn_run):
         assert len(body["cross"][0][0]) == len(body["target"])
 
 
+@pytest.mark.slow
+def test_the_served_page_draws_the_rnns_attention(rnn_run, tmp_path):
+    """In chromium: the page translates with the RNN and draws its one layer of one head."""
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
+    import httpx
+    from _serving import browser_page
+
+    from aiayn.serve import ServeSettings, create_app
+
+    text = "And God said, Let there be light."
+    app = create_app(rnn_run / "checkpoints" / "step-00000250.safetensors", ServeSettings(), device="cpu")
+    with browser_page(app, tmp_path) as (page, server, expect):
+        maps = httpx.post(f"{server.url}/v1/attention", json={"text": text, "beam": 2}, timeout=60).json()
+        page.goto(server.url + "/")
+        expect(page.locator("#model-info")).to_contain_text("model ")
+        page.fill("#source", text)
+        page.fill("#beam", "2")
+        page.click("#translate")
+        page.wait_for_selector('#heatmap:not([data-rows="0"])', timeout=60_000)
+        rows, cols = len(maps["target"]), len(maps["source"])
+        assert page.locator("#heatmap .cell").count() == rows * cols
+        assert page.locator("#layer option").all_text_contents() == ["1"]
+        assert page.locator("#head option").all_text_contents() == ["average of heads", "1"]
+        weights = [float(w) for w in page.locator("#heatmap .cell").evaluate_all("cells => cells.map(c => c.dataset.weight)")]
+        assert weights == pytest.approx([w for row in maps["cross"][0][0] for w in row], abs=1e-3)
+        assert page.locator("#heatmap .row-label").all_text_contents() == maps["target"]
+
+
 def test_export_refuses_formats_without_a_recurrent_model(rnn_run, tmp_path):
     proc = cli("export", rnn_run / "checkpoints" / "step-00000250.safetensors", "--format", "hf", "--out", tmp_path / "hf")
     assert proc.returncode != 0 and "RNNsearch model has no counterpart" in proc.stderr

@@ -234,6 +234,9 @@ def test_a_budget_entry_applies_by_max_time_and_the_command_line_wins(tmp_path):
     # the shipped quickstart: the 3-minute recipe below 30 minutes, a wider model with dropout from 30
     assert load_config("quickstart", {"max_time": 3}).model == {"preset": "tiny", "dropout": 0.0}
     assert load_config("quickstart", {"max_time": 30}).model["d_model"] > 128
+    # the shipped RNN: a schedule that needs no budget without one, the linear decay from 10 minutes
+    assert load_config("rnnsearch-tiny").lr_schedule == "inverse_sqrt"
+    assert load_config("rnnsearch-tiny", {"max_time": 30}).lr_schedule == "linear"
 
 
 @pytest.mark.parametrize(
