@@ -198,7 +198,7 @@ class RNNSearch(nn.Module):
         with need_weights, the attention as one layer of one head, [[B, 1, T, S]]."""
         words = self.dropout(self.tgt_embed(tgt_in))  # [B, T, d_embed]
         # every step's input gates in one product; unbind, not gates[:, t]: the backward of T slices would
-        # fill and add T zero tensors the size of all the gates (0.66 of the time of the steps' own products)
+        # fill and add T zero tensors the size of all the gates (a 60×34-token step: 317 ms against 341)
         gates = self.gru1_input(words).unbind(1)
         keys, mask = self.attention.keys(enc.states), enc.mask[:, 0, 0, :]
         state = self.initial_state(enc)
