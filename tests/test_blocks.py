@@ -82,12 +82,15 @@ def test_a_block_at_one_position_per_row_equals_that_row_of_the_full_block(pre_n
 
 
 def test_bf16_attention_on_a_cpu_is_fp32_attention_rounded_forward_and_backward():
-    """Under bf16 autocast on a CPU, Eq. (1) runs in fp32 while training too (PyTorch's bf16 CPU
-    kernel is several times slower, backward most): the output and the gradients are fp32's, rounded to bf16."""
+    """Under bf16 autocast on a CPU, the fused kernel (more keys than `attention_spelled_out` takes)
+    runs in fp32 while training too (PyTorch's bf16 CPU kernel is several times slower, backward
+    most): the output and the gradients are fp32's, rounded to bf16."""
+    from aiayn import runtime
     from aiayn.nn.attention import scaled_dot_product_attention
 
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 9, 16).bfloat16().requires_grad_() for _ in range(3))
+    L = runtime.SPELLED_OUT_ATTENTION_MAX_KEYS + 9
+    q, k, v = (torch.randn(2, 4, L, 16).bfloat16().requires_grad_() for _ in range(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = scaled_dot_product_attention(q, k, v, is_causal=True)
     assert out.dtype == torch.bfloat16
@@ -99,6 +102,44 @@ def test_bf16_attention_on_a_cpu_is_fp32_attention_rounded_forward_and_backward(
     for ours, theirs in zip(grads, torch.autograd.grad(ref, (q32, k32, v32), grad_out.float())):
         assert ours.dtype == torch.bfloat16
         assert torch.equal(ours, theirs.bfloat16())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_short_attention_spelled_out_on_a_cpu_equals_the_fused_kernel(precision):
+    """Up to `SPELLED_OUT_ATTENTION_MAX_KEYS` keys a CPU spells Eq. (1) out (faster than the fused
+    kernel there): output and gradients equal the fused kernel's in fp32, and under bf16 autocast
+    they are bf16 (products in bf16, the softmax in fp32) within bf16's rounding of fp32's. A query
+    whose keys are all masked gives finite values, not NaN."""
+    from aiayn import runtime
+    from aiayn.nn.attention import scaled_dot_product_attention
+
+    torch.manual_seed(0)
+    L = runtime.SPELLED_OUT_ATTENTION_MAX_KEYS
+    q32, k32, v32 = (torch.randn(3, 4, L, 16, requires_grad=True) for _ in range(3))
+    mask = torch.ones(3, 1, L, L, dtype=torch.bool)
+    mask[1, :, :, L - 5 :] = False  # a padded sentence
+    assert runtime.attention_spelled_out(q32, k32)
+    grad_out = torch.randn(3, 4, L, 16)
+    ref = torch.nn.functional.scaled_dot_product_attention(q32, k32, v32, attn_mask=mask)
+    ref_grads = torch.autograd.grad(ref, (q32, k32, v32), grad_out)
+    if precision == "fp32":
+        out, _ = scaled_dot_product_attention(q32, k32, v32, mask)
+        grads = torch.autograd.grad(out, (q32, k32, v32), grad_out)
+        tol = {"atol": 1e-5, "rtol": 1e-5}
+    else:
+        q, k, v = (t.detach().bfloat16().requires_grad_() for t in (q32, k32, v32))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = scaled_dot_product_attention(q, k, v, mask)
+        assert out.dtype == torch.bfloat16
+        grads = torch.autograd.grad(out, (q, k, v), grad_out.bfloat16())
+        assert all(g.dtype == torch.bfloat16 for g in grads)
+        tol = {"atol": 0.05, "rtol": 0.05}  # bf16 keeps 8 bits of mantissa: inputs, scores and products each rounded
+    torch.testing.assert_close(out.float(), ref, **tol)
+    for ours, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(ours.float(), theirs, **tol)
+    mask[2, :, 0] = False  # query 0 of sentence 2 may attend to nothing
+    out, _ = scaled_dot_product_attention(q32, k32, v32, mask)
+    assert torch.isfinite(out).all()
 
 
 def test_bf16_prefill_against_an_fp32_cache_is_fp32_attention_rounded():

@@ -9,8 +9,9 @@ measured on.
   (bf16 only where it measures faster), `int8_weight_levels` (int8 products without VNNI) and
   `int8_engine` (fbgemm or oneDNN, measured; AIAYN_INT8_ENGINE).
 - matrix products: `onednn_inference` (AIAYN_GEMM=auto|mkl|onednn), `gemm_library`.
-- attention kernels: `configure_attention` (cuDNN's kernel off on CUDA); `attention_in_fp32`
-  (bf16 on a CPU runs the fused kernel in fp32) and `decoding_attention_in_fp32`.
+- attention kernels: `configure_attention` (cuDNN's kernel off on CUDA); `attention_spelled_out`
+  (short attention on a CPU as two batched products and a softmax); `attention_in_fp32` (bf16 on a
+  CPU runs the fused kernel in fp32) and `decoding_attention_in_fp32`.
 - padding: `skip_padding(device)` (position-wise work on the real tokens only, on the CPU).
 - dropout: `int16_dropout(x)` (the CPU's cheaper keep-mask).
 - memory: `reuse_freed_memory()` (glibc keeps large blocks on the heap, CPU training) and
@@ -386,9 +387,24 @@ def search_sync_every(where: torch.device) -> int:
     return 8 if where.type == "cuda" else 1
 
 
+SPELLED_OUT_ATTENTION_MAX_KEYS = 64
+
+
+def attention_spelled_out(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether Eq. (1) runs as two batched products and a softmax rather than PyTorch's fused kernel:
+    on a CPU, for at most SPELLED_OUT_ATTENTION_MAX_KEYS keys. The fused CPU kernel works in blocks
+    of queries and keys, which short sequences leave mostly idle. benchmarks/attention_cpu.py,
+    forward and backward, 2 threads, on a 2-core AMD EPYC Zen 4 (2026-12-06): a vit-tiny layer
+    [B, h, L, d_k] = [128, 4, 50, 32] 15.7 ms fused against 9.6 spelled out in fp32, 16.2 (the fused
+    kernel in fp32) against 6.4 under bf16 autocast; [64, 4, 34, 32] 4.4 against 2.3 in fp32; at 128
+    keys fp32 0.88× (bf16 still 1.56×), at 256 keys fp32 0.68×. Whole updates: vit-tiny (bf16) 1.11×,
+    dit-tiny (bf16) 1.09×, quickstart (fp32) 1.05× the fused kernel's items/s. On a Xeon with AMX, bf16 [128, 4, 50, 32]: 6.5 against 8.3."""
+    return q.device.type == "cpu" and k.size(-2) <= SPELLED_OUT_ATTENTION_MAX_KEYS
+
+
 def attention_in_fp32(q: torch.Tensor) -> bool:
     """Whether bf16 on a CPU runs the fused attention kernel (Eq. 1) in fp32, training and decoding
-    alike (the spelled-out path that returns the weights, for heat maps, stays in autocast).
+    alike, where it runs at all (not for short sequences: `attention_spelled_out`).
     PyTorch's CPU attention kernel is slow in bf16: greedy decoding of base dimensions on a 2-core
     AMD EPYC Zen 4 spent 480 ms in bf16 attention against 122 ms in fp32, and a `quickstart`
     training update on a Zen 5 EPYC spent 30 ms in the bf16 kernel's backward pass against 6 ms in fp32."""

@@ -34,33 +34,44 @@ def scaled_dot_product_attention(
     mask: bool, broadcastable to [B, h, Lq, Lk]; True where a query may attend.
     is_causal: query i sees keys ≤ i + (Lk − Lq) (the decoder's masking of §3.2.3).
 
-    The default path is PyTorch's fused kernel (flash / memory-efficient on GPU, a fused
-    CPU kernel otherwise; in fp32 under bf16 on a CPU, `runtime.attention_in_fp32`). `need_weights=True` spells Eq. (1) out and also returns the
-    attention probabilities [B, h, Lq, Lk], for alignments and heat maps.
+    PyTorch's fused kernel (flash / memory-efficient on GPU, a fused CPU kernel otherwise; in fp32
+    under bf16 on a CPU, `runtime.attention_in_fp32`), except where `runtime.attention_spelled_out`
+    (short sequences on a CPU) or `need_weights=True`: then Eq. (1) is spelled out, and with
+    need_weights it also returns the attention probabilities [B, h, Lq, Lk], for alignments and heat maps.
     """
     if is_causal:
         Lq, Lk = q.size(-2), k.size(-2)
         if Lq == 1:  # one new query (incremental decoding) sees every key so far
             is_causal = False
-        elif mask is not None or Lq != Lk or need_weights:
+        elif mask is not None or Lq != Lk or need_weights or runtime.attention_spelled_out(q, k):
             causal = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)
             mask = causal if mask is None else mask & causal
             is_causal = False
-    if not need_weights:
-        if runtime.attention_in_fp32(q):  # (autocast off: it would cast back to bf16)
-            with torch.autocast("cpu", enabled=False):
-                out = F.scaled_dot_product_attention(
-                    q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
-                )
-            return out.to(q.dtype), None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-        return out, None
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # [B, h, Lq, Lk]
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = scores.softmax(dim=-1)
-    out = F.dropout(weights, dropout_p) @ v  # [B, h, Lq, d_v]
-    return out, weights
+    if need_weights or runtime.attention_spelled_out(q, k):
+        out, weights = _spelled_out_attention(q, k, v, mask, dropout_p)
+        return out, weights if need_weights else None
+    if runtime.attention_in_fp32(q):  # (autocast off: it would cast back to bf16)
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        return out.to(q.dtype), None
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+    return out, None
+
+
+def _spelled_out_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
+    """Eq. (1) as written: the products in the inputs' type (fp32 where a bf16 query meets a
+    decoder's fp32 cache), the softmax in fp32, the output in the query's type. A masked key gets the type's lowest value rather
+    than −∞, so that a row with no key to attend to (a left-padded prompt's padding) averages
+    instead of turning into NaNs that the padding's values would carry into real rows."""
+    out_dtype, dtype = q.dtype, torch.promote_types(q.dtype, k.dtype)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # [B, h, Lq, Lk]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = scores.float().softmax(dim=-1)
+        out = F.dropout(weights.to(v.dtype), dropout_p) @ v  # [B, h, Lq, d_v]
+    return out.to(out_dtype), weights
 
 
 class Packing:
