@@ -45,6 +45,7 @@ class ViTConfig(ModelConfig):
     layer_norm_eps: float = 1e-6
     patch_bias: bool = True  # the patch projection's bias (CLIP's has none)
     patch_stem: str = "linear"  # linear: one strided convolution (ViT) | conv: 3×3 convolutions of stride 2 (Xiao et al. 2021)
+    stem_depth: int = 1  # with patch_stem conv: 3×3 convolutions at each resolution, the first halving it
     embed_norm: bool = False  # a LayerNorm on the embedded patches and positions before the blocks (CLIP's ln_pre)
 
     @property
@@ -73,6 +74,7 @@ class ViTConfig(ModelConfig):
             "pooling": S.Rule(choices=("cls", "mean")),
             "positional": S.Rule(choices=("learned", "sinusoidal")),
             "patch_stem": S.Rule(choices=("linear", "conv")),
+            "stem_depth": S.AT_LEAST_1,
             "layer_norm_eps": S.POSITIVE,
         }
         schema.check(cls, values, where, rules, what="model config")
@@ -93,8 +95,10 @@ class ViT(nn.Module):
         self.config = cfg = config
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size={cfg.image_size} is not a multiple of patch_size={cfg.patch_size}")
-        stem = ConvStem if cfg.patch_stem == "conv" else PatchEmbedding
-        self.patch_embed = stem(cfg.in_channels, cfg.patch_size, cfg.d_model, bias=cfg.patch_bias)
+        if cfg.patch_stem == "conv":
+            self.patch_embed = ConvStem(cfg.in_channels, cfg.patch_size, cfg.d_model, bias=cfg.patch_bias, depth=cfg.stem_depth)
+        else:
+            self.patch_embed = PatchEmbedding(cfg.in_channels, cfg.patch_size, cfg.d_model, bias=cfg.patch_bias)
         n_tokens = cfg.grid**2 + (cfg.pooling == "cls")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.pooling == "cls" else None
         if cfg.positional == "learned":
