@@ -57,7 +57,30 @@ def test_a_conv_stem_gives_the_patch_grid_from_overlapping_fields_and_wants_a_po
         hf_vit_config(tiny_vit(patch_stem="conv"), ["a", "b"])
 
 
-@pytest.mark.parametrize("overrides", [{}, {"pooling": "mean", "positional": "sinusoidal"}, {"layer_scale": 0.1}, {"patch_stem": "conv"}])
+def test_a_deeper_conv_stem_adds_stride_1_convolutions_and_keeps_the_grid():
+    """stem_depth 2: at each resolution a 3 × 3 convolution of stride 1 after the one that halves it;
+    the same token grid, fields reaching one patch further; a depth below 1 is refused."""
+    torch.manual_seed(0)
+    stem = ConvStem(1, 4, 32, depth=2).eval()
+    assert [m.stride for m in stem.convs if isinstance(m, torch.nn.Conv2d)] == [(2, 2), (1, 1), (2, 2), (1, 1)]
+    x = torch.randn(2, 1, 16, 16)
+    out = stem(x)
+    assert out.shape == (2, 4 * 4, 32)
+    moved = x.clone()
+    moved[:, :, 0, 0] += 1.0  # the first pixel: the shallow stem's fields reach patch 1, the deeper one's patch 2
+    changed = (stem(moved) - out).abs().amax((0, 2)) > 0
+    shallow = ConvStem(1, 4, 32).eval()
+    changed_shallow = (shallow(moved) - shallow(x)).abs().amax((0, 2)) > 0
+    assert changed[2] and not changed_shallow[2]
+    model = tiny_vit(patch_stem="conv", stem_depth=2)
+    assert model(torch.randn(3, 1, 8, 8)).shape == (3, model.config.n_classes)
+    with pytest.raises(ValueError, match="stem_depth"):
+        ViTConfig.check({"patch_stem": "conv", "stem_depth": 0})
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"pooling": "mean", "positional": "sinusoidal"}, {"layer_scale": 0.1}, {"patch_stem": "conv", "stem_depth": 2}]
+)
 def test_an_image_is_classified_the_same_alone_or_in_any_batch(overrides):
     model = tiny_vit(**overrides)
     images = torch.randn(5, 1, 8, 8)
