@@ -392,13 +392,14 @@ SPELLED_OUT_ATTENTION_MAX_KEYS = 64
 
 def attention_spelled_out(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether Eq. (1) runs as two batched products and a softmax rather than PyTorch's fused kernel:
-    on a CPU, for at most SPELLED_OUT_ATTENTION_MAX_KEYS keys, outside torch.compile. The fused CPU kernel works in blocks
-    of queries and keys, which short sequences leave mostly idle. benchmarks/attention_cpu.py,
-    forward and backward, 2 threads, on a 2-core AMD EPYC Zen 4 (2026-12-06): a vit-tiny layer
-    [B, h, L, d_k] = [128, 4, 50, 32] 15.7 ms fused against 9.6 spelled out in fp32, 16.2 (the fused
-    kernel in fp32) against 6.4 under bf16 autocast; [64, 4, 34, 32] 4.4 against 2.3 in fp32; at 128
-    keys fp32 0.88× (bf16 still 1.56×), at 256 keys fp32 0.68×. Whole updates: vit-tiny (bf16) 1.11×,
-    dit-tiny (bf16) 1.09×, quickstart (fp32) 1.05× the fused kernel's items/s. On a Xeon with AMX, bf16 [128, 4, 50, 32]: 6.5 against 8.3."""
+    on a CPU, for at most SPELLED_OUT_ATTENTION_MAX_KEYS keys, outside torch.compile. The fused CPU
+    kernel works in blocks of queries and keys, which short sequences leave mostly idle.
+    benchmarks/attention_cpu.py, forward and backward, 2 threads, on a 2-core AMD EPYC Zen 4
+    (2026-12-06): a vit-tiny layer [B, h, L, d_k] = [128, 4, 50, 32] 15.7 ms fused against 9.6
+    spelled out in fp32, 16.2 (the fused kernel in fp32) against 6.4 under bf16 autocast;
+    [64, 4, 34, 32] 4.3 against 2.3 in fp32; at 128 keys fp32 0.88× (bf16 still 1.56×), at 256 keys
+    fp32 0.68×. Whole updates: vit-tiny (bf16) 1.11×, dit-tiny (bf16) 1.09×, quickstart (fp32) 1.05×
+    the fused kernel's items/s. On a Xeon with AMX, bf16 [128, 4, 50, 32]: 6.5 against 8.3."""
     import torch
 
     # a compiled layer keeps the fused kernel (asked first: the bound would split its graph in two by length)
