@@ -8,8 +8,8 @@ a softmax), per shape and per training recipe, in one run.
 * kernels: forward + backward of one attention [B, h, L, d_k] (no mask, and a padding mask), fp32
   and bf16 autocast, the fused path against the spelled-out path, milliseconds (mean of --repeats);
 * recipes: training items per second of shipped recipes (--configs) with the bound as shipped
-  against 0 (the fused kernel everywhere), each in its own precision on this CPU, the two
-  alternated --rounds times (the faster run of each counts: this VM's speed drifts).
+  against 0 (the fused kernel everywhere), each in its own precision on this CPU, one run each way,
+  back to back (a VM's speed drifts between runs: the kernel table is the measurement).
 
     .venv/bin/python benchmarks/attention_cpu.py
     .venv/bin/python benchmarks/attention_cpu.py --configs vit-tiny --updates 120
@@ -77,7 +77,6 @@ def main() -> None:
     p.add_argument("--configs", default="quickstart,vit-tiny,dit-tiny", help="recipes to train both ways ('' for none)")
     p.add_argument("--updates", type=int, default=80, help="updates per recipe run (default 80)")
     p.add_argument("--skip", type=int, default=20, help="updates left out of the timing at the start (default 20)")
-    p.add_argument("--rounds", type=int, default=2, help="runs of each recipe each way, alternated; the faster counts (default 2)")
     p.add_argument("--skip-kernels", action="store_true", help="time the recipes only")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", help="directory for the recipes' data and runs (default: a temporary one)")
@@ -151,7 +150,7 @@ def main() -> None:
     result = {
         "benchmark": "attention_cpu",
         "machine": runtime.machine(args.threads),
-        "settings": {"repeats": args.repeats, "updates": args.updates, "skip": args.skip, "rounds": args.rounds, "max_keys": bound},
+        "settings": {"repeats": args.repeats, "updates": args.updates, "skip": args.skip, "max_keys": bound},
         "kernels": kernels,
         "recipes": recipes,
     }

@@ -39,15 +39,16 @@ def scaled_dot_product_attention(
     (short sequences on a CPU) or `need_weights=True`: then Eq. (1) is spelled out, and with
     need_weights it also returns the attention probabilities [B, h, Lq, Lk], for alignments and heat maps.
     """
+    spelled_out = need_weights or runtime.attention_spelled_out(q, k)
     if is_causal:
         Lq, Lk = q.size(-2), k.size(-2)
         if Lq == 1:  # one new query (incremental decoding) sees every key so far
             is_causal = False
-        elif mask is not None or Lq != Lk or need_weights or runtime.attention_spelled_out(q, k):
+        elif mask is not None or Lq != Lk or spelled_out:
             causal = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)
             mask = causal if mask is None else mask & causal
             is_causal = False
-    if need_weights or runtime.attention_spelled_out(q, k):
+    if spelled_out:
         out, weights = _spelled_out_attention(q, k, v, mask, dropout_p)
         return out, weights if need_weights else None
     if runtime.attention_in_fp32(q):  # (autocast off: it would cast back to bf16)
