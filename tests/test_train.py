@@ -197,6 +197,60 @@ def test_label_smoothed_gradient_is_p_minus_q(eps):
     torch.testing.assert_close(half.grad.double(), exact, rtol=2**-7, atol=1e-9)  # bf16's rounding of the fp32 gradient
 
 
+@pytest.mark.parametrize("eps,with_bias", [(0.1, False), (0.0, True)])
+def test_projection_and_loss_by_blocks_equal_the_projection_then_the_loss(monkeypatch, eps, with_bias):
+    """projected_label_smoothed_nll (blocks of 7 rows, the last one short) gives the loss, the NLL and
+    the gradients of F.linear followed by label_smoothed_nll: in float64 to 1e-12, without a graph
+    too; a frozen weight gets no gradient; a scale on the loss scales the gradients."""
+    from aiayn import runtime
+    from aiayn.train.loss import projected_label_smoothed_nll
+
+    monkeypatch.setattr(runtime, "loss_block_rows", lambda vocabulary, where: 7)
+    torch.manual_seed(0)
+    hidden = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(30, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(30, dtype=torch.float64, requires_grad=True) if with_bias else None
+    target = torch.randint(0, 30, (40,))
+    leaves = [t for t in (hidden, weight, bias) if t is not None]
+    loss, nll = label_smoothed_nll(torch.nn.functional.linear(hidden, weight, bias), target, eps)
+    expected = torch.autograd.grad(3.0 * loss, leaves)
+    ours_loss, ours_nll = projected_label_smoothed_nll(hidden, weight, bias, target, eps)
+    assert not ours_nll.requires_grad
+    torch.testing.assert_close((ours_loss, ours_nll), (loss, nll), rtol=1e-12, atol=0)
+    for ours, theirs in zip(torch.autograd.grad(3.0 * ours_loss, leaves), expected):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(projected_label_smoothed_nll(hidden, weight, bias, target, eps), (loss, nll), rtol=1e-12, atol=0)
+    frozen = weight.detach()
+    ours_loss, _ = projected_label_smoothed_nll(hidden, frozen, bias, target, eps)
+    ours_loss.backward()
+    torch.testing.assert_close(hidden.grad, expected[0] / 3.0, rtol=1e-12, atol=1e-12)
+    assert frozen.grad is None
+
+
+def test_projection_and_loss_by_blocks_under_bf16_autocast(monkeypatch):
+    """Under bf16 autocast the blocks' products run in bf16 and the softmax in fp32: loss and
+    gradients within bf16's rounding of autocast's F.linear + label_smoothed_nll, in the leaves' dtypes."""
+    from aiayn import runtime
+    from aiayn.train.loss import projected_label_smoothed_nll
+
+    monkeypatch.setattr(runtime, "loss_block_rows", lambda vocabulary, where: 16)
+    torch.manual_seed(0)
+    hidden = torch.randn(50, 32, requires_grad=True)
+    weight = (0.3 * torch.randn(200, 32)).requires_grad_()
+    target = torch.randint(0, 200, (50,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, nll = label_smoothed_nll(torch.nn.functional.linear(hidden, weight), target, 0.1)
+        expected = torch.autograd.grad(loss, (hidden, weight))
+        ours_loss, ours_nll = projected_label_smoothed_nll(hidden, weight, None, target, 0.1)
+        ours = torch.autograd.grad(ours_loss, (hidden, weight))
+    assert ours_loss.dtype == torch.float32 and [g.dtype for g in ours] == [torch.float32, torch.float32]
+    torch.testing.assert_close((ours_loss, ours_nll), (loss, nll), rtol=1e-3, atol=0)
+    for mine, theirs in zip(ours, expected):
+        scale = theirs.abs().max()
+        torch.testing.assert_close(mine / scale, theirs / scale, rtol=0, atol=2**-7)
+
+
 def test_config_from_yaml_and_overrides(tmp_path):
     overrides = parse_overrides(["--max-tokens", "2048", "--model.dropout", "0.3", "--adam-betas=[0.9, 0.997]", "--valid-bleu", "false"])
     cfg = load_config("base", overrides)

@@ -165,6 +165,11 @@ class GPT(nn.Module):
         """[..., d_model] -> logits [..., vocab_size]."""
         return self.output_proj(hidden)
 
+    def output_projection(self) -> tuple[Tensor, Tensor | None]:
+        """The weight and bias (or None) that `project` applies, logits = hidden Wᵀ + b: what training's
+        loss multiplies itself, a block of rows at a time (train.loss.projected_label_smoothed_nll)."""
+        return self.output_proj.weight, None
+
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens: [B, T] -> next-token logits at every position, [B, T, vocab_size]."""
         return self.project(self.hidden(tokens)[0])

@@ -215,6 +215,11 @@ class RNNSearch(nn.Module):
         """The deep output to logits [..., tgt_vocab] (or to a shortlist's ids alone)."""
         return restricted[1](hidden) if restricted is not None else self.output_proj(hidden)
 
+    def output_projection(self) -> tuple[Tensor, Tensor | None]:
+        """The weight and bias (or None) that `project` applies, logits = hidden Wᵀ + b: what training's
+        loss multiplies itself, a block of rows at a time (train.loss.projected_label_smoothed_nll)."""
+        return self.output_proj.weight, None
+
     def restrict_output(self, state: RNNState, ids: Tensor) -> None:
         state.output = (ids, self.output_proj.rows(ids))
 

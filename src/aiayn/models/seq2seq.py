@@ -252,6 +252,11 @@ class Transformer(nn.Module):
         logits = self.output_proj(hidden)
         return logits if self.final_logits_bias is None else logits + self.final_logits_bias
 
+    def output_projection(self) -> tuple[Tensor, Tensor | None]:
+        """The weight and bias (or None) that `project` applies, logits = hidden Wᵀ + b: what training's
+        loss multiplies itself, a block of rows at a time (train.loss.projected_label_smoothed_nll)."""
+        return self.output_proj.weight, self.final_logits_bias
+
     def restrict_output(self, state: Seq2SeqState, ids: Tensor) -> None:
         """Let a search's steps compute the logits of these target ids alone (generate.shortlist)."""
         state.output = (ids, self.output_proj.rows(ids))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from aiayn import models, runtime
 from aiayn.data.binarize import load_meta
 from aiayn.data.text import TokenStream, lm_tokenizer_assets, load_lm_tokenizer
-from aiayn.train.loss import label_smoothed_nll
+from aiayn.train.loss import projected_label_smoothed_nll
 
 
 @dataclass
@@ -91,8 +91,8 @@ class LossModel(nn.Module):
 
     def forward(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         hidden, _ = self.model.hidden(inputs)
-        logits = self.model.project(hidden)
-        return label_smoothed_nll(logits.view(-1, logits.size(-1)), targets.reshape(-1), self.label_smoothing)
+        hidden = hidden.reshape(-1, hidden.size(-1))
+        return projected_label_smoothed_nll(hidden, *self.model.output_projection(), targets.reshape(-1), self.label_smoothing)
 
 
 class LanguageModelTask:

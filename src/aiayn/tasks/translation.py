@@ -16,7 +16,7 @@ from aiayn import models, runtime
 from aiayn.data.batching import TokenBucketSampler, collate, make_dataloader
 from aiayn.data.binarize import ParallelDataset, load_meta, load_tokenizers
 from aiayn.data.tokenizer import Tokenizer
-from aiayn.train.loss import label_smoothed_nll
+from aiayn.train.loss import projected_label_smoothed_nll
 
 
 # ---------------------------------------------------------------- assets: the tokenizers
@@ -64,8 +64,8 @@ class LossModel(nn.Module):
     def forward(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
         hidden, _ = self.model.decode(tgt_in, self.model.encode(src))  # [B, T, d_model]
         real = tgt_out.ne(self.model.config.pad_id)
-        logits = self.model.project(hidden[real])  # the output projection only where there are targets: [N, V]
-        return label_smoothed_nll(logits, tgt_out[real], self.label_smoothing)
+        # the output projection only where there are targets, [N, d_model] -> [N, V], with the loss
+        return projected_label_smoothed_nll(hidden[real], *self.model.output_projection(), tgt_out[real], self.label_smoothing)
 
 
 # ---------------------------------------------------------------- the task
