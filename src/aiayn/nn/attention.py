@@ -270,7 +270,9 @@ class AdditiveAttention(nn.Module):
         Returns the context [B, (G,) d_memory] and the weights [B, (G,) S]."""
         grouped = query.dim() == 3
         q = self.query_proj(query if grouped else query[:, None])  # [B, G, d_attn]
-        energy = self.v(torch.tanh(q[:, :, None, :] + keys[:, None])).squeeze(-1)  # [B, G, S]
+        # vᵀ tanh(u) = 2 vᵀ σ(2u) − Σ v, and softmax_j drops the constant: on a CPU PyTorch's tanh
+        # takes 6× its sigmoid's time ([60, 34, 160]: 452 against 74 µs on a 2-core AMD EPYC Zen 4)
+        energy = 2 * self.v(torch.sigmoid(torch.add(2 * q[:, :, None, :], keys[:, None], alpha=2))).squeeze(-1)  # [B, G, S]
         if mask is not None:
             energy = energy.masked_fill(~mask[:, None], float("-inf"))
         weights = energy.softmax(-1)

@@ -108,14 +108,19 @@ def _blockwise(h, w, b, target, epsilon, grad_h=None, grad_w=None, grad_b=None) 
         h_block, t_block = h[start : start + rows], target[start : start + rows]
         x = block[: h_block.size(0)]
         x = _at_least_fp32(torch.addmm(b, h_block, w.t(), out=x) if b is not None else torch.mm(h_block, w.t(), out=x))  # [rows, V]
-        lse = torch.logsumexp(x, dim=-1)
         x_y = x.gather(1, t_block[:, None]).squeeze(1)
+        mean = x.mean(dim=-1) if epsilon else None
+        # the softmax over the logits' own memory: exp(x − max), its sum, p = exp(x − max) / sum
+        top = x.amax(dim=-1, keepdim=True)
+        grad = torch.exp(x.sub_(top), out=x)
+        total = grad.sum(dim=-1, keepdim=True)
+        lse = (top + total.log()).squeeze(1)
         block_nll = lse - x_y
         nll += block_nll.sum()
-        loss += (block_nll - epsilon * (x.mean(dim=-1) - x_y)).sum() if epsilon else block_nll.sum()
+        loss += (block_nll - epsilon * (mean - x_y)).sum() if epsilon else block_nll.sum()
         if grad_h is None and grad_w is None and grad_b is None:
             continue
-        grad = x.sub_(lse[:, None]).exp_()  # p, over the logits' own memory
+        grad.div_(total)  # p
         if epsilon:
             grad.sub_(epsilon / V)
         grad[torch.arange(grad.size(0), device=grad.device), t_block] -= 1.0 - epsilon  # p − q
