@@ -205,7 +205,7 @@ def test_projection_and_loss_by_blocks_equal_the_projection_then_the_loss(monkey
     from aiayn import runtime
     from aiayn.train.loss import projected_label_smoothed_nll
 
-    monkeypatch.setattr(runtime, "loss_block_rows", lambda vocabulary, where: 7)
+    monkeypatch.setattr(runtime, "loss_block_rows", lambda vocabulary, width, where: 7)
     torch.manual_seed(0)
     hidden = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(30, 16, dtype=torch.float64, requires_grad=True)
@@ -234,7 +234,7 @@ def test_projection_and_loss_by_blocks_under_bf16_autocast(monkeypatch):
     from aiayn import runtime
     from aiayn.train.loss import projected_label_smoothed_nll
 
-    monkeypatch.setattr(runtime, "loss_block_rows", lambda vocabulary, where: 16)
+    monkeypatch.setattr(runtime, "loss_block_rows", lambda vocabulary, width, where: 16)
     torch.manual_seed(0)
     hidden = torch.randn(50, 32, requires_grad=True)
     weight = (0.3 * torch.randn(200, 32)).requires_grad_()

@@ -88,13 +88,14 @@ def autocast(precision: str, where: torch.device):
     return torch.autocast(where.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def loss_block_rows(vocabulary: int, where: torch.device) -> int:
+def loss_block_rows(vocabulary: int, width: int, where: torch.device) -> int:
     """Rows of logits that train.loss.projected_label_smoothed_nll computes at a time: about 4M
-    logits (16 MB in fp32) on a CPU, 32M on a GPU. On a 2-core AMD EPYC Zen 4 (forward + backward,
-    fp32 / bf16 ms): 2,040 × 128 → 8,000 words took 121 / 81 in blocks of 128 rows, 102 / 62 in
-    blocks of 512, against 133 / 104 for the logits whole; at 2,048 × 512 → 32,000 blocks of 256
-    rows and more matched the whole (blocks of 128 were 1.1× slower)."""
-    return max(1, (2**25 if where.type == "cuda" else 2**22) // vocabulary)
+    logits (16 MB in fp32) on a CPU, 32M on a GPU, and at least 4 × `width` (d_model) rows, since
+    every block reads the [vocabulary, width] weight three times. On a 2-core AMD EPYC Zen 4
+    (forward + backward, fp32 / bf16 ms): 2,040 × 128 → 8,000 words took 121 / 81 in blocks of 128
+    rows, 102 / 62 in blocks of 512, against 133 / 104 for the logits whole; 2,048 × 512 → 32,000
+    took 1,481 / 1,032 in blocks of 131 rows, 1,301 / 873 in one block of 2,048, against 1,354 / 975."""
+    return max(1, (2**25 if where.type == "cuda" else 2**22) // vocabulary, 4 * width)
 
 
 def cpu_has_bf16() -> bool:

@@ -100,7 +100,7 @@ def _blockwise(h, w, b, target, epsilon, grad_h=None, grad_w=None, grad_b=None) 
     from aiayn import runtime
 
     N, V = h.size(0), w.size(0)
-    rows = runtime.loss_block_rows(V, h.device)
+    rows = runtime.loss_block_rows(V, h.size(1), h.device)
     loss = torch.zeros((), dtype=_accumulator(h), device=h.device)
     nll = torch.zeros((), dtype=_accumulator(h), device=h.device)
     block = torch.empty(min(rows, N), V, dtype=h.dtype, device=h.device)  # one buffer for every block's logits
