@@ -20,6 +20,7 @@ Prints two tables and writes benchmarks/results/attention_cpu.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -46,6 +47,16 @@ SHAPES = [  # [B, h, L, d_k]: a vit-tiny layer, tiny/quickstart translation batc
 ]
 
 
+@contextlib.contextmanager
+def spelled_out_bound(max_keys: int):
+    """Within this block, attention is spelled out for at most `max_keys` keys (0: never)."""
+    saved, runtime.SPELLED_OUT_ATTENTION_MAX_KEYS = runtime.SPELLED_OUT_ATTENTION_MAX_KEYS, max_keys
+    try:
+        yield
+    finally:
+        runtime.SPELLED_OUT_ATTENTION_MAX_KEYS = saved
+
+
 def time_attention(shape, precision: str, masked: bool, max_keys: int, repeats: int) -> float:
     """Milliseconds for one forward and backward pass through `scaled_dot_product_attention` with
     the spelled-out bound set to `max_keys` (0: the fused kernel)."""
@@ -53,22 +64,19 @@ def time_attention(shape, precision: str, masked: bool, max_keys: int, repeats: 
     q, k, v = (torch.randn(*shape, dtype=dtype, requires_grad=True) for _ in range(3))
     mask = (torch.arange(shape[2]) < shape[2] - 3).view(1, 1, 1, -1).expand(shape[0], 1, 1, -1) if masked else None
     grad = torch.randn(*shape, dtype=dtype)
-    saved, runtime.SPELLED_OUT_ATTENTION_MAX_KEYS = runtime.SPELLED_OUT_ATTENTION_MAX_KEYS, max_keys
-    try:
 
-        def once():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                out, _ = scaled_dot_product_attention(q, k, v, mask)
-            out.backward(grad)
+    def once():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out, _ = scaled_dot_product_attention(q, k, v, mask)
+        out.backward(grad)
 
+    with spelled_out_bound(max_keys):
         for _ in range(3):
             once()
         started = time.perf_counter()
         for _ in range(repeats):
             once()
         return 1000 * (time.perf_counter() - started) / repeats
-    finally:
-        runtime.SPELLED_OUT_ATTENTION_MAX_KEYS = saved
 
 
 def main() -> None:
@@ -110,42 +118,14 @@ def main() -> None:
     recipes = []
     configs = [c for c in args.configs.split(",") if c]
     if configs:
-        from precision_train import DATA, prepare, train
+        from precision_train import print_recipes, recipes_each_way
 
-        from aiayn.train.config import load_config
-
+        ways = {"fused": lambda: spelled_out_bound(0), "spelled": lambda: spelled_out_bound(bound)}
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.work or tmp)
             work.mkdir(parents=True, exist_ok=True)
-            for config in configs:
-                data = prepare(DATA[config], work)
-                if data is None:
-                    print(f"{config}: skipped (its data is not installed)")
-                    continue
-                runs, precision = {}, load_config(config).precision  # the recipe's own (quickstart pins fp32)
-                for max_keys in (0, bound):
-                    runtime.SPELLED_OUT_ATTENTION_MAX_KEYS = max_keys
-                    try:
-                        runs[max_keys] = train(
-                            config, data, work / f"run-{config}-{max_keys}", precision, args.updates, args.skip, args.threads
-                        )
-                    finally:
-                        runtime.SPELLED_OUT_ATTENTION_MAX_KEYS = bound
-                fused, spelled = runs[0], runs[bound]
-                recipes.append(
-                    {
-                        "config": config,
-                        "precision": spelled["precision"],
-                        "fused_items_per_s": fused["items_per_s"],
-                        "spelled_items_per_s": spelled["items_per_s"],
-                        "speedup": round(spelled["items_per_s"] / fused["items_per_s"], 3),
-                    }
-                )
-        print(f"\n{'recipe':>12} {'precision':>9} {'fused items/s':>14} {f'≤{bound} keys spelled':>18} {'ratio':>7}")
-        for r in recipes:
-            print(
-                f"{r['config']:>12} {r['precision']:>9} {r['fused_items_per_s']:14,.0f} {r['spelled_items_per_s']:18,.0f} {r['speedup']:6.2f}×"
-            )
+            recipes = recipes_each_way(configs, ways, work, args.updates, args.skip, args.threads)
+        print_recipes(recipes, ways)
 
     result = {
         "benchmark": "attention_cpu",

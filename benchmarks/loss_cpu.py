@@ -19,6 +19,7 @@ Prints two tables and writes benchmarks/results/loss_cpu.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -67,9 +68,14 @@ def time_loss(loss_fn, shape, precision: str, repeats: int) -> float:
     return 1000 * sorted(times)[len(times) // 2]
 
 
-def use(loss_fn) -> None:
-    """The loss the training tasks compute."""
+@contextlib.contextmanager
+def using(loss_fn):
+    """Within this block, the training tasks compute `loss_fn`."""
     translation.projected_label_smoothed_nll = lm.projected_label_smoothed_nll = loss_fn
+    try:
+        yield
+    finally:
+        translation.projected_label_smoothed_nll = lm.projected_label_smoothed_nll = projected_label_smoothed_nll
 
 
 def main() -> None:
@@ -98,37 +104,14 @@ def main() -> None:
     recipes = []
     configs = [c for c in args.configs.split(",") if c]
     if configs:
-        from precision_train import DATA, prepare, train
+        from precision_train import print_recipes, recipes_each_way
 
-        from aiayn.train.config import load_config
-
+        ways = {"separate": lambda: using(separate), "blocks": lambda: using(projected_label_smoothed_nll)}
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.work or tmp)
             work.mkdir(parents=True, exist_ok=True)
-            for config in configs:
-                data = prepare(DATA[config], work)
-                precision = load_config(config).precision
-                runs = {}
-                for way, loss_fn in (("separate", separate), ("blocks", projected_label_smoothed_nll)):
-                    use(loss_fn)
-                    try:
-                        runs[way] = train(config, data, work / f"run-{config}-{way}", precision, args.updates, args.skip, args.threads)
-                    finally:
-                        use(projected_label_smoothed_nll)
-                recipes.append(
-                    {
-                        "config": config,
-                        "precision": runs["blocks"]["precision"],
-                        "separate_items_per_s": runs["separate"]["items_per_s"],
-                        "blocks_items_per_s": runs["blocks"]["items_per_s"],
-                        "speedup": round(runs["blocks"]["items_per_s"] / runs["separate"]["items_per_s"], 3),
-                    }
-                )
-        print(f"\n{'recipe':>15} {'precision':>9} {'separate items/s':>17} {'blocks items/s':>15} {'ratio':>7}")
-        for r in recipes:
-            print(
-                f"{r['config']:>15} {r['precision']:>9} {r['separate_items_per_s']:17,.0f} {r['blocks_items_per_s']:15,.0f} {r['speedup']:6.2f}×"
-            )
+            recipes = recipes_each_way(configs, ways, work, args.updates, args.skip, args.threads)
+        print_recipes(recipes, ways)
 
     result = {
         "benchmark": "loss_cpu",

@@ -104,6 +104,41 @@ def train(config: str, data: Path, run: Path, precision: str, updates: int, skip
     }
 
 
+def recipes_each_way(configs: list[str], ways: dict, work: Path, updates: int, skip: int, threads: int) -> list[dict]:
+    """Train each recipe in its own precision once per way, back to back. `ways` maps a name to a
+    function returning a context manager that sets the way up (the first way is the baseline).
+    Returns a row per recipe: items per second each way and the last way over the first."""
+    from aiayn.train.config import load_config
+
+    rows = []
+    for config in configs:
+        data = prepare(DATA[config], work)
+        if data is None:
+            print(f"{config}: skipped ({FASHION} is not installed)", flush=True)
+            continue
+        runs = {}
+        for way, setup in ways.items():
+            with setup():
+                runs[way] = train(config, data, work / f"run-{config}-{way}", load_config(config).precision, updates, skip, threads)
+        first, last = runs[next(iter(ways))], runs[way]
+        rows.append(
+            {
+                "config": config,
+                "precision": last["precision"],
+                **{f"{name}_items_per_s": run["items_per_s"] for name, run in runs.items()},
+                "speedup": round(last["items_per_s"] / first["items_per_s"], 3),
+            }
+        )
+    return rows
+
+
+def print_recipes(rows: list[dict], ways: dict) -> None:
+    print(f"\n{'recipe':>15} {'precision':>9}" + "".join(f" {name + ' items/s':>18}" for name in ways) + f" {'ratio':>7}")
+    for r in rows:
+        each = "".join(f" {r[f'{name}_items_per_s']:18,.0f}" for name in ways)
+        print(f"{r['config']:>15} {r['precision']:>9}{each} {r['speedup']:6.2f}×")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default=",".join(DATA), help="comma-separated recipes (default: %(default)s)")
