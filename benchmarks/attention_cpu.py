@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +31,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
+
+from precision_train import add_recipe_options, recipes_from_args  # noqa: E402
 
 from aiayn import runtime  # noqa: E402
 from aiayn.nn.attention import scaled_dot_product_attention  # noqa: E402
@@ -82,12 +83,7 @@ def time_attention(shape, precision: str, masked: bool, max_keys: int, repeats: 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=30, help="timed passes per kernel cell (default 30)")
-    p.add_argument("--configs", default="quickstart,vit-tiny,dit-tiny", help="recipes to train both ways ('' for none)")
-    p.add_argument("--updates", type=int, default=80, help="updates per recipe run (default 80)")
-    p.add_argument("--skip", type=int, default=20, help="updates left out of the timing at the start (default 20)")
-    p.add_argument("--skip-kernels", action="store_true", help="time the recipes only")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", help="directory for the recipes' data and runs (default: a temporary one)")
+    add_recipe_options(p, "quickstart,vit-tiny,dit-tiny", 80, 20)
     p.add_argument("--out", default=str(HERE / "results" / "attention_cpu.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -115,17 +111,7 @@ def main() -> None:
                     flush=True,
                 )
 
-    recipes = []
-    configs = [c for c in args.configs.split(",") if c]
-    if configs:
-        from precision_train import print_recipes, recipes_each_way
-
-        ways = {"fused": lambda: spelled_out_bound(0), "spelled": lambda: spelled_out_bound(bound)}
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(args.work or tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            recipes = recipes_each_way(configs, ways, work, args.updates, args.skip, args.threads)
-        print_recipes(recipes, ways)
+    recipes = recipes_from_args(args, {"fused": lambda: spelled_out_bound(0), "spelled": lambda: spelled_out_bound(bound)})
 
     result = {
         "benchmark": "attention_cpu",

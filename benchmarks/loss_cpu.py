@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +31,8 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
+
+from precision_train import add_recipe_options, recipes_from_args  # noqa: E402
 
 from aiayn import runtime  # noqa: E402
 from aiayn.tasks import lm, translation  # noqa: E402
@@ -81,12 +82,7 @@ def using(loss_fn):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=9, help="timed passes per kernel cell (default 9)")
-    p.add_argument("--configs", default="quickstart,rnnsearch-tiny,gpt-tiny", help="recipes to train both ways ('' for none)")
-    p.add_argument("--updates", type=int, default=60, help="updates per recipe run (default 60)")
-    p.add_argument("--skip", type=int, default=15, help="updates left out of the timing at the start (default 15)")
-    p.add_argument("--skip-kernels", action="store_true", help="time the recipes only")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", help="directory for the recipes' data and runs (default: a temporary one)")
+    add_recipe_options(p, "quickstart,rnnsearch-tiny,gpt-tiny", 60, 15)
     p.add_argument("--out", default=str(HERE / "results" / "loss_cpu.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,17 +97,7 @@ def main() -> None:
             kernels.append({"shape": list(shape), "precision": precision, "separate_ms": round(whole, 1), "blocks_ms": round(blocks, 1)})
             print(f"{str(list(shape)):>20} {precision:>9} {whole:12.1f} {blocks:10.1f} {whole / blocks:15.2f}×", flush=True)
 
-    recipes = []
-    configs = [c for c in args.configs.split(",") if c]
-    if configs:
-        from precision_train import print_recipes, recipes_each_way
-
-        ways = {"separate": lambda: using(separate), "blocks": lambda: using(projected_label_smoothed_nll)}
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(args.work or tmp)
-            work.mkdir(parents=True, exist_ok=True)
-            recipes = recipes_each_way(configs, ways, work, args.updates, args.skip, args.threads)
-        print_recipes(recipes, ways)
+    recipes = recipes_from_args(args, {"separate": lambda: using(separate), "blocks": lambda: using(projected_label_smoothed_nll)})
 
     result = {
         "benchmark": "loss_cpu",

@@ -104,6 +104,30 @@ def train(config: str, data: Path, run: Path, precision: str, updates: int, skip
     }
 
 
+def add_recipe_options(p, configs: str, updates: int, skip: int) -> None:
+    """The options of a benchmark that also trains recipes each way (recipes_from_args)."""
+    p.add_argument("--configs", default=configs, help="recipes to train each way ('' for none; default %(default)s)")
+    p.add_argument("--updates", type=int, default=updates, help="updates per recipe run (default %(default)s)")
+    p.add_argument("--skip", type=int, default=skip, help="updates left out of the timing at the start (default %(default)s)")
+    p.add_argument("--skip-kernels", action="store_true", help="time the recipes only")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", help="directory for the recipes' data and runs (default: a temporary one)")
+
+
+def recipes_from_args(args, ways: dict) -> list[dict]:
+    """recipes_each_way for the recipes add_recipe_options asked for, in --work (or a temporary
+    directory); prints their table."""
+    configs = [c for c in args.configs.split(",") if c]
+    if not configs:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        rows = recipes_each_way(configs, ways, work, args.updates, args.skip, args.threads)
+    print_recipes(rows, ways)
+    return rows
+
+
 def recipes_each_way(configs: list[str], ways: dict, work: Path, updates: int, skip: int, threads: int) -> list[dict]:
     """Train each recipe in its own precision once per way, back to back. `ways` maps a name to a
     function returning a context manager that sets the way up (the first way is the baseline).
