@@ -43,6 +43,9 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+from common import add_set_option, read_set  # noqa: E402
 
 from aiayn.data.images import ImageSplit, prepare_images, to_tensor  # noqa: E402
 from aiayn.runtime import machine  # noqa: E402
@@ -72,14 +75,24 @@ def train_classifier(data: Path, work: Path, args):
 
 def run_aiayn(data: Path, work: Path, args) -> dict:
     from aiayn.generate.images import ImageGenerator
-    from aiayn.train.config import load_config
+    from aiayn.train.config import load_config, merge
     from aiayn.train.trainer import Trainer
 
     run = work / "aiayn-run"
     cfg = load_config(
         args.config,
-        # fp32, as diffusers' training loop here (aiayn's auto is bf16 on CPUs with bf16 units)
-        {"max_time": args.minutes, "validate_every": 0, "save_every": 0, "threads": args.threads, "seed": args.seed, "precision": "fp32"},
+        merge(
+            # the same precision as diffusers' loop below
+            {
+                "max_time": args.minutes,
+                "validate_every": 0,
+                "save_every": 0,
+                "threads": args.threads,
+                "seed": args.seed,
+                "precision": args.precision,
+            },
+            args.set,
+        ),
     )
     summary = Trainer(cfg, data, run, log=lambda *a: None, progress=False).train()
     speed, seconds = last_train_speed(run)
@@ -140,7 +153,8 @@ def run_diffusers(data: Path, args, reference: dict) -> dict:
         noise = torch.randn_like(x)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x.size(0),))
         noisy = noise_scheduler.add_noise(x, noise, t)
-        pred = model(noisy, timestep=t, class_labels=y).sample
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):  # accelerate's mixed_precision="bf16"
+            pred = model(noisy, timestep=t, class_labels=y).sample
         loss = F.mse_loss(pred.float(), noise.float())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
@@ -230,14 +244,19 @@ def main() -> None:
     p.add_argument("--sample-batch", type=int, default=500)
     p.add_argument("--config", default="dit-tiny")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="training precision of both (bf16: autocast; sampling is fp32)"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--skip-peer", action="store_true", help="train aiayn only")
+    add_set_option(p, "the judge's accuracy on the samples")
     p.add_argument("--work", help="directory for the data and runs (default: a temporary one)")
     p.add_argument(
         "--grid", default=str(HERE.parent / "docs" / "dit_samples.png"), help="where to draw samples at guidance 2 ('' for none)"
     )
     p.add_argument("--out", default=str(HERE / "results" / "dit_fashion_mnist.json"))
     args = p.parse_args()
+    args.set = read_set(p, args)
     torch.set_num_threads(args.threads)
     scales = [float(g) for g in args.guidance.split(",")]
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,12 +44,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
+from common import add_set_option, read_set  # noqa: E402
 from hf_budget import add_precision_options, hf_precisions, hf_system, ratio_against_fastest  # noqa: E402
 
 from aiayn.data.images import ImageSplit, prepare_images, to_tensor  # noqa: E402
 from aiayn.runtime import autocast, machine  # noqa: E402
 from aiayn.tasks.images import augment, crop_padding  # noqa: E402
-from aiayn.train.config import parse_overrides  # noqa: E402
 
 
 @torch.no_grad()
@@ -171,20 +171,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--skip-hf", action="store_true", help="train aiayn only")
     add_precision_options(p)
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of aiayn's config (repeatable), e.g. --set model.drop_path=0 --set lr=0.003: a trial, judged by the valid accuracy",
-    )
+    add_set_option(p, "the valid accuracy")
     p.add_argument("--work", help="directory for the data and runs (default: a temporary one)")
     p.add_argument("--out", default=str(HERE / "results" / "vit_fashion_mnist.json"))
     args = p.parse_args()
     args.hf_precision = hf_precisions(args)
-    if bad := [item for item in args.set if "=" not in item]:
-        p.error(f"--set {bad[0]!r}: expected KEY=VALUE")
-    args.set = parse_overrides([f"--{item}" for item in args.set])  # as `aiayn train --key value` reads them
+    args.set = read_set(p, args)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
