@@ -320,7 +320,7 @@ def beam_search(
     B, K, device = limit.size(0), beam, limit.device
     sync_every = sync_every or runtime.search_sync_every(device)
     state = model.start(inputs)  # e.g. the encoder's keys/values, once per sentence, never per beam
-    T = int(max_len.max())
+    T, first_cap = int(max_len.max()), int(max_len.min())
     active = torch.arange(B, device=device)  # original index of each sentence still being decoded
     scores = torch.full((B, K), NEG_INF, device=device)
     scores[:, 0] = 0.0  # all beams start identical: only the first one may expand at step 0
@@ -346,11 +346,12 @@ def beam_search(
         n = active.numel()
         lprobs = model.step(token, state).float().log_softmax(-1)  # [n·K, V]
         V = lprobs.size(1)
-        at_cap = (t + 1 >= limit[active]).repeat_interleave(K)
+        # the rows at their length cap (None while no row is: the earliest cap is known on the host)
+        at_cap = (t + 1 >= limit[active]).repeat_interleave(K) if t + 1 >= first_cap else None
         _constrain(lprobs, special, t < min_len, at_cap)
         if no_repeat_ngram:
             ban_repeated_ngrams(lprobs, hyps, no_repeat_ngram, special.pad)
-        if stopping == "hf":  # HF's ForcedEOSTokenLogitsProcessor gives the forced EOS log-probability 0
+        if stopping == "hf" and at_cap is not None:  # HF's ForcedEOSTokenLogitsProcessor gives the forced EOS log-probability 0
             lprobs[:, special.eos] = torch.where(at_cap, 0.0, lprobs[:, special.eos])
         candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
         top, flat = candidates.topk(2 * K, dim=1)  # [n, 2K], best first
@@ -380,7 +381,8 @@ def beam_search(
         token = torch.empty_like(parent).scatter_(1, slot, new_token.gather(1, pick)).view(-1, 1)
         order = (torch.empty_like(parent).scatter_(1, slot, parent) + K * torch.arange(n, device=device)[:, None]).view(-1)
         hyps = torch.cat([hyps[order], token], 1)
-        state.reorder(order)  # copies only the rows whose hypothesis changed
+        if t + 1 < T:  # (after the last step no hypothesis goes on: nothing to move)
+            state.reorder(order)  # copies only the rows whose hypothesis changed
 
         # which sentences are done?
         full = pool_score[:, -1].gt(NEG_INF)
@@ -407,5 +409,6 @@ def beam_search(
             active, scores, hyps, token = active[keep], scores[keep], hyps[rows], token[rows]
             pool_score, pool_logp, pool_len, pool_tokens = pool_score[keep], pool_logp[keep], pool_len[keep], pool_tokens[keep]
             sentence_done = sentence_done[keep]
+            first_cap = int(limit[active].min())
             state.select(keep)
     return result

@@ -220,7 +220,9 @@ class CrossAttention(_MultiHead):
         k, v = kv.chunk(2, dim=-1)
         if runtime.decoding_attention_in_fp32(kv):  # once per source, not at every step
             k, v = k.float(), v.float()
-        return self._heads(k), self._heads(v)
+        # contiguous [B, h, S, d_k]: each decoding step's Q Kᵀ then reads Kᵀ as a view, where the heads of
+        # a slice of the fused product would be copied at every step (beam 4 on a CPU: ~6% of the search)
+        return self._heads(k).contiguous(), self._heads(v).contiguous()
 
     def forward(
         self,

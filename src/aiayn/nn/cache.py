@@ -95,16 +95,18 @@ class KVCache:
         changed, sources, partial = plan if plan is not None else (None, None, False)
         if changed is not None and changed.numel() == 0:
             return
+        # (on [T, N, h·d_k] views: a row's keys are one block, which index_select copies ~1.5× as fast
+        # as a row of h blocks of d_k)
         if partial:
             for buf in (self.k, self.v):
-                live = buf[: self.length]
+                live = buf[: self.length].flatten(2)
                 live.index_copy_(1, changed, live.index_select(1, sources))
             return
         if self._spare is None:
             self._spare = (torch.empty_like(self.k), torch.empty_like(self.v))
         k2, v2 = self._spare
-        torch.index_select(self.k[: self.length], 1, order, out=k2[: self.length])
-        torch.index_select(self.v[: self.length], 1, order, out=v2[: self.length])
+        torch.index_select(self.k[: self.length].flatten(2), 1, order, out=k2[: self.length].flatten(2))
+        torch.index_select(self.v[: self.length].flatten(2), 1, order, out=v2[: self.length].flatten(2))
         self._spare = (self.k, self.v)
         self.k, self.v = k2, v2
 
