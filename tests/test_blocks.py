@@ -25,6 +25,40 @@ def test_a_causal_block_without_cross_attention_sees_no_future_and_decodes_incre
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
 
 
+@torch.no_grad()
+def test_a_cache_kept_per_sentence_decodes_as_the_time_major_one_through_reorders_and_drops():
+    """Beam search's KV cache kept per sentence (never reordered: each hypothesis finds its
+    ancestors' keys through `ancestors`) gives the outputs and self-attention weights of the
+    time-major cache that moves rows, through a prefill, reorders within sentences and a dropped sentence."""
+    torch.manual_seed(0)
+    block = Block(32, 4, 64, causal=True, pre_norm=False).eval()
+    B, G = 3, 4
+    per_sentence, time_major = KVCache(sentences=B), KVCache()
+    x = torch.randn(B * G, 3, 32)
+    a, wa = block(x, cache=per_sentence, need_weights=True)  # a prefill of 3 steps
+    b, wb = block(x, cache=time_major, need_weights=True)
+    assert per_sentence.group == G and time_major.group == 1
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(wa, wb, atol=1e-6, rtol=0)
+    rows = B * G
+    for step in range(6):
+        order = (torch.arange(rows) // G * G + torch.randint(0, G, (rows,))).contiguous()  # parents within the sentence
+        for cache in (per_sentence, time_major):
+            cache.reorder(order)
+        if step == 3:  # the middle sentence is done
+            keep = torch.tensor([0, 2])
+            kept = (keep[:, None] * G + torch.arange(G)).reshape(-1)
+            for cache in (per_sentence, time_major):
+                cache.select(kept)
+            rows = kept.numel()
+        x = torch.randn(rows, 1, 32)
+        a, wa = block(x, cache=per_sentence, need_weights=True)
+        b, wb = block(x, cache=time_major, need_weights=True)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(wa, wb, atol=1e-6, rtol=0)
+    assert per_sentence.rows == time_major.rows == 2 * G and per_sentence.length == time_major.length == 9
+
+
 def test_a_zero_gate_makes_a_conditioned_residual_the_identity():
     """adaLN-Zero (DiT): with the gate at zero, as initialised, each sub-layer adds nothing."""
     torch.manual_seed(0)

@@ -123,7 +123,7 @@ class Seq2SeqState:
 
     def reorder(self, order: Tensor) -> None:
         """Beam search: hypothesis n now continues hypothesis order[n] (of the same sentence)."""
-        plan = KVCache.plan(order)
+        plan = KVCache.plan(order) if self.kv_caches and self.kv_caches[0].group == 1 else None  # (per sentence: no rows move)
         for c in self.kv_caches:
             c.reorder(order, plan)
 
@@ -271,7 +271,7 @@ class Transformer(nn.Module):
         """Encode the sources (or take their `enc`) and set up the decoder's state."""
         enc = enc if enc is not None else self.encode(src_tokens)
         cross_kv = [enc.keys_values(block) for block in self.decoder_layers]
-        return Seq2SeqState([KVCache() for _ in self.decoder_layers], cross_kv, enc.mask)
+        return Seq2SeqState([KVCache(sentences=enc.mask.size(0)) for _ in self.decoder_layers], cross_kv, enc.mask)
 
     def step(self, tokens: Tensor, state: Seq2SeqState, need_weights: bool = False):
         """tokens: [N, L], the next L target tokens of each hypothesis (L = 1 in a search; more for a

@@ -166,13 +166,38 @@ class SelfAttention(_MultiHead):
         if packing is not None:
             qkv = packing.unpack(qkv)  # [n, 3·d_model] -> [N, L, 3·d_model]
         q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))  # 3 × [N, h, L, d_k]
-        if cache is not None:
-            k, v = cache.append(k, v)  # [N, h, T, d_k]: every step so far
-        out, w = scaled_dot_product_attention(q, k, v, mask, self.causal, self._dropout_p(), need_weights)
+        if cache is not None and cache.hypotheses_per_sentence(N) > 1:
+            if mask is not None:
+                raise ValueError("a KV cache kept per sentence takes no self-attention mask")
+            out, w = self._attend_over_beams(q, k, v, cache, need_weights)
+        else:
+            if cache is not None:
+                k, v = cache.append(k, v)  # [N, h, T, d_k]: every step so far
+            out, w = scaled_dot_product_attention(q, k, v, mask, self.causal, self._dropout_p(), need_weights)
         out = out.transpose(1, 2).reshape(N, L, d)  # [N, h, L, d_k] -> [N, L, d_model]
         if packing is not None:
             out = packing.pack(out)  # [N, L, d_model] -> [n, d_model]
         return self.out_proj(out), w
+
+    def _attend_over_beams(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """Incremental decoding with a cache kept per sentence (beam search: KVCache's per-sentence
+        layout): the G hypotheses of a sentence query the keys of all G slots at once, each seeing its
+        own ancestors' alone (`KVCache.beam_mask`), the way CrossAttention's G queries share a source.
+        q, k, v: [N, h, L, d_k] of the new steps; returns [N, h, L, d_k] and, with need_weights,
+        [N, h, L, t] over the hypothesis's own steps."""
+        (N, h, L, dk), G = q.shape, cache.group
+        B = N // G
+        keys, values = cache.append(k, v)  # [B, h, t·G, d_k]
+        allowed = cache.beam_mask(L)  # [B, 1, G·L, t·G]
+        q = q.view(B, G, h, L, dk).transpose(1, 2).reshape(B, h, G * L, dk)
+        out, w = scaled_dot_product_attention(q, keys, values, allowed, False, self._dropout_p(), need_weights)
+        out = out.view(B, h, G, L, dk).transpose(1, 2).reshape(N, h, L, dk)
+        if w is not None:  # each query's weights over its own ancestors' slots: [N, h, L, t]
+            t = keys.size(2) // G
+            slot = cache.ancestors[:t].view(t, B, G).permute(1, 2, 0)  # [B, G, t]
+            w = w.view(B, h, G, L, t, G).gather(5, slot[:, None, :, None, :, None].expand(B, h, G, L, t, 1)).squeeze(5)
+            w = w.transpose(1, 2).reshape(N, h, L, t)
+        return out, w
 
     def _attend_from(self, x: Tensor, at: Tensor, mask: Tensor | None, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """The query of one position per row against the keys and values of every position: the

@@ -37,23 +37,44 @@ class KVCache:
     Stored time-major, [T, N, h, d_k], in a buffer that grows by doubling: a new step is written
     in place (no concatenation), attention reads a [N, h, t, d_k] view, and beam search's
     reordering of the N hypotheses is one gather into a spare buffer that then takes over.
+
+    Given the number of `sentences` B, a cache that first receives G = N / B > 1 hypotheses per
+    sentence (beam search) is kept per sentence instead, [B, h, T, G, d_k], and never reordered:
+    `ancestors` [T, N] says in which of its sentence's G slots each hypothesis's ancestor left its
+    keys at each step, and attention reads all G·t keys of its sentence under `beam_mask`, which
+    lets each hypothesis see its own ancestors' alone. A reorder then moves T·N integers instead
+    of T·N·d_model floats (beam 4 on a CPU spent about as long reordering as attending).
     """
 
-    def __init__(self):
-        self.k: Tensor | None = None  # [capacity, N, h, d_k]
+    def __init__(self, sentences: int | None = None):
+        self.k: Tensor | None = None  # [capacity, N, h, d_k], or per sentence [B, h, capacity, G, d_k]
         self.v: Tensor | None = None
         self.length = 0
         self._spare: tuple[Tensor, Tensor] | None = None
+        self.sentences = sentences
+        self.group = 1  # G: hypotheses per sentence in the per-sentence layout (1: time-major)
+        self.ancestors: Tensor | None = None  # [capacity, N] (per-sentence layout)
 
     @property
     def rows(self) -> int:
-        return 0 if self.k is None else self.k.size(1)
+        if self.k is None:
+            return 0
+        return self.ancestors.size(1) if self.group > 1 else self.k.size(1)
+
+    def hypotheses_per_sentence(self, rows: int) -> int:
+        """G if attention over this cache is per sentence (set by its first keys, N = `rows`), else 1."""
+        if self.k is None and self.sentences and rows % self.sentences == 0 and not torch.is_grad_enabled():
+            self.group = rows // self.sentences
+        return self.group
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Add the keys/values of L new steps ([N, h, L, d_k]); return all of them as [N, h, t, d_k] views."""
-        end = self.length + k.size(2)
+        """Add the keys/values of L new steps ([N, h, L, d_k]); return all of them as [N, h, t, d_k]
+        views, or in the per-sentence layout as [B, h, t·G, d_k] (key s·G + g: slot g at step s)."""
         if runtime.decoding_attention_in_fp32(k):  # bf16 decoding on a CPU keeps its cache in fp32
             k, v = k.float(), v.float()
+        if self.group > 1:
+            return self._append_per_sentence(k, v)
+        end = self.length + k.size(2)
         if self.k is None or end > self.k.size(0):
             capacity = max(end, 2 * (self.k.size(0) if self.k is not None else 16))
             grown = [t.new_empty((capacity, *t.shape[:2], t.size(3))) for t in (k, v)]
@@ -65,6 +86,36 @@ class KVCache:
         self.v[self.length : end] = v.permute(2, 0, 1, 3)
         self.length = end
         return self.k[:end].permute(1, 2, 0, 3), self.v[:end].permute(1, 2, 0, 3)
+
+    def _append_per_sentence(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        (N, h, L, d), G = k.shape, self.group
+        B, end = N // G, self.length + L
+        if self.k is None or end > self.k.size(2):
+            capacity = max(end, 2 * (self.k.size(2) if self.k is not None else 16))
+            grown = [t.new_empty((B, h, capacity, G, d)) for t in (k, v)]
+            ancestors = torch.empty((capacity, N), dtype=torch.long, device=k.device)
+            if self.k is not None:
+                grown[0][:, :, : self.length], grown[1][:, :, : self.length] = self.k[:, :, : self.length], self.v[:, :, : self.length]
+                ancestors[: self.length] = self.ancestors[: self.length]
+            (self.k, self.v), self.ancestors = grown, ancestors
+        self.k[:, :, self.length : end] = k.view(B, G, h, L, d).permute(0, 2, 3, 1, 4)
+        self.v[:, :, self.length : end] = v.view(B, G, h, L, d).permute(0, 2, 3, 1, 4)
+        self.ancestors[self.length : end] = torch.arange(N, device=k.device) % G  # each new step in its own slot
+        self.length = end
+        return self.k[:, :, :end].flatten(2, 3), self.v[:, :, :end].flatten(2, 3)
+
+    def beam_mask(self, new_steps: int) -> Tensor:
+        """Per-sentence layout: which keys ([B, 1, G·L, t·G], True where it may attend) each of the
+        G·L queries of the last L = `new_steps` steps sees: its own hypothesis's, up to its own step."""
+        t, G = self.length, self.group
+        B = self.ancestors.size(1) // G
+        slots = torch.arange(G, device=self.ancestors.device)
+        own = self.ancestors[:t].view(t, B, G).permute(1, 2, 0)[..., None] == slots  # [B, G, t, G]: ancestor's slot
+        if new_steps == 1:
+            return own.reshape(B, 1, G, t * G)
+        steps = torch.arange(t, device=own.device)
+        causal = steps[None, :] <= (t - new_steps + torch.arange(new_steps, device=own.device))[:, None]  # [L, t]
+        return (own[:, :, None] & causal[None, None, :, :, None]).reshape(B, 1, G * new_steps, t * G)
 
     @staticmethod
     def plan(order: Tensor) -> tuple[Tensor, Tensor, bool] | None:
@@ -87,6 +138,9 @@ class KVCache:
         Rows that keep their own hypothesis are not touched; with a partial plan only the rows
         that change are copied."""
         if self.k is None:
+            return
+        if self.group > 1:  # per sentence: only the ancestry moves
+            self.ancestors[: self.length] = self.ancestors[: self.length, order]
             return
         if self.k.requires_grad:  # decoding under autograd (unusual): a plain gather
             self.k, self.v = self.k.index_select(1, order), self.v.index_select(1, order)
@@ -113,6 +167,11 @@ class KVCache:
     def select(self, rows: Tensor) -> None:
         """Keep only these rows (their number may shrink)."""
         if self.k is None:
+            return
+        if self.group > 1:  # whole sentences leave (beam search drops finished ones)
+            sentences = rows.view(-1, self.group)[:, 0] // self.group
+            self.k, self.v = self.k.index_select(0, sentences), self.v.index_select(0, sentences)
+            self.ancestors = self.ancestors[:, rows]
             return
         self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
         self._spare = None
