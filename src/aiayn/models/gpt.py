@@ -94,7 +94,7 @@ class GPTState:
             self.keep, self.position = self.keep.index_select(0, rows), self.position.index_select(0, rows)
 
     def reorder(self, order: Tensor) -> None:
-        plan = KVCache.plan(order)
+        plan = KVCache.plan(order) if self.kv_caches[0].group == 1 else None  # (per sentence: no rows move)
         for c in self.kv_caches:
             c.reorder(order, plan)
         self._rows(order)
@@ -184,7 +184,8 @@ class GPT(nn.Module):
         (None: no prompt is padded). The prompts themselves come as the first step's tokens."""
         B = 0 if prompt_mask is None else prompt_mask.size(0)
         padded = prompt_mask is not None and not bool(prompt_mask.all())
-        return GPTState([KVCache() for _ in self.layers], prompt_mask if padded else None, sentences=B)
+        caches = [KVCache(sentences=None if padded else B) for _ in self.layers]  # (beam search over unpadded prompts: per sentence)
+        return GPTState(caches, prompt_mask if padded else None, sentences=B)
 
     def step(self, tokens: Tensor, state: GPTState, need_weights: bool = False):
         """tokens: [N, L], the next L tokens of each row (L = 1 in a search, the prompt at the first
