@@ -57,6 +57,12 @@ def test_a_cache_kept_per_sentence_decodes_as_the_time_major_one_through_reorder
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
         torch.testing.assert_close(wa, wb, atol=1e-6, rtol=0)
     assert per_sentence.rows == time_major.rows == 2 * G and per_sentence.length == time_major.length == 9
+    from aiayn.runtime import beam_cache_as
+
+    with beam_cache_as("time-major"):  # AIAYN_BEAM_CACHE: the layout is the runtime's choice
+        chosen = KVCache(sentences=B)
+        block(torch.randn(B * G, 1, 32), cache=chosen)
+    assert chosen.group == 1 and chosen.k.size(1) == B * G  # time-major: [capacity, N, h, d_k]
 
 
 def test_a_zero_gate_makes_a_conditioned_residual_the_identity():

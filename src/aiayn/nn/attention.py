@@ -166,7 +166,7 @@ class SelfAttention(_MultiHead):
         if packing is not None:
             qkv = packing.unpack(qkv)  # [n, 3·d_model] -> [N, L, 3·d_model]
         q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))  # 3 × [N, h, L, d_k]
-        if cache is not None and cache.hypotheses_per_sentence(N) > 1:
+        if cache is not None and cache.hypotheses_per_sentence(N, x.device) > 1:
             if mask is not None:
                 raise ValueError("a KV cache kept per sentence takes no self-attention mask")
             out, w = self._attend_over_beams(q, k, v, cache, need_weights)

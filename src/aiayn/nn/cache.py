@@ -61,10 +61,11 @@ class KVCache:
             return 0
         return self.ancestors.size(1) if self.group > 1 else self.k.size(1)
 
-    def hypotheses_per_sentence(self, rows: int) -> int:
-        """G if attention over this cache is per sentence (set by its first keys, N = `rows`), else 1."""
+    def hypotheses_per_sentence(self, rows: int, where: torch.device) -> int:
+        """G if attention over this cache is per sentence (decided by its first keys: N = `rows` on
+        `where`, `runtime.beam_cache_per_sentence`), else 1."""
         if self.k is None and self.sentences and rows % self.sentences == 0 and not torch.is_grad_enabled():
-            self.group = rows // self.sentences
+            self.group = rows // self.sentences if runtime.beam_cache_per_sentence(where) else 1
         return self.group
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
