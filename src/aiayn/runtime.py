@@ -406,7 +406,7 @@ def beam_cache_per_sentence(where: torch.device) -> bool:
     them (nn.KVCache's per-sentence layout: a reorder moves an index of ancestors) rather than
     time-major with the rows moved at every reorder. On the CPU (auto): int8 beam 4 of base
     dimensions over 256 Bible verses ran 1.04× the time-major cache's tokens/s at 30 output tokens and
-    1.16× at 60 on a 2-core AMD EPYC Zen 4 (benchmarks/beam_cache.py, 2026-12-06). On a GPU it is
+    1.10× at 60, fp32 1.06× and 1.07×, on a 2-core AMD EPYC Zen 4 (benchmarks/beam_cache.py, 2026-12-06). On a GPU it is
     unmeasured, so time-major stays there. AIAYN_BEAM_CACHE=auto|per-sentence|time-major."""
     if _beam_cache_choice not in ("auto", "per-sentence", "time-major"):
         raise ValueError(f"AIAYN_BEAM_CACHE={_beam_cache_choice!r}: expected auto, per-sentence or time-major")
