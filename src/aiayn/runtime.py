@@ -179,15 +179,21 @@ def int8_engine() -> str:
 
 
 @contextlib.contextmanager
-def int8_engine_as(choice: str):
-    """Within this block, `nn.int8` packs for `choice` (auto, fbgemm or onednn) as AIAYN_INT8_ENGINE would."""
-    global _int8_engine_choice
-    saved, _int8_engine_choice = _int8_engine_choice, choice
+def _choice_as(variable: str, choice: str, check):
+    """Within this block, the module's AIAYN_* choice held in `variable` is `choice`; `check()` asks
+    the switch that reads it, which refuses a choice it does not know."""
+    saved = globals()[variable]
+    globals()[variable] = choice
     try:
-        int8_engine()  # checks the choice
+        check()
         yield
     finally:
-        _int8_engine_choice = saved
+        globals()[variable] = saved
+
+
+def int8_engine_as(choice: str):
+    """Within this block, `nn.int8` packs for `choice` (auto, fbgemm or onednn) as AIAYN_INT8_ENGINE would."""
+    return _choice_as("_int8_engine_choice", choice, int8_engine)
 
 
 @contextlib.contextmanager
@@ -316,16 +322,9 @@ def onednn_inference() -> bool:
     return _resolve_gemm(_gemm_choice)
 
 
-@contextlib.contextmanager
 def gemm_library(choice: str):
     """Within this block, use `choice` (auto, mkl or onednn) as AIAYN_GEMM would."""
-    global _gemm_choice
-    saved, _gemm_choice = _gemm_choice, choice
-    try:
-        onednn_inference()  # checks the choice
-        yield
-    finally:
-        _gemm_choice = saved
+    return _choice_as("_gemm_choice", choice, onednn_inference)
 
 
 # ---------------------------------------------------------------- attention kernels (CUDA)
@@ -408,22 +407,19 @@ def beam_cache_per_sentence(where: torch.device) -> bool:
     dimensions over 256 Bible verses ran 1.04× the time-major cache's tokens/s at 30 output tokens and
     1.10× at 60, fp32 1.06× and 1.07×, on a 2-core AMD EPYC Zen 4 (benchmarks/beam_cache.py, 2026-12-06). On a GPU it is
     unmeasured, so time-major stays there. AIAYN_BEAM_CACHE=auto|per-sentence|time-major."""
+    choice = _beam_cache_layout()
+    return where.type == "cpu" if choice == "auto" else choice == "per-sentence"
+
+
+def _beam_cache_layout() -> str:
     if _beam_cache_choice not in ("auto", "per-sentence", "time-major"):
         raise ValueError(f"AIAYN_BEAM_CACHE={_beam_cache_choice!r}: expected auto, per-sentence or time-major")
-    if _beam_cache_choice == "auto":
-        return where.type == "cpu"
-    return _beam_cache_choice == "per-sentence"
+    return _beam_cache_choice
 
 
-@contextlib.contextmanager
 def beam_cache_as(choice: str):
     """Within this block, beam search lays out its KV cache as AIAYN_BEAM_CACHE=`choice` would."""
-    global _beam_cache_choice
-    saved, _beam_cache_choice = _beam_cache_choice, choice
-    try:
-        yield
-    finally:
-        _beam_cache_choice = saved
+    return _choice_as("_beam_cache_choice", choice, _beam_cache_layout)
 
 
 SPELLED_OUT_ATTENTION_MAX_KEYS = 64

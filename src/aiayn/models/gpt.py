@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from aiayn import schema
 from aiayn.models.config import ModelConfig, check_heads
 from aiayn.nn import Block, Dropout, KVCache, Linear, PositionalEncoding, Stack, TokenEmbedding
+from aiayn.nn.cache import reorder_caches
 
 
 @dataclass
@@ -94,9 +95,7 @@ class GPTState:
             self.keep, self.position = self.keep.index_select(0, rows), self.position.index_select(0, rows)
 
     def reorder(self, order: Tensor) -> None:
-        plan = KVCache.plan(order) if self.kv_caches[0].group == 1 else None  # (per sentence: no rows move)
-        for c in self.kv_caches:
-            c.reorder(order, plan)
+        reorder_caches(self.kv_caches, order)
         self._rows(order)
 
     def select(self, sentences: Tensor) -> None:

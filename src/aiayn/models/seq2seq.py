@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from aiayn import runtime, schema
 from aiayn.models.config import ModelConfig, check_heads
 from aiayn.nn import Block, Dropout, KVCache, Linear, Packing, PositionalEncoding, Stack, TokenEmbedding
-from aiayn.nn.cache import hypothesis_rows
+from aiayn.nn.cache import hypothesis_rows, reorder_caches
 
 
 @dataclass
@@ -123,9 +123,7 @@ class Seq2SeqState:
 
     def reorder(self, order: Tensor) -> None:
         """Beam search: hypothesis n now continues hypothesis order[n] (of the same sentence)."""
-        plan = KVCache.plan(order) if self.kv_caches and self.kv_caches[0].group == 1 else None  # (per sentence: no rows move)
-        for c in self.kv_caches:
-            c.reorder(order, plan)
+        reorder_caches(self.kv_caches, order)
 
     def select(self, sentences: Tensor) -> None:
         """Keep only the given source sentences (with all their hypotheses), e.g. the unfinished ones."""

@@ -31,6 +31,15 @@ def hypothesis_rows(sentences: Tensor, group: int) -> Tensor:
     return (sentences[:, None] * group + torch.arange(group, device=sentences.device)).reshape(-1)
 
 
+def reorder_caches(caches, order: Tensor) -> None:
+    """Beam search's reorder applied to every layer's cache (`KVCache.reorder`): the plan of which
+    rows move, the same for every layer, worked out once (none for caches kept per sentence: no
+    rows move)."""
+    plan = KVCache.plan(order) if caches and caches[0].group == 1 else None
+    for cache in caches:
+        cache.reorder(order, plan)
+
+
 class KVCache:
     """The keys and values of one decoder self-attention layer for the steps decoded so far.
 
