@@ -272,24 +272,20 @@ def test_hf_vit_imports_with_equal_logits_and_exports_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_reach_97_percent_in_under_two_minutes(digits_data, tmp_path):
+def test_digits_reach_97_percent(digits_data, tmp_path):
     """configs/vit-digits.yaml: a small ViT (2 layers, 64 wide, patch 2: 16 patches of an 8 × 8 digit
     from a convolutional stem, their mean pooled) for a fixed number of updates (so that the result does not depend on the
-    machine's speed), cosine decay over them, regularised as vit-tiny is."""
-    import time
-
+    machine's speed), cosine decay over them, regularised as vit-tiny is. How long the recipe takes is
+    measured by benchmarks/vit_digits.py, not here."""
     from aiayn.io.checkpoint import load_model
     from aiayn.tasks.images import evaluate_split
     from aiayn.train.config import load_config
     from aiayn.train.trainer import Trainer
 
-    started = time.time()
     Trainer(load_config("vit-digits"), digits_data, tmp_path / "run", log=lambda *a: None, progress=False).train()
-    seconds = time.time() - started
     model, _ = load_model(tmp_path / "run")
     split = ImageSplit(digits_data, "test")
     accuracy = evaluate_split(model, split, split.meta["image"], torch.device("cpu"))["valid_accuracy"]
-    assert seconds < 120, seconds
     # the same updates land at different accuracies on different CPUs and precisions (their rounding
     # differs, as a seed would; the 180 test digits are 0.56 points each). This recipe on a Xeon with
     # AMX (2026-12-06, benchmarks/vit_digits.py): 98.89-99.44% over seeds 1-5 in fp32, and in bf16
