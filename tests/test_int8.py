@@ -11,6 +11,7 @@ from aiayn import models, runtime
 from aiayn.generate import Translator
 from aiayn.io.checkpoint import CheckpointError, average_checkpoints, load_model, read_checkpoint
 from aiayn.nn import Linear
+from aiayn.nn.blocks import FeedForward
 from aiayn.nn.int8 import Int8Linear, for_precision, is_int8, quantize_int8, quantize_weight
 
 CPU = torch.device("cpu")
@@ -43,6 +44,31 @@ def test_int8_linear_is_close_to_fp32_for_any_leading_shape():
     assert relative_error(q(x[1]), ref[1]) < 0.03
     no_bias = Int8Linear.from_linear(Linear(256, 8, bias=False))
     assert no_bias.bias is None and no_bias(x).shape == (3, 7, 8)
+
+
+@pytest.mark.parametrize("engine", ["fbgemm", "onednn"])
+def test_relu_fused_into_the_product_is_relu_of_the_product(engine, monkeypatch):
+    """§3.3's max(0, x W1 + b1): Linear (oneDNN's product, and the plain one with autograd) and
+    Int8Linear (the kernel's output stage) fuse the relu; FeedForward asks for it."""
+    if engine not in torch.backends.quantized.supported_engines:
+        pytest.skip(f"this PyTorch has no {engine}")
+    monkeypatch.setattr(runtime, "int8_engine", lambda: engine)
+    torch.manual_seed(0)
+    lin = Linear(512, 2048).eval()
+    x = torch.randn(128, 512)  # (enough multiply-adds for oneDNN's product: Linear.ONEDNN_MIN_MACS)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x, relu=True), torch.relu(lin(x)), rtol=0, atol=0)
+        q = Int8Linear.from_linear(lin)
+        torch.testing.assert_close(q(x, relu=True), torch.relu(q(x)), rtol=0, atol=0)
+    y = lin(x.requires_grad_(), relu=True)  # the plain product (autograd), relu after it
+    torch.testing.assert_close(y, torch.relu(lin(x)), rtol=0, atol=0)
+    y.sum().backward()
+    assert x.grad is not None
+    ffn = FeedForward(64, 256).eval()
+    quantize_int8(ffn)
+    h = torch.randn(5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ffn(h), ffn.w2(torch.relu(ffn.w1(h))), rtol=0, atol=0)
 
 
 def test_the_two_int8_engines_give_the_same_products(monkeypatch):

@@ -353,9 +353,12 @@ def beam_search(
             ban_repeated_ngrams(lprobs, hyps, no_repeat_ngram, special.pad)
         if stopping == "hf" and at_cap is not None:  # HF's ForcedEOSTokenLogitsProcessor gives the forced EOS log-probability 0
             lprobs[:, special.eos] = torch.where(at_cap, 0.0, lprobs[:, special.eos])
-        candidates = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
-        top, flat = candidates.topk(2 * K, dim=1)  # [n, 2K], best first
-        from_beam, new_token = flat // V, flat % V
+        # the best 2K of a sentence's K·V candidates are among the best 2K continuations of each of its
+        # hypotheses (its score is the same for all of them): add the scores to those alone
+        each_top, each_token = lprobs.topk(min(2 * K, V), dim=1)  # [n·K, k]
+        k = each_top.size(1)
+        top, flat = (scores[:, :, None] + each_top.view(n, K, k)).view(n, K * k).topk(2 * K, dim=1)  # [n, 2K], best first
+        from_beam, new_token = flat // k, each_token.view(n, K * k).gather(1, flat)
         is_eos = new_token.eq(special.eos)
 
         # finished candidates (EOS among the best K) join the pool

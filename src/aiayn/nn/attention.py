@@ -169,12 +169,12 @@ class SelfAttention(_MultiHead):
         if cache is not None and cache.hypotheses_per_sentence(N, x.device) > 1:
             if mask is not None:
                 raise ValueError("a KV cache kept per sentence takes no self-attention mask")
-            out, w = self._attend_over_beams(q, k, v, cache, need_weights)
+            out, w = self._attend_over_beams(q, k, v, cache, need_weights)  # [N, L, d_model]
         else:
             if cache is not None:
                 k, v = cache.append(k, v)  # [N, h, T, d_k]: every step so far
             out, w = scaled_dot_product_attention(q, k, v, mask, self.causal, self._dropout_p(), need_weights)
-        out = out.transpose(1, 2).reshape(N, L, d)  # [N, h, L, d_k] -> [N, L, d_model]
+            out = out.transpose(1, 2).reshape(N, L, d)  # [N, h, L, d_k] -> [N, L, d_model]
         if packing is not None:
             out = packing.pack(out)  # [N, L, d_model] -> [n, d_model]
         return self.out_proj(out), w
@@ -183,7 +183,7 @@ class SelfAttention(_MultiHead):
         """Incremental decoding with a cache kept per sentence (beam search: KVCache's per-sentence
         layout): the G hypotheses of a sentence query the keys of all G slots at once, each seeing its
         own ancestors' alone (`KVCache.beam_mask`), the way CrossAttention's G queries share a source.
-        q, k, v: [N, h, L, d_k] of the new steps; returns [N, h, L, d_k] and, with need_weights,
+        q, k, v: [N, h, L, d_k] of the new steps; returns [N, L, h·d_k] and, with need_weights,
         [N, h, L, t] over the hypothesis's own steps."""
         (N, h, L, dk), G = q.shape, cache.group
         B = N // G
@@ -191,7 +191,7 @@ class SelfAttention(_MultiHead):
         allowed = cache.beam_mask(L)  # [B, 1, G·L, t·G]
         q = q.view(B, G, h, L, dk).transpose(1, 2).reshape(B, h, G * L, dk)
         out, w = scaled_dot_product_attention(q, keys, values, allowed, False, self._dropout_p(), need_weights)
-        out = out.view(B, h, G, L, dk).transpose(1, 2).reshape(N, h, L, dk)
+        out = out.view(B, h, G, L, dk).permute(0, 2, 3, 1, 4).reshape(N, L, h * dk)  # [B, h, G·L, d_k] -> [N, L, h·d_k]
         if w is not None:  # each query's weights over its own ancestors' slots: [N, h, L, t]
             t = keys.size(2) // G
             slot = cache.ancestors[:t].view(t, B, G).permute(1, 2, 0)  # [B, G, t]

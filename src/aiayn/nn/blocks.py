@@ -84,8 +84,10 @@ class FeedForward(nn.Module):
         self.activation = ACTIVATIONS[activation][0]
         self.dropout = Dropout(activation_dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w2(self.dropout(self.activation(self.w1(x))))  # [.., d_model] -> [.., d_ff] -> [.., d_model]
+    def forward(self, x: Tensor) -> Tensor:  # [.., d_model] -> [.., d_ff] -> [.., d_model]
+        if self.activation is F.relu:  # max(0, ·) fused into the product where its kernel can (Linear, Int8Linear)
+            return self.w2(self.dropout(self.w1(x, relu=True)))
+        return self.w2(self.dropout(self.activation(self.w1(x))))
 
 
 Modulation = tuple[Tensor, Tensor, Tensor]  # (shift, scale, gate), each broadcastable to x

@@ -84,12 +84,14 @@ class Int8Linear(nn.Module):
             self._packed = (key, packed)
         return self._packed[1]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        """x Wᵀ + b, or with relu=True max(0, x Wᵀ + b) (fused into the kernel's output stage)."""
         if x.device.type != "cpu":
             raise RuntimeError("int8 inference runs on the CPU; on a GPU use bf16 or fp16")
         shape = x.shape
         x2d = x.reshape(-1, self.in_features).float().contiguous()
-        y = torch.ops.quantized.linear_dynamic(x2d, self._packed_weight(), False)  # 8-bit activations (see runtime.int8_weight_levels)
+        product = torch.ops.quantized.linear_relu_dynamic if relu else torch.ops.quantized.linear_dynamic
+        y = product(x2d, self._packed_weight(), False)  # 8-bit activations (see runtime.int8_weight_levels)
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

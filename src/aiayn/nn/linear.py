@@ -25,7 +25,8 @@ class Linear(nn.Linear):
     _packed: tuple | None = None  # (weight identity, packed weight)
     ONEDNN_MIN_MACS = 1_500_000
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        """x Wᵀ + b, or with relu=True max(0, x Wᵀ + b) (§3.3's first layer: fused into oneDNN's product)."""
         if (
             x.device.type == "cpu"
             and x.dtype == torch.float32
@@ -41,8 +42,9 @@ class Linear(nn.Linear):
                 if self._packed is None or self._packed[0] != key:
                     self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
                 weight = self._packed[1]
-            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "relu" if relu else "none", [], "")
+        y = F.linear(x, self.weight, self.bias)
+        return F.relu(y) if relu else y
 
     def rows(self, index: Tensor) -> "Linear":
         """The map to these outputs alone (a vocabulary shortlist), for inference: x W[index]ᵀ + b[index]."""
