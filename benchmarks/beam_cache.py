@@ -15,7 +15,6 @@ Writes benchmarks/results/beam_cache.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -38,11 +37,12 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=HERE / "results" / "beam_cache.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    from common import write_record
     from translate_throughput import batches_of, build, padded
 
     from aiayn.generate import beam_search, special_tokens
     from aiayn.nn.int8 import for_precision
-    from aiayn.runtime import beam_cache_as, machine
+    from aiayn.runtime import beam_cache_as
 
     model, *_, sources, _ = build("base", 8000, Path(tempfile.mkdtemp(prefix="aiayn-beam-cache-")))
     cfg, special = model.config, special_tokens(model)
@@ -85,17 +85,7 @@ def main() -> None:
                 f"ratio {rows[-1]['ratio']:.3f}  identical outputs {same}/{n_sent}",
                 flush=True,
             )
-    record = {
-        "command": " ".join(sys.argv),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "torch": torch.__version__,
-        "machine": machine(args.threads),
-        "results": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2))
-    print(f"wrote {args.output}")
+    write_record(args.output, args, rows, args.threads)
 
 
 if __name__ == "__main__":

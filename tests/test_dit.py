@@ -262,6 +262,26 @@ def test_sample_draws_the_asked_classes_repeatably_and_refuses_unknown_ones(digi
     assert exit.value.code == 2 and "unknown class 'cat'" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_sampling_in_bf16_or_int8_draws_nearly_the_fp32_images(dit_run, precision):
+    """The model's calls in the asked precision (the sampler's updates in fp32): the same draws, each
+    image within a few grey levels of fp32's on average, and the precision reported by the service."""
+    pytest.importorskip("fastapi")
+    from aiayn.generate.images import ImageGenerator
+    from aiayn.serve import samples
+    from aiayn.serve.app import load_translator
+
+    fp32, _ = ImageGenerator.load(dit_run).sample([0, 1, 2, 3], steps=5, guidance=2.0, seed=1)
+    gen = ImageGenerator.load(dit_run, precision=precision)
+    assert gen.precision == precision
+    other, _ = gen.sample([0, 1, 2, 3], steps=5, guidance=2.0, seed=1)
+    difference = np.abs(other.astype(float) - fp32.astype(float)).mean(axis=(1, 2, 3))
+    assert other.shape == fp32.shape and difference.max() < 2.0, difference
+    assert not np.array_equal(other, fp32)  # (the precision was applied)
+    served = load_translator(dit_run, "cpu", precision)  # `aiayn serve --precision`
+    assert served.precision == precision and samples.model_info(served, "dit", None)["precision"] == precision
+
+
 def test_the_frechet_distance_of_two_gaussians_is_its_closed_form():
     from aiayn.vision import frechet_distance
 

@@ -822,6 +822,7 @@ def _add_sample(sub):
     )
     p.add_argument("--out", required=True, metavar="PNG|DIR/", help="the grid PNG, or a directory (ending in /) for one PNG per image")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help=ENCODER_PRECISION_HELP)
     p.set_defaults(run=_run_sample)
 
 
@@ -831,7 +832,7 @@ def _run_sample(args):
     from aiayn.generate.images import ImageGenerator, grid
     from aiayn.io.checkpoint import atomic_write
 
-    gen = ImageGenerator.load(args.model, args.device)
+    gen = ImageGenerator.load(args.model, args.device, args.precision)
     names = [c for spec in (args.classes or []) for c in spec.split(",") if c.strip()]
     try:
         wanted = [gen.class_index(c) for c in names] or list(range(len(gen.classes)))

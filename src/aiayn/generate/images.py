@@ -12,28 +12,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aiayn import diffusion
+from aiayn import diffusion, runtime
+from aiayn.nn.int8 import for_precision
 from aiayn.tasks.image_generation import to_pixels
 
 
 @dataclass
 class ImageGenerator:
-    """A DiT with its class names and image format (the checkpoint's assets)."""
+    """A DiT with its class names and image format (the checkpoint's assets). `precision` is the
+    arithmetic of the model's calls: fp32, bf16 or fp16 (autocast), int8 (CPU: a quantized copy),
+    or auto (`runtime.inference_precision`); the sampler's own updates stay in fp32."""
 
     model: torch.nn.Module
     classes: list[str]
     spec: dict
     device: torch.device
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        self.model, self.precision = for_precision(self.model.eval(), self.precision, self.device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "ImageGenerator":
-        from aiayn import runtime
+    def load(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "ImageGenerator":
         from aiayn.io.checkpoint import load_model
 
         where = runtime.device(device)
         what = "an image generator (a DiT trained with 'aiayn train --config dit-tiny')"
         model, ckpt = load_model(path, where, task="image-generation", what=what)
-        return cls(model.eval(), json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), where)
+        return cls(model, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), where, precision)
 
     def class_index(self, name: str | int) -> int:
         """A class by its name (case-insensitive, first) or its index."""
@@ -73,7 +79,12 @@ class ImageGenerator:
         images, frames = [], []
         for start in range(0, len(classes), batch):
             y = torch.tensor(classes[start : start + batch], dtype=torch.long, device=self.device)
-            eps = diffusion.guided(model, y, model.null_class, guidance)
+            guided = diffusion.guided(model, y, model.null_class, guidance)
+
+            def eps(x, t, guided=guided):
+                with runtime.autocast(self.precision, self.device):
+                    return guided(x, t).float()
+
             steps_seen: list | None = [] if trajectory else None
             if sampler == "ddim":
                 x = diffusion.ddim_sample(eps, schedule, (len(y), *shape), steps, eta, generator, self.device, steps_seen, clip=1.0)

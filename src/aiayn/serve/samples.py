@@ -60,7 +60,7 @@ def model_info(gen: ImageGenerator, name: str, path: str | None) -> dict:
             "diffusion_steps": c.diffusion_steps,
         },
         "device": str(gen.device),
-        "precision": "fp32",
+        "precision": gen.precision,
     }
 
 
