@@ -79,17 +79,13 @@ class ImageGenerator:
         images, frames = [], []
         for start in range(0, len(classes), batch):
             y = torch.tensor(classes[start : start + batch], dtype=torch.long, device=self.device)
-            guided = diffusion.guided(model, y, model.null_class, guidance)
-
-            def eps(x, t, guided=guided):
-                with runtime.autocast(self.precision, self.device):
-                    return guided(x, t).float()
-
+            eps = diffusion.guided(model, y, model.null_class, guidance)
             steps_seen: list | None = [] if trajectory else None
-            if sampler == "ddim":
-                x = diffusion.ddim_sample(eps, schedule, (len(y), *shape), steps, eta, generator, self.device, steps_seen, clip=1.0)
-            else:
-                x = diffusion.ddpm_sample(eps, schedule, (len(y), *shape), generator, self.device, clip=1.0)
+            with runtime.autocast(self.precision, self.device):  # (the samplers take ε̂ in fp32 for their own updates)
+                if sampler == "ddim":
+                    x = diffusion.ddim_sample(eps, schedule, (len(y), *shape), steps, eta, generator, self.device, steps_seen, clip=1.0)
+                else:
+                    x = diffusion.ddpm_sample(eps, schedule, (len(y), *shape), generator, self.device, clip=1.0)
             images.append(to_pixels(x))
             if trajectory:
                 frames.append([to_pixels(f) for f in steps_seen])
