@@ -11,7 +11,8 @@ measured on.
 - matrix products: `onednn_inference` (AIAYN_GEMM=auto|mkl|onednn), `gemm_library`.
 - attention kernels: `configure_attention` (cuDNN's kernel off on CUDA); `attention_spelled_out`
   (short attention on a CPU as two batched products and a softmax); `attention_in_fp32` (bf16 on a
-  CPU runs the fused kernel in fp32) and `decoding_attention_in_fp32`.
+  CPU runs the fused kernel in fp32) and `decoding_kv_dtype` (the type of a decoding step's keys
+  and values: bf16 for int8 or bf16 decoding on a CPU with bf16 units).
 - padding: `skip_padding(device)` (position-wise work on the real tokens only, on the CPU).
 - dropout: `int16_dropout(x)` (the CPU's cheaper keep-mask).
 - memory: `reuse_freed_memory()` (glibc keeps large blocks on the heap, CPU training) and
@@ -438,13 +439,16 @@ def attention_spelled_out(q: torch.Tensor, k: torch.Tensor) -> bool:
     the fused kernel's items/s. On a Xeon with AMX, bf16 [128, 4, 50, 32]: 6.5 against 8.3.
     A decoding step (at most 8 queries, no autograd) is spelled out up to SPELLED_OUT_DECODING_MAX_KEYS:
     the encoder-decoder attention of beam 4 over [32, 8, S, 64] took 720 µs spelled out against
-    1,247 fused at S = 69, 1,219 against 1,585 at 100, 2,502 against 2,277 at 150 (Zen 4, fp32)."""
+    1,247 fused at S = 69, 1,219 against 1,585 at 100, 2,502 against 2,277 at 150 (Zen 4, fp32).
+    A decoding step over keys kept in bf16 (`decoding_kv_dtype`) is spelled out at any length."""
     import torch
 
     # a compiled layer keeps the fused kernel (asked first: the bound would split its graph in two by length)
     if torch.compiler.is_compiling() or q.device.type != "cpu":
         return False
     decoding = q.size(-2) <= 8 and not torch.is_grad_enabled()
+    if decoding and k.dtype == torch.bfloat16:  # (a bf16 cache, `decoding_kv_dtype`: the fused kernel is slow in bf16)
+        return True
     return k.size(-2) <= (SPELLED_OUT_DECODING_MAX_KEYS if decoding else SPELLED_OUT_ATTENTION_MAX_KEYS)
 
 
@@ -459,12 +463,26 @@ def attention_in_fp32(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype == torch.bfloat16
 
 
-def decoding_attention_in_fp32(x: torch.Tensor) -> bool:
-    """Whether bf16 decoding on a CPU keeps attention's inputs in fp32 from the start (the KV cache,
-    the encoder's keys and values), so that `attention_in_fp32` casts only each step's query."""
+def decoding_kv_dtype(k: torch.Tensor, int8_products: bool = False) -> torch.dtype:
+    """The type in which a decoding step's attention keeps its keys and values (the KV cache, the
+    encoder's keys and values), given keys `k` [..., d_k] as the projection made them. Where the
+    products are approximate already (int8 weights, or bf16 autocast), the CPU multiplies bf16
+    natively (`cpu_has_bf16`) and heads have 64 dimensions or more: bf16. Attention over a cache
+    reads every key and value once per step and little else, so its time is the bytes it reads:
+    on a 2-core AMD EPYC Zen 4 (2026-12-06) a step's two batched products over [32·8, 4, 64]
+    queries took 0.41-0.88× their fp32 time over 40-240 cached keys, and int8 beam 4 of base
+    dimensions (32 random sources of 36 and 40 pieces, 30 and 60 tokens) ran 1.07× and 1.05-1.08×
+    as fast. Heads of 32 (the tiny preset) gain less or lose ([32·4, 4, 32]: 1.2-1.6× the fp32
+    time; int8 beam 4 of tiny ran 0.94-1.0×), and keep fp32. bf16 on a CPU without bf16 units
+    keeps them in fp32 (so that `attention_in_fp32` casts only each step's query). Otherwise, and
+    whenever autograd records, `k`'s own type."""
     import torch
 
-    return attention_in_fp32(x) and not torch.is_grad_enabled()
+    if k.device.type != "cpu" or torch.is_grad_enabled():
+        return k.dtype
+    if (int8_products or k.dtype == torch.bfloat16) and k.size(-1) >= 64 and cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32 if k.dtype == torch.bfloat16 else k.dtype
 
 
 def partial_cache_reorder(where: torch.device) -> bool:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from aiayn import runtime
 from aiayn.nn.cache import KVCache
+from aiayn.nn.int8 import Int8Linear
 from aiayn.nn.linear import Linear
 
 
@@ -51,7 +52,9 @@ def scaled_dot_product_attention(
     if spelled_out:
         out, weights = _spelled_out_attention(q, k, v, mask, dropout_p)
         return out, weights if need_weights else None
-    if runtime.attention_in_fp32(q):  # (autocast off: it would cast back to bf16)
+    if (
+        runtime.attention_in_fp32(q) or k.dtype != q.dtype
+    ):  # (also fp32 queries over a bf16 cache: a prefill; autocast off: it would cast back to bf16)
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         return out.to(q.dtype), None
@@ -61,11 +64,13 @@ def scaled_dot_product_attention(
 
 def _spelled_out_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
     """Eq. (1) as written: the products in the inputs' type (fp32 where a bf16 query meets a
-    decoder's fp32 cache), the softmax in fp32, the output in the query's type. A masked key gets
+    decoder's fp32 cache; the keys' where they are narrower, an int8 model's bf16 cache:
+    `runtime.decoding_kv_dtype`), the softmax in fp32, the output in the query's type. A masked key gets
     the type's lowest value rather than −∞, so that a row with no key to attend to (a left-padded
     prompt's padding) averages instead of turning into NaNs that the padding's values would carry
     into real rows."""
-    out_dtype, dtype = q.dtype, torch.promote_types(q.dtype, k.dtype)
+    out_dtype = q.dtype
+    dtype = k.dtype if k.dtype.itemsize < q.dtype.itemsize else torch.promote_types(q.dtype, k.dtype)
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # [B, h, Lq, Lk]
@@ -166,6 +171,9 @@ class SelfAttention(_MultiHead):
         if packing is not None:
             qkv = packing.unpack(qkv)  # [n, 3·d_model] -> [N, L, 3·d_model]
         q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))  # 3 × [N, h, L, d_k]
+        if cache is not None:
+            kept = runtime.decoding_kv_dtype(k, isinstance(self.qkv_proj, Int8Linear))
+            k, v = k.to(kept), v.to(kept)
         if cache is not None and cache.hypotheses_per_sentence(N, x.device) > 1:
             if mask is not None:
                 raise ValueError("a KV cache kept per sentence takes no self-attention mask")
@@ -242,12 +250,11 @@ class CrossAttention(_MultiHead):
         kv = self.kv_proj(memory)
         if packing is not None:
             kv = packing.unpack(kv)  # [n, 2·d_model] -> [B, S, 2·d_model]
-        k, v = kv.chunk(2, dim=-1)
-        if runtime.decoding_attention_in_fp32(kv):  # once per source, not at every step
-            k, v = k.float(), v.float()
+        k, v = (self._heads(t) for t in kv.chunk(2, dim=-1))
+        kept = runtime.decoding_kv_dtype(k, isinstance(self.kv_proj, Int8Linear))  # once per source, not at every step
         # contiguous [B, h, S, d_k]: each decoding step's Q Kᵀ then reads Kᵀ as a view, where the heads of
         # a slice of the fused product would be copied at every step (beam 4 on a CPU: ~6% of the search)
-        return self._heads(k).contiguous(), self._heads(v).contiguous()
+        return k.to(kept).contiguous(), v.to(kept).contiguous()
 
     def forward(
         self,

@@ -78,10 +78,10 @@ class KVCache:
         return self.group
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Add the keys/values of L new steps ([N, h, L, d_k]); return all of them as [N, h, t, d_k]
-        views, or in the per-sentence layout as [B, h, t·G, d_k] (key s·G + g: slot g at step s)."""
-        if runtime.decoding_attention_in_fp32(k):  # bf16 decoding on a CPU keeps its cache in fp32
-            k, v = k.float(), v.float()
+        """Add the keys/values of L new steps ([N, h, L, d_k]), in the type the attention layer
+        gives them (`runtime.decoding_kv_dtype`); return all of them as
+        [N, h, t, d_k] views, or in the per-sentence layout as [B, h, t·G, d_k] (key s·G + g: slot g
+        at step s)."""
         if self.group > 1:
             return self._append_per_sentence(k, v)
         end = self.length + k.size(2)
