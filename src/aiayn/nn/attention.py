@@ -75,7 +75,7 @@ def _spelled_out_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # [B, h, Lq, Lk]
         if mask is not None:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
         weights = scores.float().softmax(dim=-1)
         out = F.dropout(weights.to(v.dtype), dropout_p) @ v  # [B, h, Lq, d_v]
     return out.to(out_dtype), weights
@@ -171,31 +171,31 @@ class SelfAttention(_MultiHead):
         if packing is not None:
             qkv = packing.unpack(qkv)  # [n, 3·d_model] -> [N, L, 3·d_model]
         q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))  # 3 × [N, h, L, d_k]
-        if cache is not None:
-            kept = runtime.decoding_kv_dtype(k, isinstance(self.qkv_proj, Int8Linear))
-            k, v = k.to(kept), v.to(kept)
+        kept = None if cache is None else runtime.decoding_kv_dtype(k, isinstance(self.qkv_proj, Int8Linear))
         if cache is not None and cache.hypotheses_per_sentence(N, x.device) > 1:
             if mask is not None:
                 raise ValueError("a KV cache kept per sentence takes no self-attention mask")
-            out, w = self._attend_over_beams(q, k, v, cache, need_weights)  # [N, L, d_model]
+            out, w = self._attend_over_beams(q, k, v, cache, kept, need_weights)  # [N, L, d_model]
         else:
             if cache is not None:
-                k, v = cache.append(k, v)  # [N, h, T, d_k]: every step so far
+                k, v = cache.append(k, v, kept)  # [N, h, T, d_k]: every step so far
             out, w = scaled_dot_product_attention(q, k, v, mask, self.causal, self._dropout_p(), need_weights)
             out = out.transpose(1, 2).reshape(N, L, d)  # [N, h, L, d_k] -> [N, L, d_model]
         if packing is not None:
             out = packing.pack(out)  # [N, L, d_model] -> [n, d_model]
         return self.out_proj(out), w
 
-    def _attend_over_beams(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    def _attend_over_beams(
+        self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, kept: torch.dtype, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
         """Incremental decoding with a cache kept per sentence (beam search: KVCache's per-sentence
         layout): the G hypotheses of a sentence query the keys of all G slots at once, each seeing its
         own ancestors' alone (`KVCache.beam_mask`), the way CrossAttention's G queries share a source.
-        q, k, v: [N, h, L, d_k] of the new steps; returns [N, L, h·d_k] and, with need_weights,
+        q, k, v: [N, h, L, d_k] of the new steps, cached in type `kept`; returns [N, L, h·d_k] and, with need_weights,
         [N, h, L, t] over the hypothesis's own steps."""
         (N, h, L, dk), G = q.shape, cache.group
         B = N // G
-        keys, values = cache.append(k, v)  # [B, h, t·G, d_k]
+        keys, values = cache.append(k, v, kept)  # [B, h, t·G, d_k]
         allowed = cache.beam_mask(L)  # [B, 1, G·L, t·G]
         q = q.view(B, G, h, L, dk).transpose(1, 2).reshape(B, h, G * L, dk)
         out, w = scaled_dot_product_attention(q, keys, values, allowed, False, self._dropout_p(), need_weights)
