@@ -162,35 +162,37 @@ def test_int8_changes_translations_no_more_than_bf16(trained, shipped):
     assert bleu_int8 > 75 and bleu_int8 >= bleu_bf16 - 5, (bleu_int8, bleu_bf16)
 
 
-def test_int8_decoding_keeps_keys_and_values_in_bf16_where_the_cpu_has_bf16_units(monkeypatch):
-    """runtime.decoding_kv_dtype: an int8 model's KV cache and encoder keys/values (heads of 64) are
-    bf16 where the CPU multiplies bf16 (bf16 products run on any CPU, slowly without bf16 units, so
-    the test pretends both ways), and its steps' log-probabilities stay close to the fp32 cache's:
-    a prefill of 66 target tokens (PyTorch's fused kernel, fp32 queries over bf16 keys), then
-    steps of one query (spelled out in bf16)."""
+def test_int8_decoding_keeps_the_encoders_keys_and_values_in_bf16_where_the_cpu_has_bf16_units(monkeypatch):
+    """runtime.decoding_memory_dtype: an int8 model (heads of 64) keeps the encoder's keys and values
+    in bf16 where the CPU multiplies bf16 (bf16 products run on any CPU, slowly without bf16
+    units, so the test pretends both ways) and its self-attention cache in fp32, and its steps'
+    log-probabilities stay close to fp32 keys': a prefill of 10 target tokens over 80 source
+    positions (PyTorch's fused kernel, fp32 queries over bf16 keys), then steps of one query
+    (spelled out in bf16)."""
     torch.manual_seed(0)
     arch, cfg = models.preset_config("tiny", vocab_size=300, n_heads=2)  # d_model 128: heads of 64
     q = quantize_int8(models.build(arch, cfg).eval())
     g = torch.Generator().manual_seed(0)
-    src = torch.randint(4, cfg.src_vocab_size, (3, 20), generator=g)
+    src = torch.randint(4, cfg.src_vocab_size, (3, 80), generator=g)
     src[:, -1] = cfg.eos_id
-    prefix = torch.randint(4, cfg.tgt_vocab_size, (3, 70), generator=g)
+    prefix = torch.randint(4, cfg.tgt_vocab_size, (3, 14), generator=g)
     prefix[:, 0] = cfg.decoder_start_id
 
     def decode(bf16_units):
         monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: bf16_units)
         with torch.inference_mode():
             state = q.start(src)
-            steps = [q.step(prefix[:, :66], state)] + [q.step(prefix[:, t : t + 1], state) for t in range(66, 70)]
-        assert {state.kv_caches[0].k.dtype, state.cross_kv[0][0].dtype} == {torch.bfloat16 if bf16_units else torch.float32}
+            steps = [q.step(prefix[:, :10], state)] + [q.step(prefix[:, t : t + 1], state) for t in range(10, 14)]
+        assert state.cross_kv[0][0].dtype == (torch.bfloat16 if bf16_units else torch.float32)
+        assert state.kv_caches[0].k.dtype == torch.float32
         return torch.stack(steps).log_softmax(-1)
 
-    fp32_cache, bf16_cache = decode(False), decode(True)
-    assert relative_error(bf16_cache, fp32_cache) < 0.01
-    assert (bf16_cache.argmax(-1) == fp32_cache.argmax(-1)).float().mean().item() > 0.9
+    fp32_keys, bf16_keys = decode(False), decode(True)
+    assert relative_error(bf16_keys, fp32_keys) < 0.01
+    assert (bf16_keys.argmax(-1) == fp32_keys.argmax(-1)).float().mean().item() > 0.9
     with torch.inference_mode():  # heads of 32 keep fp32 (bf16 measured slower there); autograd keeps the keys' type
-        assert runtime.decoding_kv_dtype(torch.zeros(2, 2, 3, 32), int8_products=True) == torch.float32
-    assert runtime.decoding_kv_dtype(torch.zeros(2, 2, 3, 64), int8_products=True) == torch.float32
+        assert runtime.decoding_memory_dtype(torch.zeros(2, 2, 3, 32), int8_products=True) == torch.float32
+    assert runtime.decoding_memory_dtype(torch.zeros(2, 2, 3, 64), int8_products=True) == torch.float32
 
 
 def test_export_int8_round_trips_and_decodes_in_int8(trained_run, tmp_path):

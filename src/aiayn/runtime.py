@@ -11,8 +11,9 @@ measured on.
 - matrix products: `onednn_inference` (AIAYN_GEMM=auto|mkl|onednn), `gemm_library`.
 - attention kernels: `configure_attention` (cuDNN's kernel off on CUDA); `attention_spelled_out`
   (short attention on a CPU as two batched products and a softmax); `attention_in_fp32` (bf16 on a
-  CPU runs the fused kernel in fp32) and `decoding_kv_dtype` (the type of a decoding step's keys
-  and values: bf16 for int8 or bf16 decoding on a CPU with bf16 units).
+  CPU runs the fused kernel in fp32), `decoding_attention_in_fp32` (bf16 decoding's KV cache) and
+  `decoding_memory_dtype` (the encoder's keys and values for decoding: bf16 for int8 or bf16
+  decoding on a CPU with bf16 units).
 - padding: `skip_padding(device)` (position-wise work on the real tokens only, on the CPU).
 - dropout: `int16_dropout(x)` (the CPU's cheaper keep-mask).
 - memory: `reuse_freed_memory()` (glibc keeps large blocks on the heap, CPU training) and
@@ -440,14 +441,14 @@ def attention_spelled_out(q: torch.Tensor, k: torch.Tensor) -> bool:
     A decoding step (at most 8 queries, no autograd) is spelled out up to SPELLED_OUT_DECODING_MAX_KEYS:
     the encoder-decoder attention of beam 4 over [32, 8, S, 64] took 720 µs spelled out against
     1,247 fused at S = 69, 1,219 against 1,585 at 100, 2,502 against 2,277 at 150 (Zen 4, fp32).
-    A decoding step over keys kept in bf16 (`decoding_kv_dtype`) is spelled out at any length."""
+    A decoding step over keys kept in bf16 (`decoding_memory_dtype`) is spelled out at any length."""
     import torch
 
     # a compiled layer keeps the fused kernel (asked first: the bound would split its graph in two by length)
     if torch.compiler.is_compiling() or q.device.type != "cpu":
         return False
     decoding = q.size(-2) <= 8 and not torch.is_grad_enabled()
-    if decoding and k.dtype == torch.bfloat16:  # (a bf16 cache, `decoding_kv_dtype`: the fused kernel is slow in bf16)
+    if decoding and k.dtype == torch.bfloat16:  # (bf16 encoder keys, `decoding_memory_dtype`: the fused kernel is slow in bf16)
         return True
     return k.size(-2) <= (SPELLED_OUT_DECODING_MAX_KEYS if decoding else SPELLED_OUT_ATTENTION_MAX_KEYS)
 
@@ -463,19 +464,27 @@ def attention_in_fp32(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype == torch.bfloat16
 
 
-def decoding_kv_dtype(k: torch.Tensor, int8_products: bool = False) -> torch.dtype:
-    """The type in which a decoding step's attention keeps its keys and values (the KV cache, the
-    encoder's keys and values), given keys `k` [..., d_k] as the projection made them. Where the
-    products are approximate already (int8 weights, or bf16 autocast), the CPU multiplies bf16
-    natively (`cpu_has_bf16`) and heads have 64 dimensions or more: bf16. Attention over a cache
-    reads every key and value once per step and little else, so its time is the bytes it reads:
-    on a 2-core AMD EPYC Zen 4 (2026-12-06) a step's two batched products over [32·8, 4, 64]
-    queries took 0.41-0.88× their fp32 time over 40-240 cached keys, and int8 beam 4 of base
-    dimensions (32 random sources of 36 and 40 pieces, 30 and 60 tokens) ran 1.07× and 1.05-1.08×
-    as fast. Heads of 32 (the tiny preset) gain less or lose ([32·4, 4, 32]: 1.2-1.6× the fp32
-    time; int8 beam 4 of tiny ran 0.94-1.0×), and keep fp32. bf16 on a CPU without bf16 units
-    keeps them in fp32 (so that `attention_in_fp32` casts only each step's query). Otherwise, and
-    whenever autograd records, `k`'s own type."""
+def decoding_attention_in_fp32(x: torch.Tensor) -> bool:
+    """Whether bf16 decoding on a CPU keeps its KV cache in fp32 from the start, so that
+    `attention_in_fp32` casts only each step's query."""
+    import torch
+
+    return attention_in_fp32(x) and not torch.is_grad_enabled()
+
+
+def decoding_memory_dtype(k: torch.Tensor, int8_products: bool = False) -> torch.dtype:
+    """The type in which decoding keeps the encoder's keys and values for the encoder-decoder
+    attention (computed once per source, read whole at every step), given keys `k` [B, h, S, d_k]
+    as the projection made them. Where the products are approximate already (int8 weights, or
+    bf16 autocast), the CPU multiplies bf16 natively (`cpu_has_bf16`) and heads have 64 dimensions
+    or more: bf16, which halves the bytes a step reads. On a 2-core AMD EPYC Zen 4 (2026-12-06) the
+    two batched products of [32·8, 4, 64] queries over 40-240 contiguous keys took 0.41-0.88× their
+    fp32 time, and int8 beam 4 of base dimensions (32 random sources, 30 tokens of 40 pieces and 60 of
+    60, the two in turn in one process) ran 1.05-1.07× and 1.01-1.04× as fast; heads of 32 (the tiny preset) gained less or lost ([32·4, 4, 32] over 40-240 keys:
+    1.2-1.6× the fp32 time), and keep fp32. The self-attention cache stays fp32: it grows in
+    place, and PyTorch's bf16 batched product copies a view with room to grow before multiplying
+    (a step's Q Kᵀ over 120 cached keys took 524 µs so against 211 in fp32). bf16 on a CPU without
+    bf16 units keeps fp32. Otherwise, and whenever autograd records, `k`'s own type."""
     import torch
 
     if k.device.type != "cpu" or torch.is_grad_enabled():

@@ -52,9 +52,8 @@ def scaled_dot_product_attention(
     if spelled_out:
         out, weights = _spelled_out_attention(q, k, v, mask, dropout_p)
         return out, weights if need_weights else None
-    if (
-        runtime.attention_in_fp32(q) or k.dtype != q.dtype
-    ):  # (also fp32 queries over a bf16 cache: a prefill; autocast off: it would cast back to bf16)
+    # (also fp32 queries over bf16 encoder keys, a prefill; autocast off: it would cast back to bf16)
+    if runtime.attention_in_fp32(q) or k.dtype != q.dtype:
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         return out.to(q.dtype), None
@@ -64,8 +63,8 @@ def scaled_dot_product_attention(
 
 def _spelled_out_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
     """Eq. (1) as written: the products in the inputs' type (fp32 where a bf16 query meets a
-    decoder's fp32 cache; the keys' where they are narrower, an int8 model's bf16 cache:
-    `runtime.decoding_kv_dtype`), the softmax in fp32, the output in the query's type. A masked key gets
+    decoder's fp32 cache; the keys' where they are narrower, an int8 model's encoder keys in bf16:
+    `runtime.decoding_memory_dtype`), the softmax in fp32, the output in the query's type. A masked key gets
     the type's lowest value rather than −∞, so that a row with no key to attend to (a left-padded
     prompt's padding) averages instead of turning into NaNs that the padding's values would carry
     into real rows."""
@@ -171,31 +170,28 @@ class SelfAttention(_MultiHead):
         if packing is not None:
             qkv = packing.unpack(qkv)  # [n, 3·d_model] -> [N, L, 3·d_model]
         q, k, v = (self._heads(t) for t in qkv.chunk(3, dim=-1))  # 3 × [N, h, L, d_k]
-        kept = None if cache is None else runtime.decoding_kv_dtype(k, isinstance(self.qkv_proj, Int8Linear))
         if cache is not None and cache.hypotheses_per_sentence(N, x.device) > 1:
             if mask is not None:
                 raise ValueError("a KV cache kept per sentence takes no self-attention mask")
-            out, w = self._attend_over_beams(q, k, v, cache, kept, need_weights)  # [N, L, d_model]
+            out, w = self._attend_over_beams(q, k, v, cache, need_weights)  # [N, L, d_model]
         else:
             if cache is not None:
-                k, v = cache.append(k, v, kept)  # [N, h, T, d_k]: every step so far
+                k, v = cache.append(k, v)  # [N, h, T, d_k]: every step so far
             out, w = scaled_dot_product_attention(q, k, v, mask, self.causal, self._dropout_p(), need_weights)
             out = out.transpose(1, 2).reshape(N, L, d)  # [N, h, L, d_k] -> [N, L, d_model]
         if packing is not None:
             out = packing.pack(out)  # [N, L, d_model] -> [n, d_model]
         return self.out_proj(out), w
 
-    def _attend_over_beams(
-        self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, kept: torch.dtype, need_weights: bool
-    ) -> tuple[Tensor, Tensor | None]:
+    def _attend_over_beams(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """Incremental decoding with a cache kept per sentence (beam search: KVCache's per-sentence
         layout): the G hypotheses of a sentence query the keys of all G slots at once, each seeing its
         own ancestors' alone (`KVCache.beam_mask`), the way CrossAttention's G queries share a source.
-        q, k, v: [N, h, L, d_k] of the new steps, cached in type `kept`; returns [N, L, h·d_k] and, with need_weights,
+        q, k, v: [N, h, L, d_k] of the new steps; returns [N, L, h·d_k] and, with need_weights,
         [N, h, L, t] over the hypothesis's own steps."""
         (N, h, L, dk), G = q.shape, cache.group
         B = N // G
-        keys, values = cache.append(k, v, kept)  # [B, h, t·G, d_k]
+        keys, values = cache.append(k, v)  # [B, h, t·G, d_k]
         allowed = cache.beam_mask(L)  # [B, 1, G·L, t·G]
         q = q.view(B, G, h, L, dk).transpose(1, 2).reshape(B, h, G * L, dk)
         out, w = scaled_dot_product_attention(q, keys, values, allowed, False, self._dropout_p(), need_weights)
@@ -251,7 +247,7 @@ class CrossAttention(_MultiHead):
         if packing is not None:
             kv = packing.unpack(kv)  # [n, 2·d_model] -> [B, S, 2·d_model]
         k, v = (self._heads(t) for t in kv.chunk(2, dim=-1))
-        kept = runtime.decoding_kv_dtype(k, isinstance(self.kv_proj, Int8Linear))  # once per source, not at every step
+        kept = runtime.decoding_memory_dtype(k, isinstance(self.kv_proj, Int8Linear))  # once per source, not at every step
         # contiguous [B, h, S, d_k]: each decoding step's Q Kᵀ then reads Kᵀ as a view, where the heads of
         # a slice of the fused product would be copied at every step (beam 4 on a CPU: ~6% of the search)
         return k.to(kept).contiguous(), v.to(kept).contiguous()

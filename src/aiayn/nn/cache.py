@@ -77,19 +77,17 @@ class KVCache:
             self.group = rows // self.sentences if runtime.beam_cache_per_sentence(where) else 1
         return self.group
 
-    def append(self, k: Tensor, v: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-        """Add the keys/values of L new steps ([N, h, L, d_k]), kept in `dtype` (the attention
-        layer's choice, `runtime.decoding_kv_dtype`; None: their own type; the copy into the cache
-        converts them); return all of them as
-        [N, h, t, d_k] views, or in the per-sentence layout as [B, h, t·G, d_k] (key s·G + g: slot g
-        at step s)."""
-        dtype = dtype or k.dtype
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the keys/values of L new steps ([N, h, L, d_k]); return all of them as [N, h, t, d_k]
+        views, or in the per-sentence layout as [B, h, t·G, d_k] (key s·G + g: slot g at step s)."""
+        if runtime.decoding_attention_in_fp32(k):  # bf16 decoding on a CPU keeps its cache in fp32
+            k, v = k.float(), v.float()
         if self.group > 1:
-            return self._append_per_sentence(k, v, dtype)
+            return self._append_per_sentence(k, v)
         end = self.length + k.size(2)
         if self.k is None or end > self.k.size(0):
             capacity = max(end, 2 * (self.k.size(0) if self.k is not None else 16))
-            grown = [t.new_empty((capacity, *t.shape[:2], t.size(3)), dtype=dtype) for t in (k, v)]
+            grown = [t.new_empty((capacity, *t.shape[:2], t.size(3))) for t in (k, v)]
             if self.k is not None:
                 grown[0][: self.length], grown[1][: self.length] = self.k[: self.length], self.v[: self.length]
             self.k, self.v = grown
@@ -99,12 +97,12 @@ class KVCache:
         self.length = end
         return self.k[:end].permute(1, 2, 0, 3), self.v[:end].permute(1, 2, 0, 3)
 
-    def _append_per_sentence(self, k: Tensor, v: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def _append_per_sentence(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         (N, h, L, d), G = k.shape, self.group
         B, end = N // G, self.length + L
         if self.k is None or end > self.k.size(2):
             capacity = max(end, 2 * (self.k.size(2) if self.k is not None else 16))
-            grown = [t.new_empty((B, h, capacity, G, d), dtype=dtype) for t in (k, v)]
+            grown = [t.new_empty((B, h, capacity, G, d)) for t in (k, v)]
             ancestors = torch.empty((capacity, N), dtype=torch.long, device=k.device)
             if self.k is not None:
                 grown[0][:, :, : self.length], grown[1][:, :, : self.length] = self.k[:, :, : self.length], self.v[:, :, : self.length]
