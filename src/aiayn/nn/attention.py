@@ -63,21 +63,27 @@ def scaled_dot_product_attention(
 
 def _spelled_out_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
     """Eq. (1) as written: the products in the inputs' type (fp32 where a bf16 query meets a
-    decoder's fp32 cache; the keys' where they are narrower, an int8 model's encoder keys in bf16:
-    `runtime.decoding_memory_dtype`), the softmax in fp32, the output in the query's type. A masked key gets
+    decoder's fp32 cache; the keys' or values' where they are narrower, an int8 model's encoder
+    keys and values in bf16: `runtime.decoding_memory_dtype`), the softmax in fp32, the output in the query's type. A masked key gets
     the type's lowest value rather than −∞, so that a row with no key to attend to (a left-padded
     prompt's padding) averages instead of turning into NaNs that the padding's values would carry
     into real rows."""
     out_dtype = q.dtype
-    dtype = k.dtype if k.dtype.itemsize < q.dtype.itemsize else torch.promote_types(q.dtype, k.dtype)
     with torch.autocast(q.device.type, enabled=False):
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # [B, h, Lq, Lk]
+        dtype = _product_dtype(q, k)
+        scores = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # [B, h, Lq, Lk]
         if mask is not None:
             scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
         weights = scores.float().softmax(dim=-1)
-        out = F.dropout(weights.to(v.dtype), dropout_p) @ v  # [B, h, Lq, d_v]
+        dtype = _product_dtype(weights, v)
+        out = F.dropout(weights.to(dtype), dropout_p) @ v.to(dtype)  # [B, h, Lq, d_v]
     return out.to(out_dtype), weights
+
+
+def _product_dtype(a: Tensor, b: Tensor) -> torch.dtype:
+    """The type a product of `a` by `b` runs in: `b`'s where it is narrower (keys or values kept in
+    bf16 for decoding, `runtime.decoding_memory_dtype`), else the two promoted."""
+    return b.dtype if b.dtype.itemsize < a.dtype.itemsize else torch.promote_types(a.dtype, b.dtype)
 
 
 class Packing:
