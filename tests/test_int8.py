@@ -99,7 +99,9 @@ def test_packed_weight_follows_loaded_buffers():
     a, b = Linear(32, 16).eval(), Linear(32, 16).eval()
     qa, qb = Int8Linear.from_linear(a), Int8Linear.from_linear(b)
     x = torch.randn(4, 32)
-    qa(x)  # packs a's weight
+    runtime.reuse_freed_memory.cache_clear()
+    qa(x)  # packs a's weight, and keeps the products' freed buffers on the heap from then on
+    assert runtime.reuse_freed_memory.cache_info().currsize == 1
     qa.load_state_dict(qb.state_dict())
     torch.testing.assert_close(qa(x), qb(x))
 

@@ -71,6 +71,7 @@ class Int8Linear(nn.Module):
         engine = runtime.int8_engine()
         key = (engine, *((t.data_ptr(), t._version) for t in (self.weight_q, self.weight_scale, self.bias) if t is not None))
         if self._packed is None or self._packed[0] != key:
+            runtime.reuse_freed_memory()  # (the products' working buffers, allocated at every call, stay on the heap)
             with warnings.catch_warnings():  # quantized tensors are how this PyTorch's int8 GEMM takes its weight
                 warnings.simplefilter("ignore")
                 q, scale = self.weight_q.cpu(), self.weight_scale.double().cpu()
