@@ -483,15 +483,17 @@ def decoding_memory_dtype(k: torch.Tensor, int8_products: bool = False) -> torch
     """The type in which decoding keeps the encoder's keys and values for the encoder-decoder
     attention (computed once per source, read whole at every step), given keys `k` [B, h, S, d_k]
     as the projection made them. Where the products are approximate already (int8 weights, or
-    bf16 autocast), the CPU multiplies bf16 natively (`cpu_has_bf16`) and heads have 64 dimensions
-    or more: bf16, which halves the bytes a step reads. On a 2-core AMD EPYC Zen 4 (2026-12-06) the
-    two batched products of [32·8, 4, 64] queries over 40-240 contiguous keys took 0.41-0.88× their
-    fp32 time, and int8 beam 4 of base dimensions (32 random sources, 30 tokens of 40 pieces and 60 of
-    60, the two in turn in one process) ran 1.05-1.07× and 1.01-1.04× as fast; heads of 32 (the tiny preset) gained less or lost ([32·4, 4, 32] over 40-240 keys:
-    1.2-1.6× the fp32 time), and keep fp32. The self-attention cache stays fp32: it grows in
-    place, and PyTorch's bf16 batched product copies a view with room to grow before multiplying
-    (a step's Q Kᵀ over 120 cached keys took 524 µs so against 211 in fp32). bf16 on a CPU without
-    bf16 units keeps fp32. Otherwise, and whenever autograd records, `k`'s own type."""
+    bf16 autocast), the CPU multiplies bf16 natively (`cpu_has_bf16`) and heads have 64
+    dimensions or more: bf16, which halves the bytes a step reads. On a 2-core AMD EPYC Zen 4
+    (2026-12-06/07) the two batched products of [32·8, 4, 64] queries over 40-240 contiguous keys
+    took 0.41-0.88× their fp32 time, and int8 beam 4 of base dimensions (32 random sources: 40
+    pieces and 30 tokens, 60 and 60; the two in turn in one process) ran 1.05-1.07× and
+    1.01-1.04× as fast. Heads of 32 (the tiny preset) gained less or lost ([32·4, 4, 32] over
+    40-240 keys: 1.2-1.6× the fp32 time) and keep fp32. The self-attention cache stays fp32: it
+    grows in place, and PyTorch's bf16 batched product copies a view with room to grow before
+    multiplying (a step's Q Kᵀ over 120 cached keys took 524 µs so, against 211 in fp32). bf16
+    on a CPU without bf16 units keeps fp32. Otherwise, and whenever autograd records, `k`'s own
+    type."""
     import torch
 
     if k.device.type != "cpu" or torch.is_grad_enabled():
