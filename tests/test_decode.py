@@ -510,3 +510,23 @@ def test_the_gpu_decoding_path_run_on_the_cpu_gives_the_same_translations(traine
     assert [g[0] for g in got] == [e[0] for e in expected]
     assert [g[1] for g in got] == pytest.approx([e[1] for e in expected], abs=1e-4)
     assert [t.tokens for t in Translator(model, *ckpt.tokenizers, beam=1).translate(texts)] == greedy
+
+
+@pytest.mark.parametrize("columns", [16384, 50257])
+def test_two_stage_top_k_is_topk(columns):
+    """generate.search.best_per_row (over a large vocabulary on a CPU) gives torch.topk's values and
+    columns, with masked (−inf) entries, rows that peak inside one block, and columns past the last
+    whole block (50,257 = 1,570 blocks of 32 and 17 more)."""
+    from aiayn import runtime
+    from aiayn.generate.search import best_per_row
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, columns, generator=g) * 4
+    x[0, ::7] = float("-inf")  # (a suppressed EOS, banned n-grams)
+    x[1, 64:72] = 30.0 + torch.arange(8.0)  # all 8 best in one block
+    x[2, -5:] = 40.0 + torch.arange(5.0)  # best in the columns after the last whole block
+    assert runtime.two_stage_topk(x)
+    for k in (1, 8):
+        top, at = best_per_row(x, k)
+        expected = x.topk(k, dim=1)
+        assert torch.equal(top, expected.values) and torch.equal(at, expected.indices)

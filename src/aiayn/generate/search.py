@@ -250,6 +250,27 @@ def _one_per_sentence(
 STOPPING = {False: "exact", True: "nbest", "exact": "exact", "nbest": "nbest", "beam": "beam", "hf": "hf"}
 
 
+def best_per_row(x: Tensor, k: int, block: int = 32) -> tuple[Tensor, Tensor]:
+    """x.topk(k, dim=1) (values best first, and their columns), in two stages where
+    `runtime.two_stage_topk` says so (a large vocabulary on a CPU): each row's k best blocks of
+    `block` columns by their maxima, then the k best entries of those blocks (and of the columns
+    left over after the last whole block). Exact, ties aside: a block holding one of the row's k
+    best entries has a maximum at least that large, and only a block holding a larger entry can
+    have a larger maximum, of which there are fewer than k."""
+    from aiayn import runtime
+
+    n, V = x.shape
+    whole = V - V % block
+    if not runtime.two_stage_topk(x) or whole // block < 4 * k:
+        return x.topk(k, dim=1)
+    blocks = x[:, :whole].unflatten(1, (whole // block, block))  # [n, V/block, block]
+    chosen = blocks.amax(2).topk(k, dim=1).indices  # [n, k]
+    candidates = torch.cat([blocks.gather(1, chosen[:, :, None].expand(n, k, block)).flatten(1), x[:, whole:]], 1)
+    top, at = candidates.topk(k, dim=1)
+    in_block = chosen.gather(1, (at // block).clamp(max=k - 1)) * block + at % block
+    return top, torch.where(at < k * block, in_block, whole + at - k * block)
+
+
 def _slots(parent: Tensor) -> Tensor:
     """Rows for the K surviving hypotheses of each sentence, given their parents' rows [n, K]:
     the first survivor of each parent stays in its parent's row (no cache copy), the others go
@@ -355,7 +376,7 @@ def beam_search(
             lprobs[:, special.eos] = torch.where(at_cap, 0.0, lprobs[:, special.eos])
         # the best 2K of a sentence's K·V candidates are among the best 2K continuations of each of its
         # hypotheses (its score is the same for all of them): add the scores to those alone
-        each_top, each_token = lprobs.topk(min(2 * K, V), dim=1)  # [n·K, k]
+        each_top, each_token = best_per_row(lprobs, min(2 * K, V))  # [n·K, k]
         k = each_top.size(1)
         top, flat = (scores[:, :, None] + each_top.view(n, K, k)).view(n, K * k).topk(2 * K, dim=1)  # [n, 2K], best first
         from_beam, new_token = flat // k, each_token.view(n, K * k).gather(1, flat)
