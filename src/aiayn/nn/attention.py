@@ -95,10 +95,9 @@ class Packing:
     7% in token-bucket batches of the Bible corpus). Used where `runtime.skip_padding` says so (the CPU).
     """
 
-    def __init__(self, shape: torch.Size, index: Tensor, padding: Tensor):
+    def __init__(self, shape: torch.Size, index: Tensor):
         self.shape = shape  # [B, L]
         self.index = index  # [n]: flat positions of the real tokens
-        self.padding = padding  # [B·L − n]: flat positions of the padding
 
     @staticmethod
     def of(mask: Tensor) -> "Packing | None":
@@ -108,21 +107,19 @@ class Packing:
         the compiled blocks (Stack.compile_blocks))."""
         if torch.compiler.is_compiling():
             return None
-        flat = mask.reshape(-1)
-        index = flat.nonzero().squeeze(1)  # the one host sync (on a GPU)
-        return Packing(mask.shape, index, (~flat).nonzero().squeeze(1)) if index.numel() < mask.numel() else None
+        index = mask.reshape(-1).nonzero().squeeze(1)  # the one host sync (on a GPU)
+        return Packing(mask.shape, index) if index.numel() < mask.numel() else None
 
     def pack(self, x: Tensor) -> Tensor:
         """[B, L, ...] -> [n, ...]: the real positions, in order."""
         return x.reshape(-1, *x.shape[2:]).index_select(0, self.index)
 
     def unpack(self, x: Tensor) -> Tensor:
-        """[n, ...] -> [B, L, ...] with zeros at padding (each row written once: the real tokens'
-        copied, the padding's zeroed; an int8 encoder of base dimensions over 32 verses of up to 69
-        pieces spent 30 of 229 ms zero-filling, cloning and copying into the whole batch)."""
-        out = x.new_empty(self.shape.numel(), *x.shape[1:])
-        out.index_copy_(0, self.index, x).index_fill_(0, self.padding, 0)
-        return out.view(*self.shape, *x.shape[1:])
+        """[n, ...] -> [B, L, ...] with zeros at padding (copied into the zeros in place: out of
+        place, index_copy clones them first; an int8 encoder of base dimensions over 32 verses of up
+        to 69 pieces spent 19 of 229 ms on that clone)."""
+        out = x.new_zeros(self.shape.numel(), *x.shape[1:])
+        return out.index_copy_(0, self.index, x).view(*self.shape, *x.shape[1:])
 
 
 class _MultiHead(nn.Module):
