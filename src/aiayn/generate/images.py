@@ -38,7 +38,12 @@ class ImageGenerator:
 
         where = runtime.device(device)
         what = "an image generator (a DiT trained with 'aiayn train --config dit-tiny')"
-        model, ckpt = load_model(path, where, task="image-generation", what=what)
+        return cls.from_checkpoint(*load_model(path, where, task="image-generation", what=what), where, precision)
+
+    @classmethod
+    def from_checkpoint(cls, model: torch.nn.Module, ckpt, where: torch.device, precision: str = "fp32") -> "ImageGenerator":
+        """The generator of a loaded DiT and its checkpoint (`io.checkpoint.load_model`), whose assets
+        name the classes and the image format."""
         return cls(model, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), where, precision)
 
     def class_index(self, name: str | int) -> int:

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from aiayn import runtime
+
 NEG_INF = float("-inf")
 Stop = Callable[[], bool] | None  # asked before every step; True gives up (e.g. every caller has gone)
 
@@ -189,8 +191,6 @@ def _one_per_sentence(
     Which rows are done is kept on the device (a mask; finished rows go on being computed, their
     tokens ignored); every `sync_every` steps (runtime.search_sync_every: every step on a CPU, 8 on
     a GPU) the host asks whether any row is done, and drops those rows from the batch and state."""
-    from aiayn import runtime
-
     B, device = max_len.size(0), max_len.device
     sync_every = sync_every or runtime.search_sync_every(device)
     state = model.start(inputs)
@@ -257,8 +257,6 @@ def best_per_row(x: Tensor, k: int, block: int = 32) -> tuple[Tensor, Tensor]:
     left over after the last whole block). Exact, ties aside: a block holding one of the row's k
     best entries has a maximum at least that large, and only a block holding a larger entry can
     have a larger maximum, of which there are fewer than k."""
-    from aiayn import runtime
-
     n, V = x.shape
     whole = V - V % block
     if not runtime.two_stage_topk(x) or whole // block < 4 * k:
@@ -329,8 +327,6 @@ def beam_search(
     SearchCancelled. Done sentences are marked on the device, their pools frozen, and dropped from
     the batch every `sync_every` steps (runtime.search_sync_every: every step on a CPU).
     """
-    from aiayn import runtime
-
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size ({beam}), got {nbest}")
     if early_stop not in STOPPING:

@@ -64,10 +64,10 @@ def scaled_dot_product_attention(
 def _spelled_out_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
     """Eq. (1) as written: the products in the inputs' type (fp32 where a bf16 query meets a
     decoder's fp32 cache; the keys' or values' where they are narrower, an int8 model's encoder
-    keys and values in bf16: `runtime.decoding_memory_dtype`), the softmax in fp32, the output in the query's type. A masked key gets
-    the type's lowest value rather than −∞, so that a row with no key to attend to (a left-padded
-    prompt's padding) averages instead of turning into NaNs that the padding's values would carry
-    into real rows."""
+    keys and values in bf16: `runtime.decoding_memory_dtype`), the softmax in fp32, the output in
+    the query's type. A masked key gets the type's lowest value rather than −∞, so that a row with
+    no key to attend to (a left-padded prompt's padding) averages instead of turning into NaNs that
+    the padding's values would carry into real rows."""
     out_dtype = q.dtype
     with torch.autocast(q.device.type, enabled=False):
         dtype = _product_dtype(q, k)

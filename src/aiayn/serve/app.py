@@ -278,7 +278,7 @@ def load_translator(model: str | Path, device: str = "auto", precision: str = "f
     if ckpt.task == "image-text":
         return DualEncoder.load(model, str(device), precision)
     if ckpt.task == "image-generation":
-        return ImageGenerator(loaded, json.loads(ckpt.assets["classes"]), json.loads(ckpt.assets["image"]), device, precision)
+        return ImageGenerator.from_checkpoint(loaded, ckpt, device, precision)
     return Translator(loaded, *ckpt.tokenizers, device=device, precision=precision, warn=lambda message: log.warning("%s", message))
 
 
