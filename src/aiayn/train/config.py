@@ -56,7 +56,7 @@ class TrainConfig:
     # machinery
     seed: int = 1
     precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with bf16 units, else fp32) | fp32 | bf16 | fp16 (CUDA, with a grad scaler)
-    compile: bool = False  # torch.compile each encoder/decoder layer (Stack.compile_blocks)
+    compile: bool = False  # torch.compile each encoder/decoder layer (Stack.compile_blocks); a DiT whole (its batches keep one shape)
     device: str = "auto"  # auto | cpu | cuda
     cudnn_attention: bool = False  # allow cuDNN's attention kernel on CUDA (it builds a plan per batch shape: slow here)
     threads: int = 0  # CPU threads for torch (0: torch's default)

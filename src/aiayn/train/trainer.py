@@ -119,7 +119,10 @@ class Trainer:
                 self.loss_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if cfg.compile:
-            compile_stacks(self.model)  # regional: one graph per kind of block, dynamic shapes
+            if getattr(self.task, "compile_whole_model", False):  # batches of one shape (images): one graph of the whole model
+                self.model.compile(dynamic=False)
+            else:
+                compile_stacks(self.model)  # regional: one graph per kind of block, dynamic shapes
         self.optimizer = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
             parameter_groups(self.model, cfg.weight_decay), lr=0.0, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, fused=True
         )  # one fused kernel (CPU and CUDA)
