@@ -383,3 +383,69 @@ def test_min_snr_weights_the_loss_and_validation_reports_the_plain_mse():
     torch.testing.assert_close(mse, per_image.sum())
     torch.testing.assert_close(plain_mse, mse)
     torch.testing.assert_close(loss, (weighted.weights[t] * per_image).sum())
+
+
+def test_dit_tiny_runs_the_erf_gelu_and_a_config_without_an_activation_keeps_dits_tanh():
+    from aiayn.models.dit import DiTConfig
+    from aiayn.nn import ACTIVATIONS
+
+    assert tiny_dit().config.activation == "gelu"  # the dit-tiny preset's
+    values = tiny_dit().config.to_dict()
+    del values["activation"]  # a checkpoint written before the field existed: DiT's own GELU (tanh)
+    old = models.build("dit", DiTConfig.from_dict(values))
+    assert old.config.activation == "gelu_tanh" and old.layers[0].ffn.activation is ACTIVATIONS["gelu_tanh"][0]
+    with pytest.raises(ValueError, match="activation"):
+        DiTConfig.from_dict({**values, "activation": "gelu-approximate"})
+
+
+def test_only_a_compile_for_one_shape_spells_short_attention_out():
+    """runtime.compiling_for_one_shape: True while torch.compile traces for static shapes (a DiT compiled
+    whole), False for dynamic ones (layers compiled for token buckets) and outside a compile."""
+    from aiayn import runtime
+
+    def static(x):
+        return x + float(runtime.compiling_for_one_shape())
+
+    def dynamic(x):
+        return x + float(runtime.compiling_for_one_shape())
+
+    try:
+        assert torch.compile(static, dynamic=False)(torch.zeros(3)).eq(1).all()
+        assert torch.compile(dynamic, dynamic=True)(torch.zeros(3)).eq(0).all()
+    finally:
+        torch._dynamo.reset()
+    assert not runtime.compiling_for_one_shape()
+    q, k = torch.randn(2, 4, 49, 32), torch.randn(2, 4, 49, 32)
+    assert runtime.attention_spelled_out(q, k)  # eager, short: spelled out (as a compile for one shape does)
+
+
+@pytest.mark.slow
+def test_compiled_dit_training_is_one_static_graph_and_trains_like_eager(digits_data, tmp_path):
+    """`compile: true` compiles the whole DiT for its one batch shape (dynamic=False): one graph for
+    training and one for validation's batches, and the weights of an eager run."""
+    import torch._dynamo
+    from safetensors.torch import load_file
+
+    settings = dict(max_updates=6, save_every=6, validate_every=0, ema_decay=0.0, precision="fp32")
+    dit_trainer(digits_data, tmp_path / "eager", **settings).train()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    try:
+        dit_trainer(digits_data, tmp_path / "compiled", compile=True, **settings).train()
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    # training's graph, and validation's (eval mode, no gradients, its own batch; a smaller last batch) at the end
+    assert graphs <= 3, f"{graphs} graphs: the model was recompiled"
+    a = load_file(tmp_path / "eager" / "checkpoints" / "step-00000006.safetensors")
+    b = load_file(tmp_path / "compiled" / "checkpoints" / "step-00000006.safetensors")
+    assert a.keys() == b.keys()  # the state-dict keys stay as they are
+    worst = 0.0
+    for k in a:  # leaving out the key biases: their true gradient is 0, so Adam blows their rounding noise up (test_train)
+        x, y = a[k], b[k]
+        if k.endswith("qkv_proj.bias"):
+            x, y = torch.cat([x[:32], x[64:]]), torch.cat([y[:32], y[64:]])  # [q | k | v] of d_model 32
+        if x.norm() > 0:
+            worst = max(worst, ((x - y).norm() / x.norm()).item())
+    print(f"\nworst relative difference, compiled against eager: {worst:.2e}")
+    assert worst <= 1e-4, worst

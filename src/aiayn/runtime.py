@@ -457,7 +457,7 @@ def attention_spelled_out(q: torch.Tensor, k: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():
         # a layer compiled for dynamic shapes keeps the fused kernel (the bound would split its graph in two by
         # length); a model compiled whole for one shape (a DiT's) takes the same bound as eager: dit-tiny's update,
-        # bf16, batches of 16, 0.77× eager's time against 0.90× with the fused kernel (median of 15 rounds, Zen 4)
+        # bf16, batches of 16, 0.77× eager's time against 0.90× with the fused kernel (trainers in turn, Zen 4)
         return compiling_for_one_shape() and k.size(-2) <= SPELLED_OUT_ATTENTION_MAX_KEYS
     decoding = q.size(-2) <= 8 and not torch.is_grad_enabled()
     if decoding and k.dtype == torch.bfloat16:  # (bf16 encoder keys, `decoding_memory_dtype`: the fused kernel is slow in bf16)

@@ -33,6 +33,7 @@ class Linear(nn.Linear):
             and self.weight.dtype == torch.float32
             and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()  # (a compiled model's products are the compiler's)
             and x.numel() // max(x.size(-1), 1) * self.in_features * self.out_features >= self.ONEDNN_MIN_MACS
             and runtime.onednn_inference()
         ):

@@ -92,9 +92,9 @@ class ImageGenerationTask(LabelledImagesTask):
     metric_name = None  # the best checkpoint has the lowest valid loss
     loss_in_bits = False  # an MSE
     fine_tune_keys = ("class_dropout", "min_snr_gamma")
-    # `compile: true` compiles the whole denoiser (every batch has one shape): dit-tiny's update, bf16, batches of
-    # 16, took 0.77× eager's time (trainers' updates in turn, median of 15 rounds of 20, 2-core Zen 4); with its
-    # blocks alone compiled (dynamic shapes), 0.97× (a model's forward and backward)
+    # `compile: true` compiles the whole denoiser (every batch has one shape): dit-tiny, bf16, batches of 16, ran
+    # 1.41–1.61× eager's updates/s (separate runs in turn, 500 updates, the second half; 2-core Zen 4); with its
+    # blocks alone compiled (dynamic shapes), a forward and backward took 0.97× eager's time
     compile_whole_model = True
 
     def batches(self, sampler: ImageSampler, model: nn.Module, num_workers: int = 0, pin_memory: bool = False):
