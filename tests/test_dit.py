@@ -120,6 +120,39 @@ def test_guidance_scale_1_is_the_conditional_model_and_sampling_with_a_seed_repe
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_a_guidance_interval_guides_only_the_noise_levels_inside_it():
+    model = tiny_dit()
+    with torch.no_grad():  # outputs that depend on the class
+        for p in [*model.modulation.parameters(), *model.final_modulation.parameters(), *model.head.parameters()]:
+            p.normal_(0, 0.05)
+    schedule = NoiseSchedule.make("linear", steps=50)
+    ab = schedule.alphas_cumprod
+    sigma = ((1 - ab) / ab).sqrt()  # rises with t
+    y, x = torch.tensor([1, 3]), torch.randn(2, 3, 8, 8)
+    low, high = sigma[10].item(), sigma[30].item()  # guided: t in 11 … 30
+    eps = guided(model, y, model.null_class, 3.0, (low, high), schedule)
+    with torch.no_grad():
+        for step in (0, 10, 11, 30, 31, 49):
+            t = torch.full((2,), step)
+            cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, model.null_class))
+            if 11 <= step <= 30:
+                torch.testing.assert_close(eps(x, t), uncond + 3.0 * (cond - uncond), atol=1e-5, rtol=1e-5)
+            else:
+                assert torch.equal(eps(x, t), cond)
+    # an interval holding every step is plain guidance
+    shape, everything = (2, 3, 8, 8), (0.0, sigma[-1].item() + 1)
+    a = ddim_sample(guided(model, y, model.null_class, 2.0), schedule, shape, 10, generator=torch.Generator().manual_seed(7))
+    b = ddim_sample(
+        guided(model, y, model.null_class, 2.0, everything, schedule), schedule, shape, 10, generator=torch.Generator().manual_seed(7)
+    )
+    assert torch.equal(a, b)
+    for bad in ((0.5, 0.5), (-1.0, 1.0)):
+        with pytest.raises(ValueError, match="interval"):
+            guided(model, y, model.null_class, 2.0, bad, schedule)
+    with pytest.raises(ValueError, match="schedule"):
+        guided(model, y, model.null_class, 2.0, (0.1, 1.0))
+
+
 def test_the_moving_average_follows_its_formula_with_the_warm_up():
     from aiayn.train.ema import EMA
 
@@ -260,6 +293,14 @@ def test_sample_draws_the_asked_classes_repeatably_and_refuses_unknown_ones(digi
     with pytest.raises(SystemExit) as exit:
         main(["sample", "--model", str(tmp_path / "run"), "--class", "cat", "--out", str(tmp_path / "x.png")])
     assert exit.value.code == 2 and "unknown class 'cat'" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    # guidance in an interval of noise levels: the generator's draws, and an empty interval refused
+    interval = ["--guidance-interval", "0.5", "5", "--class", "1", "--n", "2", "--steps", "5", "--seed", "3"]
+    assert main(["sample", "--model", str(tmp_path / "run"), *interval, "--out", str(tmp_path / "i") + "/"]) in (0, None)
+    expected, _ = gen.sample([1, 1], steps=5, guidance=2.0, seed=3, guidance_interval=(0.5, 5.0))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "i" / "0001-1.png")), expected[1][..., 0])
+    with pytest.raises(SystemExit) as exit:
+        main(["sample", "--model", str(tmp_path / "run"), "--guidance-interval", "5", "0.5", "--out", str(tmp_path / "y.png")])
+    assert exit.value.code == 2 and "LOW < HIGH" in capsys.readouterr().err and not (tmp_path / "y.png").exists()
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
@@ -323,11 +364,13 @@ def test_the_service_draws_samples_with_their_steps(dit_run):
                     await post("/v1/samples", json={"class": "cat"}),
                     await post("/v1/samples", json={"class": 1, "n": 64, "steps": 1000}),
                     await post("/v1/samples", json={"class": 1, "n": 65}),
+                    await post("/v1/samples", json={"class": 2, "n": 2, "steps": 4, "guidance_interval": [0.5, 5.0]}),
+                    await post("/v1/samples", json={"class": 2, "guidance_interval": [5.0, 0.5]}),
                     await client.get("/v1/models"),
                     await client.get("/"),
                 )
 
-    ok, unknown, costly, many, info, page = asyncio.run(main())
+    ok, unknown, costly, many, interval, empty_interval, info, page = asyncio.run(main())
     assert ok.status_code == 200, ok.text
     body = ok.json()
     expected, _ = ImageGenerator.load(dit_run).sample([3, 3], steps=4, guidance=2.0, seed=5)
@@ -339,6 +382,9 @@ def test_the_service_draws_samples_with_their_steps(dit_run):
     assert len(body["steps"]) == 4 and pixels(body["steps"][0]).shape == (8 + 2, 2 * 9 + 1)
     assert unknown.status_code == 422 and "unknown class" in unknown.json()["message"]
     assert costly.status_code == 413 and many.status_code == 422
+    within, _ = ImageGenerator.load(dit_run).sample([2, 2], steps=4, guidance=2.0, guidance_interval=(0.5, 5.0))
+    assert [pixels(u).tolist() for u in interval.json()["images"]] == [e[..., 0].tolist() for e in within]
+    assert empty_interval.status_code == 422 and "guidance_interval" in empty_interval.json()["message"]
     model = info.json()["models"][0]
     assert model["architecture"] == "dit" and model["classes"][:2] == ["0", "1"] and "samples.js" in page.text
 

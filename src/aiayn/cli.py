@@ -810,6 +810,14 @@ def _add_sample(sub):
     p.add_argument("--n", type=S.int_at_least(1), default=64, help="images in all (default 64), the classes in turn")
     p.add_argument("--steps", type=S.int_at_least(1), default=50, help="DDIM steps (default 50; ddpm takes every step)")
     p.add_argument("--guidance", type=S.number(low=0), default=2.0, help="classifier-free guidance scale (default 2; 1: none)")
+    p.add_argument(
+        "--guidance-interval",
+        nargs=2,
+        type=S.number(low=0),
+        metavar=("LOW", "HIGH"),
+        help="guide only the steps whose noise-to-signal ratio √((1 − ᾱ_t)/ᾱ_t) lies in (LOW, HIGH], the conditional "
+        "model alone elsewhere (e.g. 0.28 5.42; default: every step)",
+    )
     p.add_argument("--eta", type=S.number(low=0), default=0.0, help="DDIM's η: 0 deterministic (default), 1 DDPM's noise")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
     p.add_argument("--seed", type=int, default=0)
@@ -842,7 +850,12 @@ def _run_sample(args):
     trajectory = bool(args.steps_out)
     if trajectory and args.sampler != "ddim":
         raise UserError("--steps-out draws DDIM's steps: use --sampler ddim")
-    images, steps = gen.sample(classes, args.steps, args.guidance, args.eta, args.seed, args.sampler, trajectory=trajectory)
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    if interval and not interval[0] < interval[1]:
+        raise UserError(f"--guidance-interval needs LOW < HIGH, got {interval[0]} {interval[1]}")
+    images, steps = gen.sample(
+        classes, args.steps, args.guidance, args.eta, args.seed, args.sampler, trajectory=trajectory, guidance_interval=interval
+    )
     columns = args.columns or max(1, math.ceil(math.sqrt(args.n)))
 
     def save(picture, path: Path):

@@ -7,7 +7,8 @@
   Dhariwal 2021, Eq. (17), β clipped at 0.999).
 - DDIM (Song et al. 2021, Eq. (12)) on any subsequence of the steps, η from 0 (deterministic) to 1
   (DDPM's variance: with every step, the same chain as DDPM).
-- Classifier-free guidance (Ho & Salimans 2022): ε̂ = ε_∅ + w (ε_y − ε_∅), both in one batch.
+- Classifier-free guidance (Ho & Salimans 2022): ε̂ = ε_∅ + w (ε_y − ε_∅), both in one batch,
+  optionally within an interval of noise levels (Kynkäänniemi et al. 2024).
 """
 
 from __future__ import annotations
@@ -54,11 +55,32 @@ class NoiseSchedule:
 EpsilonModel = Callable[[Tensor, Tensor], Tensor]  # (x_t, t [B]) -> ε̂
 
 
-def guided(model: Callable[[Tensor, Tensor, Tensor], Tensor], y: Tensor, null_class: int, scale: float) -> EpsilonModel:
-    """Classifier-free guidance: ε_∅ + scale · (ε_y − ε_∅), the two in one batch (scale 1: the conditional model alone)."""
+def guided(
+    model: Callable[[Tensor, Tensor, Tensor], Tensor],
+    y: Tensor,
+    null_class: int,
+    scale: float,
+    interval: tuple[float, float] | None = None,
+    schedule: NoiseSchedule | None = None,
+) -> EpsilonModel:
+    """Classifier-free guidance: ε_∅ + scale · (ε_y − ε_∅), the two in one batch (scale 1: the conditional
+    model alone). `interval` (σ_lo, σ_hi), in the noise-to-signal ratio σ_t = √((1 − ᾱ_t)/ᾱ_t) of
+    `schedule`, limits guidance to the steps with σ_lo < σ_t ≤ σ_hi and takes the conditional model
+    alone elsewhere (Kynkäänniemi et al. 2024: guidance at high noise levels costs the samples their
+    variety, and at low ones does little)."""
+    guide_at = None
+    if interval is not None:
+        if schedule is None:
+            raise ValueError("a guidance interval needs the noise schedule")
+        low, high = interval
+        if not 0 <= low < high:
+            raise ValueError(f"a guidance interval needs 0 ≤ σ_lo < σ_hi, got ({low}, {high})")
+        ab = schedule.alphas_cumprod
+        sigma = ((1 - ab) / ab).sqrt()
+        guide_at = ((sigma > low) & (sigma <= high)).tolist()
 
     def eps(x: Tensor, t: Tensor) -> Tensor:
-        if scale == 1.0:
+        if scale == 1.0 or (guide_at is not None and not guide_at[int(t[0])]):  # (a sampler's steps give every row one t)
             return model(x, t, y)
         both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_class)]))
         cond, uncond = both.chunk(2)

@@ -70,9 +70,12 @@ class ImageGenerator:
         sampler: str = "ddim",
         batch: int = 250,
         trajectory: bool = False,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """uint8 images [len(classes), H, W, C], one per requested class, and (with `trajectory`) the
-        estimate of the clean images after each step, as uint8 arrays of the same shape."""
+        estimate of the clean images after each step, as uint8 arrays of the same shape.
+        `guidance_interval` (σ_lo, σ_hi) guides only the steps whose noise-to-signal ratio lies in it
+        (`diffusion.guided`)."""
         if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"unknown sampler {sampler!r} (ddim or ddpm)")
         if guidance < 0:
@@ -84,7 +87,7 @@ class ImageGenerator:
         images, frames = [], []
         for start in range(0, len(classes), batch):
             y = torch.tensor(classes[start : start + batch], dtype=torch.long, device=self.device)
-            eps = diffusion.guided(model, y, model.null_class, guidance)
+            eps = diffusion.guided(model, y, model.null_class, guidance, guidance_interval, schedule)
             steps_seen: list | None = [] if trajectory else None
             with runtime.autocast(self.precision, self.device):  # (the samplers take ε̂ in fp32 for their own updates)
                 if sampler == "ddim":

@@ -1,7 +1,7 @@
 """`aiayn serve` on an image generator (DiT).
 
   POST /v1/samples  {"class": "Sneaker" | 7, "n": 8, "steps": 50, "guidance": 2.0, "eta": 0.0, "seed": 0,
-                     "trajectory": true}
+                     "trajectory": true, "guidance_interval": [0.28, 5.42]}
                     → {"class", "images": ["data:image/png;base64,...", ...],
                        "steps": ["data:image/png;base64,...", ...]}  (with trajectory: the n images'
                        estimate of themselves after each step, one strip a step)
@@ -30,6 +30,9 @@ class SampleRequest(BaseModel):
     n: int = Field(8, ge=1, le=MAX_IMAGES, description="images to draw")
     steps: int = Field(50, ge=1, le=MAX_STEPS, description="DDIM steps")
     guidance: float = Field(2.0, ge=0.0, le=20.0, description="classifier-free guidance scale (1: none)")
+    guidance_interval: tuple[float, float] | None = Field(
+        None, description="[low, high]: guide only the steps whose noise-to-signal ratio √((1 − ᾱ_t)/ᾱ_t) lies in (low, high]"
+    )
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM's η: 0 deterministic, 1 DDPM's noise")
     seed: int = Field(0, ge=0, le=2**63 - 1)
     trajectory: bool = Field(False, description="also return the estimate of the clean images after each step")
@@ -74,11 +77,16 @@ def add_routes(app: FastAPI, gen: ImageGenerator, batcher, settings, run) -> Non
             index = gen.class_index(req.class_)
         except ValueError as e:
             raise HTTPException(422, f"class: {e}") from None
+        interval = req.guidance_interval
+        if interval is not None and not 0 <= interval[0] < interval[1]:
+            raise HTTPException(422, f"guidance_interval: needs 0 ≤ low < high, got {list(interval)}")
         if req.n * req.steps > MAX_COST:
             raise HTTPException(413, f"{req.n} images × {req.steps} steps; the limit is {MAX_COST} image-steps a request")
 
         def draw():
-            return gen.sample([index] * req.n, req.steps, req.guidance, req.eta, req.seed, trajectory=req.trajectory)
+            return gen.sample(
+                [index] * req.n, req.steps, req.guidance, req.eta, req.seed, trajectory=req.trajectory, guidance_interval=interval
+            )
 
         images, steps = await run(batcher.run_exclusive(draw), "sampling")
         return {
