@@ -4,7 +4,8 @@ one run, on the same images, schedule and dimensions; then 1,000 samples of each
 with 50 DDIM steps at guidance 1, 1.5, 2 and 4, scored by an independently trained classifier.
 
 Data: Debian's dataset-fashion-mnist through `aiayn prepare --task images` (54,000 train, 6,000
-valid, 10,000 test), pixels scaled to [−1, 1], a random horizontal flip.
+valid, 10,000 test), pixels scaled to [−1, 1], not mirrored (the recipe's random_flip: false;
+Fashion-MNIST's shoes all face left).
 
 * aiayn: `aiayn train --config dit-tiny` (28 × 28 in 4 × 4 patches, 6 layers of 128, 4 heads,
   d_ff 512; DDPM's linear schedule over 1,000 steps, ε-prediction; labels dropped 10% of the time;
@@ -53,6 +54,7 @@ from common import add_set_option, read_set  # noqa: E402
 from aiayn.data.images import ImageSplit, prepare_images, to_tensor  # noqa: E402
 from aiayn.runtime import machine  # noqa: E402
 from aiayn.tasks.image_generation import to_pixels, to_unit_range  # noqa: E402
+from aiayn.tasks.images import flips  # noqa: E402
 from aiayn.vision import frechet_distance  # noqa: E402
 
 
@@ -115,7 +117,7 @@ def run_diffusers(data: Path, args, reference: dict) -> dict:
 
     c, tc = reference["model"].config, reference["cfg"]
     split = ImageSplit(data, "train")
-    flip = split.meta["image"]["flip"]
+    flip = flips(split.meta["image"], tc.random_flip)  # as aiayn's recipe: none for dit-tiny
     torch.manual_seed(args.seed)
 
     def make():

@@ -249,6 +249,30 @@ def test_the_batches_drop_labels_to_the_null_class_at_the_configured_rate_and_re
     assert batch.noise.shape == batch.images.shape and int(batch.t.max()) < model.config.diffusion_steps
 
 
+def test_random_flip_in_the_config_overrides_what_the_dataset_allows(digits_data):
+    """digits' metadata allows no flips; random_flip: true mirrors about half the images, false or null none."""
+    from aiayn.tasks import for_dataset
+    from aiayn.tasks.image_generation import to_unit_range
+    from aiayn.tasks.images import ImageSampler
+    from aiayn.train.config import load_config
+
+    task = for_dataset(digits_data, "dit-tiny")
+    model = tiny_dit(in_channels=1, n_classes=10)
+    assert task.spec["flip"] is False and load_config("dit-tiny").random_flip is False
+
+    def mirrored(setting):
+        sampler = ImageSampler(len(task.train_data), 100, 1, random_flip=setting)
+        (_, idx), batch = next(iter(sampler)), next(iter(task.batches(sampler, model)))
+        x = to_unit_range(np.asarray(task.train_data.images[np.sort(idx)]))
+        same, flipped = (batch.images == x).flatten(1).all(1), (batch.images == x.flip(-1)).flatten(1).all(1)
+        assert bool((same | flipped).all())
+        return int((flipped & ~same).sum())  # (a symmetric image is both)
+
+    assert mirrored(None) == 0 and mirrored(False) == 0 and 30 < mirrored(True) < 70
+    with pytest.raises(ValueError, match="random_flip"):
+        load_config("dit-tiny", {"random_flip": "yes"})
+
+
 def test_sample_draws_the_asked_classes_repeatably_and_refuses_unknown_ones(digits_data, tmp_path, capsys):
     from PIL import Image
 

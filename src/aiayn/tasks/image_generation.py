@@ -1,7 +1,7 @@
 """Class-conditional image generation (DiT): the labelled image datasets of 'aiayn prepare --task
-images', pixels scaled to [−1, 1], a random horizontal flip where the dataset allows it; each
-image gets a noise level t ~ U{0 … T−1}, Gaussian noise ε and, with probability class_dropout, the
-null class in place of its label (classifier-free guidance, Ho & Salimans 2022), all drawn from a
+images', pixels scaled to [−1, 1], a random horizontal flip if the config's random_flip asks for
+it (null: where the dataset allows it); each image gets a noise level t ~ U{0 … T−1}, Gaussian
+noise ε and, with probability class_dropout, the null class in place of its label (classifier-free guidance, Ho & Salimans 2022), all drawn from a
 generator seeded by (seed, epoch, batch, rank), so a resumed run sees the same draws. The loss is
 DDPM's simple objective ‖ε − ε_θ(x_t, t, y)‖² (Ho et al. 2020, Eq. 14), the mean over pixels
 summed over images, optionally weighted by Min-SNR-γ (Hang et al. 2023: min(SNR_t, γ)/SNR_t, so
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from aiayn import runtime
 from aiayn.data.images import ImageSplit
-from aiayn.tasks.images import ImageSampler, LabelledImagesTask
+from aiayn.tasks.images import ImageSampler, LabelledImagesTask, flips
 
 
 def to_unit_range(images: np.ndarray) -> Tensor:
@@ -99,7 +99,7 @@ class ImageGenerationTask(LabelledImagesTask):
 
     def batches(self, sampler: ImageSampler, model: nn.Module, num_workers: int = 0, pin_memory: bool = False):
         data, spec, config = self.train_data, self.spec, model.config
-        shape = (spec["channels"], spec["height"], spec["width"])
+        shape, flip = (spec["channels"], spec["height"], spec["width"]), flips(spec, sampler.random_flip)
         for i, idx in sampler:
             idx = np.sort(idx)
             images, labels = np.asarray(data.images[idx]), torch.from_numpy(data.labels[idx].astype(np.int64))
@@ -108,7 +108,7 @@ class ImageGenerationTask(LabelledImagesTask):
             )
             t, noise, drop = draws(len(idx), shape, config.diffusion_steps, config.class_dropout, generator)
             x = to_unit_range(images)
-            if spec["flip"]:
+            if flip:
                 mirror = torch.rand(len(idx), generator=generator) < 0.5
                 x[mirror] = x[mirror].flip(-1)
             yield NoisyBatch(x, labels.masked_fill(drop, config.n_classes), t, noise)

@@ -1,5 +1,6 @@
 """Image classification (ViT): shuffled batches of images with seeded augmentation (a random crop
-of the zero-padded image, a horizontal flip where the dataset allows it), the label-smoothed
+of the zero-padded image, a horizontal flip where the dataset allows it and the config's
+random_flip does not turn it off), the label-smoothed
 cross-entropy, validation by loss and accuracy, and the class names and image normalisation that
 travel with the model as its assets."""
 
@@ -45,11 +46,21 @@ class ImageSampler:
     """Batches of image indices: a seeded permutation per epoch (every image once), each rank
     taking its share of every batch-sized group; deterministic from (seed, epoch, position)."""
 
-    def __init__(self, n: int, batch: int, seed: int = 1, rank: int = 0, world_size: int = 1, crop_padding: int = -1):
+    def __init__(
+        self,
+        n: int,
+        batch: int,
+        seed: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        crop_padding: int = -1,
+        random_flip: bool | None = None,
+    ):
         if n < batch * world_size:
             batch = max(1, n // world_size)
         self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world_size
         self.crop_padding = crop_padding  # how the classification task augments the batches (-1: its default)
+        self.random_flip = random_flip  # whether the tasks mirror a random half of the images (None: the dataset's say)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, position: int = 0) -> None:
@@ -70,6 +81,12 @@ def crop_padding(spec: dict, setting: int = -1) -> int:
     """Pixels of zero padding around an image before its random crop: `setting` (the config's
     crop_padding), or for -1 a seventh of the height (4 of 28, 1 of 8; CIFAR's 4 of 32)."""
     return max(1, spec["height"] // 7) if setting < 0 else setting
+
+
+def flips(spec: dict, setting: bool | None = None) -> bool:
+    """Whether training mirrors a random half of the images: `setting` (the config's random_flip), or
+    for None what the dataset allows (prepare's `flip`)."""
+    return spec["flip"] if setting is None else setting
 
 
 def augment(images: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) -> np.ndarray:
@@ -143,7 +160,9 @@ class LabelledImagesTask:
 
     # ----- batches: max_sentences images a batch (default 128)
     def sampler(self, model: nn.Module, cfg, rank: int = 0, world_size: int = 1) -> ImageSampler:
-        return ImageSampler(len(self.train_data), cfg.max_sentences or 128, cfg.seed, rank, world_size, cfg.crop_padding)
+        return ImageSampler(
+            len(self.train_data), cfg.max_sentences or 128, cfg.seed, rank, world_size, cfg.crop_padding, cfg.random_flip
+        )
 
 
 class ImageClassificationTask(LabelledImagesTask):
@@ -164,7 +183,7 @@ class ImageClassificationTask(LabelledImagesTask):
             labels = data.labels[np.sort(idx)]
             if self.augmentation:
                 rng = np.random.default_rng([sampler.seed, sampler.epoch, i, sampler.rank])
-                images = augment(np.asarray(images), rng, pad, spec["flip"])
+                images = augment(np.asarray(images), rng, pad, flips(spec, sampler.random_flip))
             yield ImageBatch(to_tensor(images, spec), torch.from_numpy(labels.astype(np.int64)))
 
     def loss_model(self, model: nn.Module, label_smoothing: float) -> nn.Module:
