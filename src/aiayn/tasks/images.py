@@ -160,9 +160,7 @@ class LabelledImagesTask:
 
     # ----- batches: max_sentences images a batch (default 128)
     def sampler(self, model: nn.Module, cfg, rank: int = 0, world_size: int = 1) -> ImageSampler:
-        return ImageSampler(
-            len(self.train_data), cfg.max_sentences or 128, cfg.seed, rank, world_size, cfg.crop_padding, cfg.random_flip
-        )
+        return ImageSampler(len(self.train_data), cfg.max_sentences or 128, cfg.seed, rank, world_size, cfg.crop_padding, cfg.random_flip)
 
 
 class ImageClassificationTask(LabelledImagesTask):
