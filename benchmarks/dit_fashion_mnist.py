@@ -17,7 +17,8 @@ Fashion-MNIST's shoes all face left).
   `F.mse_loss`, the same optimiser, `get_cosine_schedule_with_warmup` set from its measured speed to
   end with the budget, `EMAModel` (decay 0.999, its warm-up) — the loop of diffusers' training
   examples; sampling with `DDIMScheduler` (clip_sample on, as aiayn clips x̂₀) and classifier-free
-  guidance as `DiTPipeline` does it.
+  guidance as `DiTPipeline` does it (with --guidance-interval, both models are guided only at the
+  steps in that interval of noise levels).
 * The judge: aiayn's `vit-tiny` trained on the same training images for --classifier-minutes
   (or given with --classifier): its accuracy on the samples against the class asked for, and the
   Fréchet distance between the samples and the 10,000 test images in its pooled features (the
@@ -27,6 +28,8 @@ Fashion-MNIST's shoes all face left).
 
     .venv/bin/python benchmarks/dit_fashion_mnist.py                      # 30 minutes each
     .venv/bin/python benchmarks/dit_fashion_mnist.py --minutes 2 --samples-per-class 10   # a quick look
+    .venv/bin/python benchmarks/dit_fashion_mnist.py --skip-peer --aiayn-run RUN --classifier JUDGE \
+        --guidance-interval 0.28 5.42           # an earlier run's samples judged again, guided in an interval
 
 Prints a table and writes benchmarks/results/dit_fashion_mnist.json and (--grid) a sample grid.
 """
@@ -79,10 +82,18 @@ def train_classifier(data: Path, work: Path, args):
 
 
 def run_aiayn(data: Path, work: Path, args) -> dict:
+    import yaml
+
     from aiayn.generate.images import ImageGenerator
-    from aiayn.train.config import load_config, merge
+    from aiayn.train.config import TrainConfig, load_config, merge
     from aiayn.train.trainer import Trainer
 
+    if args.aiayn_run:  # an earlier run, judged again (e.g. with another sampler setting)
+        run = Path(args.aiayn_run)
+        last = sorted((run / "checkpoints").glob("step-*.safetensors"))[-1]
+        cfg = TrainConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text())["train"])
+        speed, seconds = last_train_speed(run)
+        return aiayn_row(ImageGenerator.load(last), cfg, int(last.stem.split("-")[1]), speed, seconds, args)
     run = work / "aiayn-run"
     cfg = load_config(
         args.config,
@@ -102,11 +113,14 @@ def run_aiayn(data: Path, work: Path, args) -> dict:
     summary = Trainer(cfg, data, run, log=lambda *a: None, progress=False).train()
     speed, seconds = last_train_speed(run)
     gen = ImageGenerator.load(run / "checkpoints" / f"step-{summary['updates']:08d}.safetensors")
+    return aiayn_row(gen, cfg, summary["updates"], speed, seconds, args)
 
+
+def aiayn_row(gen, cfg, updates: int, speed: float, seconds: float, args) -> dict:
     def sample(classes, guidance, seed):
         return gen.sample(classes, args.steps, guidance, 0.0, seed, "ddim", batch=args.sample_batch, guidance_interval=args.interval)[0]
 
-    return {"model": gen.model, "cfg": cfg, "updates": summary["updates"], "speed": speed, "train_seconds": seconds, "sample": sample}
+    return {"model": gen.model, "cfg": cfg, "updates": updates, "speed": speed, "train_seconds": seconds, "sample": sample}
 
 
 def run_diffusers(data: Path, args, reference: dict) -> dict:
@@ -266,6 +280,7 @@ def main() -> None:
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--skip-peer", action="store_true", help="train aiayn only")
+    p.add_argument("--aiayn-run", metavar="DIR", help="judge this earlier aiayn run (its last checkpoint) instead of training one")
     add_set_option(p, "the judge's accuracy on the samples")
     p.add_argument("--work", help="directory for the data and runs (default: a temporary one)")
     p.add_argument(
@@ -281,7 +296,8 @@ def main() -> None:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         for old in (work / "aiayn-run", work / "judge"):  # runs of an earlier call (the data is kept)
-            shutil.rmtree(old, ignore_errors=True)
+            if not (args.aiayn_run and old.resolve() == Path(args.aiayn_run).resolve()):
+                shutil.rmtree(old, ignore_errors=True)
         data = work / "data"
         if not data.is_dir():
             prepare_images("fashion-mnist", data)
