@@ -4,8 +4,8 @@ one run, on the same images, schedule and dimensions; then 1,000 samples of each
 with 50 DDIM steps at guidance 1, 1.5, 2 and 4, scored by an independently trained classifier.
 
 Data: Debian's dataset-fashion-mnist through `aiayn prepare --task images` (54,000 train, 6,000
-valid, 10,000 test), pixels scaled to [−1, 1], not mirrored (the recipe's random_flip: false;
-Fashion-MNIST's shoes all face left).
+valid, 10,000 test), pixels scaled to [−1, 1], a random horizontal flip (as the dataset allows;
+`--set random_flip=false` for none, in both loops).
 
 * aiayn: `aiayn train --config dit-tiny` (28 × 28 in 4 × 4 patches, 6 layers of 128, 4 heads,
   d_ff 512; DDPM's linear schedule over 1,000 steps, ε-prediction; labels dropped 10% of the time;
@@ -131,7 +131,7 @@ def run_diffusers(data: Path, args, reference: dict) -> dict:
 
     c, tc = reference["model"].config, reference["cfg"]
     split = ImageSplit(data, "train")
-    flip = flips(split.meta["image"], tc.random_flip)  # as aiayn's recipe: none for dit-tiny
+    flip = flips(split.meta["image"], tc.random_flip)  # as aiayn's recipe
     torch.manual_seed(args.seed)
 
     def make():

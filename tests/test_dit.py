@@ -253,12 +253,12 @@ def test_random_flip_in_the_config_overrides_what_the_dataset_allows(digits_data
     """digits' metadata allows no flips; random_flip: true mirrors about half the images, false or null none."""
     from aiayn.tasks import for_dataset
     from aiayn.tasks.image_generation import to_unit_range
-    from aiayn.tasks.images import ImageSampler
+    from aiayn.tasks.images import ImageSampler, flips
     from aiayn.train.config import load_config
 
     task = for_dataset(digits_data, "dit-tiny")
     model = tiny_dit(in_channels=1, n_classes=10)
-    assert task.spec["flip"] is False and load_config("dit-tiny").random_flip is False
+    assert task.spec["flip"] is False and load_config("dit-tiny").random_flip is None
 
     def mirrored(setting):
         sampler = ImageSampler(len(task.train_data), 100, 1, random_flip=setting)
@@ -269,6 +269,8 @@ def test_random_flip_in_the_config_overrides_what_the_dataset_allows(digits_data
         return int((flipped & ~same).sum())  # (a symmetric image is both)
 
     assert mirrored(None) == 0 and mirrored(False) == 0 and 30 < mirrored(True) < 70
+    fashion = {**task.spec, "flip": True}
+    assert flips(fashion) and flips(fashion, True) and not flips(fashion, False)
     with pytest.raises(ValueError, match="random_flip"):
         load_config("dit-tiny", {"random_flip": "yes"})
 

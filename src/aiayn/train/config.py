@@ -39,8 +39,8 @@ class TrainConfig:
     # back to size (-1: a seventh of the height, 4 pixels of a 28-pixel image; 0: no crop)
     crop_padding: int = -1
     # image tasks: mirror a random half of the training images (null: where the dataset allows it, prepare's
-    # `flip`). A generator learns the mirrored images too: Fashion-MNIST's shoes all face left, and a DiT
-    # trained on mirrored ones drew about half of its shoes facing right
+    # `flip`). A generator learns the mirrored images too (Fashion-MNIST's shoes all face left; a DiT trained
+    # on mirrored ones draws about half of them facing right)
     random_flip: bool | None = None
     # an exponential moving average of the weights (train/ema.py): its decay, 0 for none; when kept,
     # checkpoints hold the average (what sampling and validation use), the training state the weights
