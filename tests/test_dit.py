@@ -100,11 +100,17 @@ def test_ddim_with_eta_1_and_every_step_is_ddpm_and_both_sample_the_data():
     assert spreads == sorted(spreads) and spreads[-1] > 0.28
 
 
-def test_guidance_scale_1_is_the_conditional_model_and_sampling_with_a_seed_repeats():
+def class_dependent_dit():
+    """A tiny DiT whose zero-initialised modulation and head are drawn at random, so its outputs depend on the class."""
     model = tiny_dit()
-    with torch.no_grad():  # outputs that depend on the class
+    with torch.no_grad():
         for p in [*model.modulation.parameters(), *model.final_modulation.parameters(), *model.head.parameters()]:
             p.normal_(0, 0.05)
+    return model
+
+
+def test_guidance_scale_1_is_the_conditional_model_and_sampling_with_a_seed_repeats():
+    model = class_dependent_dit()
     schedule = NoiseSchedule.make("linear", steps=50)
     y = torch.tensor([1, 3])
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([5, 40])
@@ -121,10 +127,7 @@ def test_guidance_scale_1_is_the_conditional_model_and_sampling_with_a_seed_repe
 
 
 def test_a_guidance_interval_guides_only_the_noise_levels_inside_it():
-    model = tiny_dit()
-    with torch.no_grad():  # outputs that depend on the class
-        for p in [*model.modulation.parameters(), *model.final_modulation.parameters(), *model.head.parameters()]:
-            p.normal_(0, 0.05)
+    model = class_dependent_dit()
     schedule = NoiseSchedule.make("linear", steps=50)
     ab = schedule.alphas_cumprod
     sigma = ((1 - ab) / ab).sqrt()  # rises with t

@@ -1,8 +1,7 @@
 """Image classification (ViT): shuffled batches of images with seeded augmentation (a random crop
-of the zero-padded image, a horizontal flip where the dataset allows it and the config's
-random_flip does not turn it off), the label-smoothed
-cross-entropy, validation by loss and accuracy, and the class names and image normalisation that
-travel with the model as its assets."""
+of the zero-padded image; a horizontal flip if the config's random_flip asks for it, for null
+where the dataset allows it), the label-smoothed cross-entropy, validation by loss and accuracy,
+and the class names and image normalisation that travel with the model as its assets."""
 
 from __future__ import annotations
 
