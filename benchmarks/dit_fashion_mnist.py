@@ -55,6 +55,7 @@ sys.path.insert(0, str(HERE))
 from common import add_set_option, read_set  # noqa: E402
 
 from aiayn.data.images import ImageSplit, prepare_images, to_tensor  # noqa: E402
+from aiayn.diffusion import NoiseSchedule, guided_steps  # noqa: E402
 from aiayn.runtime import machine  # noqa: E402
 from aiayn.tasks.image_generation import to_pixels, to_unit_range  # noqa: E402
 from aiayn.tasks.images import flips  # noqa: E402
@@ -85,15 +86,16 @@ def run_aiayn(data: Path, work: Path, args) -> dict:
     import yaml
 
     from aiayn.generate.images import ImageGenerator
+    from aiayn.io.checkpoint import list_checkpoints
     from aiayn.train.config import TrainConfig, load_config, merge
     from aiayn.train.trainer import Trainer
 
     if args.aiayn_run:  # an earlier run, judged again (e.g. with another sampler setting)
         run = Path(args.aiayn_run)
-        last = sorted((run / "checkpoints").glob("step-*.safetensors"))[-1]
+        updates, last = list_checkpoints(run)[-1]
         cfg = TrainConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text())["train"])
         speed, seconds = last_train_speed(run)
-        return aiayn_row(ImageGenerator.load(last), cfg, int(last.stem.split("-")[1]), speed, seconds, args)
+        return aiayn_row(ImageGenerator.load(last), cfg, updates, speed, seconds, args)
     run = work / "aiayn-run"
     cfg = load_config(
         args.config,
@@ -206,11 +208,8 @@ def run_diffusers(data: Path, args, reference: dict) -> dict:
     ema.copy_to(model.parameters())
     model.eval()
     ddim = DDIMScheduler.from_config(noise_scheduler.config)
-    ab = noise_scheduler.alphas_cumprod
-    sigma = ((1 - ab) / ab).sqrt().tolist()  # the noise-to-signal ratio of each step, for --guidance-interval
-
-    def guided_at(t) -> bool:
-        return args.interval is None or args.interval[0] < sigma[int(t)] <= args.interval[1]
+    # --guidance-interval: which of its schedule's steps to guide, as aiayn's sampler picks them
+    guide_at = guided_steps(NoiseSchedule(noise_scheduler.betas.double()), args.interval) if args.interval else None
 
     @torch.no_grad()
     def sample(classes, guidance, seed):
@@ -221,7 +220,7 @@ def run_diffusers(data: Path, args, reference: dict) -> dict:
             x = torch.randn((len(y), c.in_channels, c.image_size, c.image_size), generator=generator)
             ddim.set_timesteps(args.steps)
             for t in ddim.timesteps:
-                if guidance == 1.0 or not guided_at(t):
+                if guidance == 1.0 or (guide_at is not None and not guide_at[int(t)]):
                     eps = model(x, timestep=t.expand(len(y)), class_labels=y).sample
                 else:
                     both = model(

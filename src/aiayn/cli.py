@@ -837,6 +837,7 @@ def _add_sample(sub):
 def _run_sample(args):
     import math
 
+    from aiayn import diffusion
     from aiayn.generate.images import ImageGenerator, grid
     from aiayn.io.checkpoint import atomic_write
 
@@ -851,8 +852,11 @@ def _run_sample(args):
     if trajectory and args.sampler != "ddim":
         raise UserError("--steps-out draws DDIM's steps: use --sampler ddim")
     interval = tuple(args.guidance_interval) if args.guidance_interval else None
-    if interval and not interval[0] < interval[1]:
-        raise UserError(f"--guidance-interval needs LOW < HIGH, got {interval[0]} {interval[1]}")
+    if interval:
+        try:
+            diffusion.check_guidance_interval(interval)
+        except ValueError as e:
+            raise UserError(f"--guidance-interval: {e}") from None
     images, steps = gen.sample(
         classes, args.steps, args.guidance, args.eta, args.seed, args.sampler, trajectory=trajectory, guidance_interval=interval
     )

@@ -55,6 +55,22 @@ class NoiseSchedule:
 EpsilonModel = Callable[[Tensor, Tensor], Tensor]  # (x_t, t [B]) -> ε̂
 
 
+def check_guidance_interval(interval: tuple[float, float]) -> None:
+    """Refuses an empty or negative interval of noise-to-signal ratios: (low, high] needs 0 ≤ low < high."""
+    low, high = interval
+    if not 0 <= low < high:
+        raise ValueError(f"a guidance interval needs 0 ≤ LOW < HIGH, got ({low}, {high})")
+
+
+def guided_steps(schedule: NoiseSchedule, interval: tuple[float, float]) -> list[bool]:
+    """For each step t of `schedule`, whether its noise-to-signal ratio σ_t = √((1 − ᾱ_t)/ᾱ_t) lies in
+    `interval` (σ_lo, σ_hi]."""
+    check_guidance_interval(interval)
+    ab = schedule.alphas_cumprod
+    sigma = ((1 - ab) / ab).sqrt()
+    return ((sigma > interval[0]) & (sigma <= interval[1])).tolist()
+
+
 def guided(
     model: Callable[[Tensor, Tensor, Tensor], Tensor],
     y: Tensor,
@@ -68,16 +84,9 @@ def guided(
     `schedule`, limits guidance to the steps with σ_lo < σ_t ≤ σ_hi and takes the conditional model
     alone elsewhere (Kynkäänniemi et al. 2024: guidance at high noise levels costs the samples their
     variety, and at low ones does little)."""
-    guide_at = None
-    if interval is not None:
-        if schedule is None:
-            raise ValueError("a guidance interval needs the noise schedule")
-        low, high = interval
-        if not 0 <= low < high:
-            raise ValueError(f"a guidance interval needs 0 ≤ σ_lo < σ_hi, got ({low}, {high})")
-        ab = schedule.alphas_cumprod
-        sigma = ((1 - ab) / ab).sqrt()
-        guide_at = ((sigma > low) & (sigma <= high)).tolist()
+    if interval is not None and schedule is None:
+        raise ValueError("a guidance interval needs the noise schedule")
+    guide_at = guided_steps(schedule, interval) if interval is not None else None
 
     def eps(x: Tensor, t: Tensor) -> Tensor:
         if scale == 1.0 or (guide_at is not None and not guide_at[int(t[0])]):  # (a sampler's steps give every row one t)

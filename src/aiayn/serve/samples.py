@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from aiayn.diffusion import check_guidance_interval
 from aiayn.generate.images import ImageGenerator, grid
 
 MAX_IMAGES = 64
@@ -78,8 +79,11 @@ def add_routes(app: FastAPI, gen: ImageGenerator, batcher, settings, run) -> Non
         except ValueError as e:
             raise HTTPException(422, f"class: {e}") from None
         interval = req.guidance_interval
-        if interval is not None and not 0 <= interval[0] < interval[1]:
-            raise HTTPException(422, f"guidance_interval: needs 0 ≤ low < high, got {list(interval)}")
+        if interval is not None:
+            try:
+                check_guidance_interval(interval)
+            except ValueError as e:
+                raise HTTPException(422, f"guidance_interval: {e}") from None
         if req.n * req.steps > MAX_COST:
             raise HTTPException(413, f"{req.n} images × {req.steps} steps; the limit is {MAX_COST} image-steps a request")
 
