@@ -295,6 +295,8 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results" / "dit_fashion_mnist.json"))
     args = p.parse_args()
     args.set = read_set(p, args)
+    if args.draws < 1:
+        p.error(f"--draws must be at least 1, got {args.draws}")
     args.interval = tuple(args.guidance_interval) if args.guidance_interval else None
     torch.set_num_threads(args.threads)
     scales = [float(g) for g in args.guidance.split(",")]
