@@ -344,6 +344,7 @@ def main() -> None:
             print(f"diffusers: {runs['diffusers']['updates']} updates, {runs['diffusers']['speed']:.1f} images/s", flush=True)
 
         asked = [c for c in range(len(classes)) for _ in range(args.samples_per_class)]
+        expected = np.array(asked)
         rows, grids = {}, {}
         for name, r in runs.items():
             row = {
@@ -360,7 +361,7 @@ def main() -> None:
                     images = r["sample"](asked, g, args.seed + draw)
                     seconds += time.time() - t0
                     pred, features = judge(classifier, images, spec)
-                    accuracies.append(100.0 * float((pred == np.array(asked)).mean()))
+                    accuracies.append(100.0 * float((pred == expected).mean()))
                     distances.append(frechet_distance(features, test_features))
                     if g == 2.0 and draw == 0:
                         grids[name] = images

@@ -2,11 +2,12 @@
 images', pixels scaled to [−1, 1], a random horizontal flip if the config's random_flip asks for
 it (null: where the dataset allows it); each image gets a noise level t ~ U{0 … T−1}, Gaussian
 noise ε and, with probability class_dropout, the null class in place of its label
-(classifier-free guidance, Ho & Salimans 2022), all drawn from a generator seeded by (seed, epoch, batch, rank), so a resumed run sees the same draws. The loss is
-DDPM's simple objective ‖ε − ε_θ(x_t, t, y)‖² (Ho et al. 2020, Eq. 14), the mean over pixels
-summed over images, optionally weighted by Min-SNR-γ (Hang et al. 2023: min(SNR_t, γ)/SNR_t, so
-the nearly clean steps, easy and many, do not dominate); validation measures the plain MSE on the
-valid split at fixed draws."""
+(classifier-free guidance, Ho & Salimans 2022), all drawn from a generator seeded by (seed,
+epoch, batch, rank), so a resumed run sees the same draws. The loss is DDPM's simple objective
+‖ε − ε_θ(x_t, t, y)‖² (Ho et al. 2020, Eq. 14), the mean over pixels summed over images,
+optionally weighted by Min-SNR-γ (Hang et al. 2023: min(SNR_t, γ)/SNR_t, so the nearly clean
+steps, easy and many, do not dominate); validation measures the plain MSE on the valid split at
+fixed draws."""
 
 from __future__ import annotations
 
