@@ -524,3 +524,54 @@ def test_compiled_dit_training_is_one_static_graph_and_trains_like_eager(digits_
             worst = max(worst, ((x - y).norm() / x.norm()).item())
     print(f"\nworst relative difference, compiled against eager: {worst:.2e}")
     assert worst <= 1e-4, worst
+
+
+def test_log_normal_noise_levels_take_each_draw_to_the_nearest_step_and_follow_their_distribution():
+    from aiayn.diffusion import noise_to_signal, training_noise_levels
+
+    schedule = NoiseSchedule.make("linear", 1000)
+    log_sigma = noise_to_signal(schedule).log()
+    assert bool((log_sigma[1:] > log_sigma[:-1]).all())
+    # uniform: DDPM's steps, the same draws as torch.randint from the same generator
+    uniform = training_noise_levels(schedule, 1000, torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, torch.randint(0, 1000, (1000,), generator=torch.Generator().manual_seed(3)))
+    for mean, std in [(0.0, 1.0), (-1.2, 0.6), (9.0, 0.5), (-9.0, 0.5)]:
+        t = training_noise_levels(schedule, 20_000, torch.Generator().manual_seed(0), (mean, std))
+        drawn = mean + std * torch.randn(20_000, generator=torch.Generator().manual_seed(0))
+        nearest = (log_sigma.float()[None] - drawn[:, None]).abs().argmin(1)  # by brute force
+        gap = (log_sigma.float()[t] - drawn).abs() - (log_sigma.float()[nearest] - drawn).abs()
+        assert gap.abs().max() < 1e-6  # the nearest step (a tie may go either way)
+        if abs(mean) < 5:  # inside the schedule's range: the drawn steps' ln σ follow N(mean, std)
+            assert abs(log_sigma[t].mean().item() - mean) < 0.03 and abs(log_sigma[t].std().item() - std) < 0.03
+        else:  # beyond its ends: the last or the first step
+            assert int(t.min()) == int(t.max()) == (999 if mean > 0 else 0)
+
+
+def test_the_config_chooses_the_training_noise_levels_and_validation_keeps_uniform_ones(digits_data):
+    from aiayn.tasks import for_dataset
+    from aiayn.tasks.images import ImageSampler
+
+    task = for_dataset(digits_data, "dit-tiny")
+    uniform = tiny_dit(in_channels=1, n_classes=10)
+    low = tiny_dit(in_channels=1, n_classes=10, noise_levels="log_normal", log_sigma_mean=-2.0, log_sigma_std=0.2)
+    assert uniform.training_log_normal is None and low.training_log_normal == (-2.0, 0.2)
+
+    def steps(model):
+        sampler = ImageSampler(len(task.train_data), 200, 1)
+        sampler.set_epoch(0)
+        return torch.cat([b.t for b in task.batches(sampler, model)])
+
+    # σ_t = e^−2 ≈ 0.135 is t ≈ 38 of the linear schedule; ln σ within 4 std of −2 is t ≈ 12 … 100
+    assert int(steps(low).max()) < 100 and float(steps(uniform).float().mean()) > 400
+    # validation draws uniform steps for either config: the same weights give the same valid loss
+    from aiayn.tasks.image_generation import denoising_loss
+
+    for model in (uniform, low):
+        torch.manual_seed(5)
+        torch.nn.init.normal_(model.head.weight, std=0.5)  # (a zero head predicts ε̂ = 0 at every t)
+    losses = [denoising_loss(m, task.valid_data, torch.device("cpu"), limit=200) for m in (uniform, low)]
+    assert losses[0] == losses[1]
+    with pytest.raises(ValueError, match="noise_levels"):
+        models.DiTConfig.check({"noise_levels": "logit"}, "model.")
+    with pytest.raises(ValueError, match="log_sigma_std"):
+        models.DiTConfig.check({"log_sigma_std": 0.0}, "model.")

@@ -45,6 +45,11 @@ class DiTConfig(ModelConfig):
     layer_norm_eps: float = 1e-6
     class_dropout: float = 0.1  # training: the share of labels replaced by the null class (for guidance)
     min_snr_gamma: float = 0.0  # training: Min-SNR-γ loss weights min(SNR_t, γ)/SNR_t (Hang et al. 2023; 0: DDPM's uniform)
+    # training: the noise levels drawn, "uniform" over the steps (DDPM) or "log_normal": ln σ_t ~ N(log_sigma_mean,
+    # log_sigma_std), σ_t the noise-to-signal ratio (diffusion.training_noise_levels; Karras et al. 2022, Esser et al. 2024)
+    noise_levels: str = "uniform"
+    log_sigma_mean: float = 0.0
+    log_sigma_std: float = 1.0
     # the diffusion the model denoises (diffusion.NoiseSchedule): its β schedule and number of steps
     noise_schedule: str = "linear"
     diffusion_steps: int = 1000
@@ -59,6 +64,8 @@ class DiTConfig(ModelConfig):
             layer_norm_eps=S.POSITIVE,
             class_dropout=S.PROBABILITY,
             min_snr_gamma=S.AT_LEAST_0,
+            noise_levels=S.Rule(choices=("uniform", "log_normal")),
+            log_sigma_std=S.POSITIVE,
         )
         rules.update(activation=S.Rule(choices=tuple(ACTIVATIONS)))
         rules.update(noise_schedule=S.Rule(choices=("linear", "cosine")), diffusion_steps=S.AT_LEAST_1)
@@ -149,6 +156,12 @@ class DiT(nn.Module):
         from aiayn.diffusion import NoiseSchedule
 
         return NoiseSchedule.make(self.config.noise_schedule, self.config.diffusion_steps)
+
+    @property
+    def training_log_normal(self) -> tuple[float, float] | None:
+        """(mean, std) of ln σ_t for the training draws, or None for uniform steps."""
+        cfg = self.config
+        return (cfg.log_sigma_mean, cfg.log_sigma_std) if cfg.noise_levels == "log_normal" else None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,13 +1,14 @@
 """Class-conditional image generation (DiT): the labelled image datasets of 'aiayn prepare --task
 images', pixels scaled to [−1, 1], a random horizontal flip if the config's random_flip asks for
-it (null: where the dataset allows it); each image gets a noise level t ~ U{0 … T−1}, Gaussian
-noise ε and, with probability class_dropout, the null class in place of its label
-(classifier-free guidance, Ho & Salimans 2022), all drawn from a generator seeded by (seed,
-epoch, batch, rank), so a resumed run sees the same draws. The loss is DDPM's simple objective
-‖ε − ε_θ(x_t, t, y)‖² (Ho et al. 2020, Eq. 14), the mean over pixels summed over images,
+it (null: where the dataset allows it); each image gets a noise level t (uniform over the steps,
+or, as the model's config asks, log-normal in the noise-to-signal ratio: Karras et al. 2022,
+Esser et al. 2024), Gaussian noise ε and, with probability class_dropout, the null class in place
+of its label (classifier-free guidance, Ho & Salimans 2022), all drawn from a generator seeded by
+(seed, epoch, batch, rank), so a resumed run sees the same draws. The loss is DDPM's simple
+objective ‖ε − ε_θ(x_t, t, y)‖² (Ho et al. 2020, Eq. 14), the mean over pixels summed over images,
 optionally weighted by Min-SNR-γ (Hang et al. 2023: min(SNR_t, γ)/SNR_t, so the nearly clean
 steps, easy and many, do not dominate); validation measures the plain MSE on the valid split at
-fixed draws."""
+fixed draws, with uniform steps for every run."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from aiayn import runtime
+from aiayn import diffusion, runtime
 from aiayn.data.images import ImageSplit
 from aiayn.tasks.images import ImageSampler, LabelledImagesTask, flips
 
@@ -56,9 +57,17 @@ class NoisyBatch:
         return self.labels.numel()
 
 
-def draws(n: int, shape: tuple, steps: int, class_dropout: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """(t [n], ε [n, *shape], which labels to drop [n]) from one generator."""
-    t = torch.randint(0, steps, (n,), generator=generator)
+def draws(
+    schedule: diffusion.NoiseSchedule,
+    n: int,
+    shape: tuple,
+    class_dropout: float,
+    generator: torch.Generator,
+    log_normal: tuple[float, float] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(t [n], ε [n, *shape], which labels to drop [n]) from one generator; t uniform over the
+    schedule's steps, or log-normal in σ_t (diffusion.training_noise_levels)."""
+    t = diffusion.training_noise_levels(schedule, n, generator, log_normal)
     noise = torch.randn((n, *shape), generator=generator)
     drop = torch.rand(n, generator=generator) < class_dropout
     return t, noise, drop
@@ -92,7 +101,7 @@ class ImageGenerationTask(LabelledImagesTask):
     default_preset = "dit-tiny"
     metric_name = None  # the best checkpoint has the lowest valid loss
     loss_in_bits = False  # an MSE
-    fine_tune_keys = ("class_dropout", "min_snr_gamma")
+    fine_tune_keys = ("class_dropout", "min_snr_gamma", "noise_levels", "log_sigma_mean", "log_sigma_std")
     # `compile: true` compiles the whole denoiser (every batch has one shape): dit-tiny, bf16, batches of 16, ran
     # 1.41–1.61× eager's updates/s (separate runs in turn, 500 updates, the second half; 2-core Zen 4); with its
     # blocks alone compiled (dynamic shapes), a forward and backward took 0.97× eager's time
@@ -101,13 +110,14 @@ class ImageGenerationTask(LabelledImagesTask):
     def batches(self, sampler: ImageSampler, model: nn.Module, num_workers: int = 0, pin_memory: bool = False):
         data, spec, config = self.train_data, self.spec, model.config
         shape, flip = (spec["channels"], spec["height"], spec["width"]), flips(spec, sampler.random_flip)
+        schedule = model.noise_schedule()
         for i, idx in sampler:
             idx = np.sort(idx)
             images, labels = np.asarray(data.images[idx]), torch.from_numpy(data.labels[idx].astype(np.int64))
             generator = torch.Generator().manual_seed(
                 int(np.random.SeedSequence([sampler.seed, sampler.epoch, i, sampler.rank]).generate_state(1)[0])
             )
-            t, noise, drop = draws(len(idx), shape, config.diffusion_steps, config.class_dropout, generator)
+            t, noise, drop = draws(schedule, len(idx), shape, config.class_dropout, generator, model.training_log_normal)
             x = to_unit_range(images)
             if flip:
                 mirror = torch.rand(len(idx), generator=generator) < 0.5
@@ -124,8 +134,10 @@ class ImageGenerationTask(LabelledImagesTask):
 
 @torch.no_grad()
 def denoising_loss(model, split: ImageSplit, where, precision: str = "fp32", batch: int = 500, seed: int = 0, limit: int = 5000) -> float:
-    """The mean denoising MSE of (the first `limit` images of) a split, conditional, at draws fixed by `seed`."""
+    """The mean denoising MSE of (the first `limit` images of) a split, conditional, at draws fixed by `seed`
+    (steps uniform, whatever the training draws: the same measure for every run)."""
     model.eval()
+    schedule = model.noise_schedule()
     loss_model = DenoisingLoss(model).to(where)
     generator = torch.Generator().manual_seed(seed)
     n = min(len(split), limit)
@@ -133,7 +145,7 @@ def denoising_loss(model, split: ImageSplit, where, precision: str = "fp32", bat
     for start in range(0, n, batch):
         images = to_unit_range(np.asarray(split.images[start : min(start + batch, n)]))
         labels = torch.from_numpy(split.labels[start : start + len(images)].astype(np.int64))
-        t, noise, _ = draws(len(images), tuple(images.shape[1:]), model.config.diffusion_steps, 0.0, generator)
+        t, noise, _ = draws(schedule, len(images), tuple(images.shape[1:]), 0.0, generator)
         with runtime.autocast(precision, where):
             _, mse = loss_model(images.to(where), labels.to(where), t.to(where), noise.to(where))
         total += mse.item()
