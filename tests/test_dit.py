@@ -575,3 +575,69 @@ def test_the_config_chooses_the_training_noise_levels_and_validation_keeps_unifo
         models.DiTConfig.check({"noise_levels": "logit"}, "model.")
     with pytest.raises(ValueError, match="log_sigma_std"):
         models.DiTConfig.check({"log_sigma_std": 0.0}, "model.")
+
+
+def test_a_v_predicting_model_samples_what_its_epsilon_twin_samples_and_trains_on_v():
+    from aiayn.diffusion import epsilon_predictor, velocity
+    from aiayn.generate.images import ImageGenerator
+    from aiayn.tasks.image_generation import DenoisingLoss, to_pixels
+
+    schedule = NoiseSchedule.make("linear", steps=300)
+    eps = GaussianData(schedule)
+    ab_all = schedule.alphas_cumprod.float()
+
+    def v_model(x, t, y):  # E[v | x_t] = (E[ε | x_t] − √(1 − ᾱ) x_t) / √ᾱ, from v = √ᾱ ε − √(1 − ᾱ) x_0
+        ab = ab_all[t].view(-1, 1)
+        return (eps(x, t) - (1 - ab).sqrt() * x) / ab.sqrt()
+
+    y = torch.zeros(4000, dtype=torch.long)
+    as_eps = epsilon_predictor(v_model, schedule, "v")
+    x, t = torch.randn(4000, 2), torch.randint(0, 300, (4000,))
+    torch.testing.assert_close(as_eps(x, t, y), eps(x, t), atol=1e-4, rtol=1e-4)
+    a = ddim_sample(lambda x, t: as_eps(x, t, y), schedule, (4000, 2), 50, generator=torch.Generator().manual_seed(1))
+    b = ddim_sample(eps, schedule, (4000, 2), 50, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+    assert epsilon_predictor(v_model, schedule, "epsilon") is v_model
+    with pytest.raises(ValueError, match="unknown prediction"):
+        epsilon_predictor(v_model, schedule, "x0")
+
+    # the loss's target is v; Min-SNR-γ weighs it min(SNR, γ)/(SNR + 1)
+    model = tiny_dit(prediction="v", min_snr_gamma=5.0)
+    loss_model = DenoisingLoss(model)
+    ab = model.noise_schedule().alphas_cumprod
+    snr = ab / (1 - ab)
+    torch.testing.assert_close(loss_model.weights.double(), snr.clamp(max=5.0) / (snr + 1), rtol=1e-5, atol=0)
+    images, labels, noise, t = (
+        torch.rand(4, 3, 8, 8) * 2 - 1,
+        torch.tensor([0, 1, 2, 5]),
+        torch.randn(4, 3, 8, 8),
+        torch.tensor([0, 10, 500, 999]),
+    )
+    _, mse = loss_model(images, labels, t, noise)
+    v = velocity(images, noise, ab.float()[t].view(-1, 1, 1, 1))
+    torch.testing.assert_close(mse, v.pow(2).flatten(1).mean(1).sum())  # the zero-initialised model predicts 0
+
+    # the image generator samples a v-predicting DiT through its ε
+    model = class_dependent_dit()
+    model.config.prediction = "v"
+    spec = {"height": 8, "width": 8, "channels": 3}
+    gen = ImageGenerator(model, [str(i) for i in range(5)], spec, torch.device("cpu"))
+    images, _ = gen.sample([1, 2], steps=5, guidance=2.0, seed=3)
+    twin = epsilon_predictor(model, model.noise_schedule(), "v")
+    x = ddim_sample(
+        guided(twin, torch.tensor([1, 2]), model.null_class, 2.0),
+        model.noise_schedule(),
+        (2, 3, 8, 8),
+        5,
+        generator=torch.Generator().manual_seed(3),
+        clip=1.0,
+    )
+    as_if_epsilon = ddim_sample(
+        guided(model, torch.tensor([1, 2]), model.null_class, 2.0),
+        model.noise_schedule(),
+        (2, 3, 8, 8),
+        5,
+        generator=torch.Generator().manual_seed(3),
+        clip=1.0,
+    )
+    assert np.array_equal(images, to_pixels(x)) and not np.array_equal(images, to_pixels(as_if_epsilon))

@@ -1,5 +1,5 @@
 """Denoising diffusion: the forward process, its training target and the samplers, for any
-ε-predicting model (models/dit.py's DiT).
+ε-predicting model (models/dit.py's DiT; a v-predicting one through `epsilon_predictor`).
 
 - DDPM (Ho et al. 2020): q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) with ᾱ_t = ∏_{s≤t} (1 − β_s),
   Eq. (4); the simple loss ‖ε − ε_θ(x_t, t)‖², Eq. (14); ancestral sampling with σ_t² = β̃_t.
@@ -77,6 +77,29 @@ def training_noise_levels(
 
 
 EpsilonModel = Callable[[Tensor, Tensor], Tensor]  # (x_t, t [B]) -> ε̂
+PREDICTIONS = ("epsilon", "v")
+
+
+def velocity(x0: Tensor, noise: Tensor, alpha_bar: Tensor) -> Tensor:
+    """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022, §4): the v-prediction target."""
+    return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+
+
+def epsilon_predictor(model: Callable[[Tensor, Tensor, Tensor], Tensor], schedule: NoiseSchedule, prediction: str):
+    """(x_t, t, y) -> ε̂ for a model that predicts `prediction`: the model itself for ε, and for v,
+    ε̂ = √ᾱ_t v̂ + √(1 − ᾱ_t) x_t. The map is affine in the prediction with x_t's weight the same for
+    every class, so guidance on ε̂ is guidance on v̂."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r} ({' or '.join(PREDICTIONS)})")
+    if prediction == "epsilon":
+        return model
+    alphas_cumprod = schedule.alphas_cumprod.float()
+
+    def eps(x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        ab = alphas_cumprod.to(x.device)[t].view(-1, *([1] * (x.dim() - 1)))
+        return ab.sqrt() * model(x, t, y).float() + (1 - ab).sqrt() * x.float()
+
+    return eps
 
 
 def check_guidance_interval(interval: tuple[float, float]) -> None:

@@ -82,12 +82,13 @@ class ImageGenerator:
             raise ValueError(f"guidance must be ≥ 0, got {guidance}")
         model, cfg = self.model, self.model.config
         schedule = model.noise_schedule()
+        denoiser = diffusion.epsilon_predictor(model, schedule, cfg.prediction)
         generator = torch.Generator(self.device).manual_seed(seed)
         shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
         images, frames = [], []
         for start in range(0, len(classes), batch):
             y = torch.tensor(classes[start : start + batch], dtype=torch.long, device=self.device)
-            eps = diffusion.guided(model, y, model.null_class, guidance, guidance_interval, schedule)
+            eps = diffusion.guided(denoiser, y, model.null_class, guidance, guidance_interval, schedule)
             steps_seen: list | None = [] if trajectory else None
             with runtime.autocast(self.precision, self.device):  # (the samplers take ε̂ in fp32 for their own updates)
                 if sampler == "ddim":

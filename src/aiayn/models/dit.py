@@ -44,6 +44,7 @@ class DiTConfig(ModelConfig):
     time_frequencies: int = 256  # the sinusoidal embedding of t before its MLP
     layer_norm_eps: float = 1e-6
     class_dropout: float = 0.1  # training: the share of labels replaced by the null class (for guidance)
+    prediction: str = "epsilon"  # what the network predicts: the noise ε, or v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022)
     min_snr_gamma: float = 0.0  # training: Min-SNR-γ loss weights min(SNR_t, γ)/SNR_t (Hang et al. 2023; 0: DDPM's uniform)
     # training: the noise levels drawn, "uniform" over the steps (DDPM) or "log_normal": ln σ_t ~ N(log_sigma_mean,
     # log_sigma_std), σ_t the noise-to-signal ratio (diffusion.training_noise_levels; Karras et al. 2022, Esser et al. 2024)
@@ -65,6 +66,7 @@ class DiTConfig(ModelConfig):
             class_dropout=S.PROBABILITY,
             min_snr_gamma=S.AT_LEAST_0,
             noise_levels=S.Rule(choices=("uniform", "log_normal")),
+            prediction=S.Rule(choices=("epsilon", "v")),
             log_sigma_std=S.POSITIVE,
         )
         rules.update(activation=S.Rule(choices=tuple(ACTIVATIONS)))
@@ -89,7 +91,8 @@ def timestep_sinusoids(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 
 
 class DiT(nn.Module):
-    """A class-conditional denoiser: forward(x_t, t, y) -> the predicted noise, shaped as x_t."""
+    """A class-conditional denoiser: forward(x_t, t, y) -> the predicted noise (or v, as the config
+    says: diffusion.epsilon_predictor turns v into the noise), shaped as x_t."""
 
     def __init__(self, config: DiTConfig):
         super().__init__()

@@ -5,10 +5,11 @@ or, as the model's config asks, log-normal in the noise-to-signal ratio: Karras 
 Esser et al. 2024), Gaussian noise ε and, with probability class_dropout, the null class in place
 of its label (classifier-free guidance, Ho & Salimans 2022), all drawn from a generator seeded by
 (seed, epoch, batch, rank), so a resumed run sees the same draws. The loss is DDPM's simple
-objective ‖ε − ε_θ(x_t, t, y)‖² (Ho et al. 2020, Eq. 14), the mean over pixels summed over images,
-optionally weighted by Min-SNR-γ (Hang et al. 2023: min(SNR_t, γ)/SNR_t, so the nearly clean
-steps, easy and many, do not dominate); validation measures the plain MSE on the valid split at
-fixed draws, with uniform steps for every run."""
+objective ‖ε − ε_θ(x_t, t, y)‖² (Ho et al. 2020, Eq. 14), or ‖v − v_θ‖² for a v-predicting model
+(Salimans & Ho 2022), the mean over pixels summed over images, optionally weighted by Min-SNR-γ
+(Hang et al. 2023, so the nearly clean steps, easy and many, do not dominate); validation
+measures the plain MSE of the model's target on the valid split at fixed draws, with uniform steps
+for every run."""
 
 from __future__ import annotations
 
@@ -74,15 +75,18 @@ def draws(
 
 
 class DenoisingLoss(nn.Module):
-    """(x_0, y, t, ε) -> (Σ_images mean_pixels (ε − ε_θ(x_t, t, y))², the same detached)."""
+    """(x_0, y, t, ε) -> (Σ_images w_t · mean_pixels (target − f_θ(x_t, t, y))², the unweighted sum
+    detached), the target ε or, for a v-predicting model, v = √ᾱ_t ε − √(1 − ᾱ_t) x_0; Min-SNR-γ's
+    w_t is min(SNR_t, γ)/SNR_t for ε and min(SNR_t, γ)/(SNR_t + 1) for v (Hang et al. 2023)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.predicts_v = model.config.prediction == "v"
         ab = model.noise_schedule().alphas_cumprod
         gamma = model.config.min_snr_gamma
         snr = ab / (1 - ab)
-        weights = (snr.clamp(max=gamma) / snr) if gamma else torch.ones_like(ab)
+        weights = (snr.clamp(max=gamma) / (snr + 1 if self.predicts_v else snr)) if gamma else torch.ones_like(ab)
         self.register_buffer("alphas_cumprod", ab.float(), persistent=False)
         self.register_buffer("weights", weights.float(), persistent=False)
 
@@ -90,7 +94,8 @@ class DenoisingLoss(nn.Module):
         ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = ab.sqrt() * images + (1 - ab).sqrt() * noise  # Eq. (4)
         predicted = self.model(noisy, t, labels)
-        mse = (predicted.float() - noise).pow(2).flatten(1).mean(1)
+        target = diffusion.velocity(images, noise, ab) if self.predicts_v else noise
+        mse = (predicted.float() - target).pow(2).flatten(1).mean(1)
         return (self.weights[t] * mse).sum(), mse.detach().sum()  # (the weighted loss, the plain MSE)
 
 
