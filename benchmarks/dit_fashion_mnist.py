@@ -9,8 +9,9 @@ valid, 10,000 test), pixels scaled to [−1, 1], a random horizontal flip (as th
 `--set random_flip=false` for none, in both loops).
 
 * aiayn: `aiayn train --config dit-tiny` (28 × 28 in 4 × 4 patches, 6 layers of 128, 4 heads,
-  d_ff 512; DDPM's linear schedule over 1,000 steps, ε-prediction; labels dropped 10% of the time;
-  batches of 16, AdamW 0.9/0.999, peak lr 1e-3 after 200 warm-up updates, cosine decay with the
+  d_ff 512; DDPM's linear schedule over 1,000 steps, ε-prediction, training steps drawn with
+  ln σ_t ~ N(0, 1) (diffusers' loop draws them uniformly, as its examples do); labels dropped 10%
+  of the time; batches of 16, AdamW 0.9/0.999, peak lr 1e-3 after 200 warm-up updates, cosine decay with the
   budget, clipping at 1, an EMA of decay 0.999 that sampling uses; GELU (erf); the model compiled
   whole by torch.compile).
 * diffusers: `DiTTransformer2DModel` of the same dimensions (its blocks each embed t and the
