@@ -11,8 +11,8 @@ valid, 10,000 test), pixels scaled to [−1, 1], a random horizontal flip (as th
 * aiayn: `aiayn train --config dit-tiny` (28 × 28 in 4 × 4 patches, 6 layers of 128, 4 heads,
   d_ff 512; DDPM's linear schedule over 1,000 steps, ε-prediction, training steps drawn with
   ln σ_t ~ N(0, 1) (diffusers' loop draws them uniformly, as its examples do); labels dropped 10%
-  of the time; batches of 16, AdamW 0.9/0.999, peak lr 1e-3 after 200 warm-up updates, cosine decay with the
-  budget, clipping at 1, an EMA of decay 0.999 that sampling uses; GELU (erf); the model compiled
+  of the time; batches of 16, AdamW 0.9/0.999, peak lr 1e-3 after 200 warm-up updates, cosine
+  decay with the budget, clipping at 1, an EMA of decay 0.999 that sampling uses; GELU (erf); the model compiled
   whole by torch.compile).
 * diffusers: `DiTTransformer2DModel` of the same dimensions (its blocks each embed t and the
   class themselves, so it has more parameters), `DDPMScheduler.add_noise` with the same schedule,
@@ -56,6 +56,7 @@ sys.path.insert(0, str(HERE))
 
 from common import add_set_option, read_set  # noqa: E402
 
+from aiayn import schema  # noqa: E402
 from aiayn.data.images import ImageSplit, prepare_images, to_tensor  # noqa: E402
 from aiayn.diffusion import NoiseSchedule, guided_steps  # noqa: E402
 from aiayn.runtime import machine  # noqa: E402
@@ -282,7 +283,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--draws",
-        type=int,
+        type=schema.int_at_least(1),
         default=1,
         help="sets of samples per guidance scale, seeded --seed, --seed + 1, …: the figures are their means (default 1)",
     )
@@ -296,8 +297,6 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results" / "dit_fashion_mnist.json"))
     args = p.parse_args()
     args.set = read_set(p, args)
-    if args.draws < 1:
-        p.error(f"--draws must be at least 1, got {args.draws}")
     args.interval = tuple(args.guidance_interval) if args.guidance_interval else None
     torch.set_num_threads(args.threads)
     scales = [float(g) for g in args.guidance.split(",")]
