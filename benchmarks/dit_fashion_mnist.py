@@ -5,8 +5,8 @@ with 50 DDIM steps at guidance 1, 1.5, 2 and 4, scored by an independently train
 (--draws N: N sets of 1,000 samples, from N seeds, and the means of their scores).
 
 Data: Debian's dataset-fashion-mnist through `aiayn prepare --task images` (54,000 train, 6,000
-valid, 10,000 test), pixels scaled to [−1, 1], a random horizontal flip (as the dataset allows;
-`--set random_flip=false` for none, in both loops).
+valid, 10,000 test), pixels scaled to [−1, 1], not mirrored (the recipe's `random_flip: false`, as
+Fashion-MNIST's shoes all face left; `--set random_flip=true` mirrors half the images, in both loops).
 
 * aiayn: `aiayn train --config dit-tiny` (28 × 28 in 4 × 4 patches, 6 layers of 128, 4 heads,
   d_ff 512; DDPM's linear schedule over 1,000 steps, ε-prediction, training steps drawn with

@@ -261,7 +261,7 @@ def test_random_flip_in_the_config_overrides_what_the_dataset_allows(digits_data
 
     task = for_dataset(digits_data, "dit-tiny")
     model = tiny_dit(in_channels=1, n_classes=10)
-    assert task.spec["flip"] is False and load_config("dit-tiny").random_flip is None
+    assert task.spec["flip"] is False and load_config("dit-tiny").random_flip is False
 
     def mirrored(setting):
         sampler = ImageSampler(len(task.train_data), 100, 1, random_flip=setting)
