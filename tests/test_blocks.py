@@ -29,39 +29,51 @@ def test_a_causal_block_without_cross_attention_sees_no_future_and_decodes_incre
 def test_a_cache_kept_per_sentence_decodes_as_the_time_major_one_through_reorders_and_drops():
     """Beam search's KV cache kept per sentence (never reordered: each hypothesis finds its
     ancestors' keys through `ancestors`) gives the outputs and self-attention weights of the
-    time-major cache that moves rows, through a prefill, reorders within sentences and a dropped sentence."""
+    time-major cache that moves rows, through a prefill, reorders within sentences and a dropped
+    sentence; in a stack of two layers whose caches share one beam mask a step (`masks`)."""
     torch.manual_seed(0)
-    block = Block(32, 4, 64, causal=True, pre_norm=False).eval()
+    blocks = [Block(32, 4, 64, causal=True, pre_norm=False).eval() for _ in range(2)]
     B, G = 3, 4
-    per_sentence, time_major = KVCache(sentences=B), KVCache()
+    shared: dict = {}
+    per_sentence, time_major = [KVCache(sentences=B, masks=shared) for _ in blocks], [KVCache() for _ in blocks]
+
+    def run(x, caches):
+        for block, cache in zip(blocks, caches):
+            x, w = block(x, cache=cache, need_weights=True)
+        return x, w
+
     x = torch.randn(B * G, 3, 32)
-    a, wa = block(x, cache=per_sentence, need_weights=True)  # a prefill of 3 steps
-    b, wb = block(x, cache=time_major, need_weights=True)
-    assert per_sentence.group == G and time_major.group == 1
+    a, wa = run(x, per_sentence)  # a prefill of 3 steps
+    b, wb = run(x, time_major)
+    assert per_sentence[0].group == G and time_major[0].group == 1
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     torch.testing.assert_close(wa, wb, atol=1e-6, rtol=0)
     rows = B * G
     for step in range(6):
         order = (torch.arange(rows) // G * G + torch.randint(0, G, (rows,))).contiguous()  # parents within the sentence
-        for cache in (per_sentence, time_major):
+        for cache in per_sentence + time_major:
             cache.reorder(order)
         if step == 3:  # the middle sentence is done
             keep = torch.tensor([0, 2])
             kept = (keep[:, None] * G + torch.arange(G)).reshape(-1)
-            for cache in (per_sentence, time_major):
+            for cache in per_sentence + time_major:
                 cache.select(kept)
             rows = kept.numel()
         x = torch.randn(rows, 1, 32)
-        a, wa = block(x, cache=per_sentence, need_weights=True)
-        b, wb = block(x, cache=time_major, need_weights=True)
+        a, wa = run(x, per_sentence)
+        b, wb = run(x, time_major)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
         torch.testing.assert_close(wa, wb, atol=1e-6, rtol=0)
-    assert per_sentence.rows == time_major.rows == 2 * G and per_sentence.length == time_major.length == 9
+        # one additive mask for both layers' step, equal to the bool one
+        bias = per_sentence[1].beam_bias(1, 4, torch.float32)
+        assert bias is per_sentence[0].beam_bias(1, 4, torch.float32)
+        assert torch.equal(bias.eq(0), per_sentence[1].beam_mask(1).expand_as(bias))
+    assert per_sentence[0].rows == time_major[0].rows == 2 * G and per_sentence[0].length == time_major[0].length == 9
     from aiayn.runtime import beam_cache_as
 
     with beam_cache_as("time-major"):  # AIAYN_BEAM_CACHE: the layout is the runtime's choice
         chosen = KVCache(sentences=B)
-        block(torch.randn(B * G, 1, 32), cache=chosen)
+        blocks[0](torch.randn(B * G, 1, 32), cache=chosen)
     assert chosen.group == 1 and chosen.k.size(1) == B * G  # time-major: [capacity, N, h, d_k]
 
 

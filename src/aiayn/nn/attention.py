@@ -32,8 +32,11 @@ def scaled_dot_product_attention(
     """§3.2.1, Eq. (1): Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V.
 
     q: [B, h, Lq, d_k]; k: [B, h, Lk, d_k]; v: [B, h, Lk, d_v]
-    mask: bool, broadcastable to [B, h, Lq, Lk]; True where a query may attend.
-    is_causal: query i sees keys ≤ i + (Lk − Lq) (the decoder's masking of §3.2.3).
+    mask: bool, broadcastable to [B, h, Lq, Lk], True where a query may attend; or float, added to
+        the scores (0 where a query may attend, a large negative number where not), which the
+        spelled-out form adds inside its first product (`torch.baddbmm`): a decoding step makes it
+        once for all layers (KVCache.beam_bias, Seq2SeqState.memory_bias).
+    is_causal: query i sees keys ≤ i + (Lk − Lq) (the decoder's masking of §3.2.3; with a bool mask or none).
 
     PyTorch's fused kernel (flash / memory-efficient on GPU, a fused CPU kernel otherwise; in fp32
     under bf16 on a CPU, `runtime.attention_in_fp32`), except where `runtime.attention_spelled_out`
@@ -55,8 +58,10 @@ def scaled_dot_product_attention(
     # (also fp32 queries over bf16 encoder keys, a prefill; autocast off: it would cast back to bf16)
     if runtime.attention_in_fp32(q) or k.dtype != q.dtype:
         with torch.autocast("cpu", enabled=False):
+            mask = mask if mask is None or mask.dtype == torch.bool else mask.float()
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         return out.to(q.dtype), None
+    mask = mask if mask is None or mask.dtype == torch.bool else mask.to(q.dtype)  # (an additive mask in the query's type)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
     return out, None
 
@@ -71,13 +76,38 @@ def _spelled_out_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
     out_dtype = q.dtype
     with torch.autocast(q.device.type, enabled=False):
         dtype = _product_dtype(q, k)
-        scores = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # [B, h, Lq, Lk]
-        if mask is not None:
-            scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+        scale = 1.0 / math.sqrt(q.size(-1))
+        if mask is None:
+            scores = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * scale  # [B, h, Lq, Lk]
+        else:  # (a bool mask as the additive one it stands for: usually a broadcast one, [B, 1, 1, Lk], so a small tensor)
+            bias = mask.to(dtype) if mask.is_floating_point() else _additive(mask, dtype)
+            scores = _scaled_product_plus(bias, q.to(dtype), k.to(dtype).transpose(-2, -1), scale)
         weights = scores.float().softmax(dim=-1)
         dtype = _product_dtype(weights, v)
         out = F.dropout(weights.to(dtype), dropout_p) @ v.to(dtype)  # [B, h, Lq, d_v]
     return out.to(out_dtype), weights
+
+
+def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A bool mask (True where a query may attend) as an additive one: 0 there, the type's lowest
+    value elsewhere (not −∞: a row with no key to attend to then averages, see above)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def _scaled_product_plus(bias: Tensor, a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """bias + scale · (a @ b) in one `baddbmm` where a and b have the same batch dimensions (their
+    views fold into one; so does the bias where it is already full-size, else it is expanded into
+    the output), else in three steps. One product instead of a product, a scaling and a masked fill:
+    with the beam mask made once a step for all layers (KVCache.beam_bias), beam 4 of base
+    dimensions on a 2-core AMD EPYC Zen 4 (32 random 40-piece sources, a third of them padded to
+    30, 30 tokens; the old and new decoder in turn, alternating which goes first) took 0.97× the
+    time in int8 (median of 16 rounds) and 0.96× in fp32 (8 rounds), with the same outputs."""
+    batch, rows, cols = a.shape[:-2], a.size(-2), b.size(-1)
+    if a.dim() < 3 or b.shape[:-2] != batch:
+        return torch.add(bias, a @ b, alpha=scale)
+    bias = bias.expand(*batch, rows, cols).reshape(-1, rows, cols)
+    out = torch.baddbmm(bias, a.reshape(-1, rows, a.size(-1)), b.reshape(-1, b.size(-2), cols), alpha=scale)
+    return out.view(*batch, rows, cols)
 
 
 def _product_dtype(a: Tensor, b: Tensor) -> torch.dtype:
@@ -200,7 +230,7 @@ class SelfAttention(_MultiHead):
         (N, h, L, dk), G = q.shape, cache.group
         B = N // G
         keys, values = cache.append(k, v)  # [B, h, t·G, d_k]
-        allowed = cache.beam_mask(L)  # [B, 1, G·L, t·G]
+        allowed = cache.beam_bias(L, h, _product_dtype(q, keys))  # [B, h, G·L, t·G], additive
         q = q.view(B, G, h, L, dk).transpose(1, 2).reshape(B, h, G * L, dk)
         out, w = scaled_dot_product_attention(q, keys, values, allowed, False, self._dropout_p(), need_weights)
         out = out.view(B, h, G, L, dk).permute(0, 2, 3, 1, 4).reshape(N, L, h * dk)  # [B, h, G·L, d_k] -> [N, L, h·d_k]

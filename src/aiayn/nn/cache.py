@@ -55,7 +55,7 @@ class KVCache:
     of T·N·d_model floats (beam 4 on a CPU spent about as long reordering as attending).
     """
 
-    def __init__(self, sentences: int | None = None):
+    def __init__(self, sentences: int | None = None, masks: dict | None = None):
         self.k: Tensor | None = None  # [capacity, N, h, d_k], or per sentence [B, h, capacity, G, d_k]
         self.v: Tensor | None = None
         self.length = 0
@@ -63,6 +63,9 @@ class KVCache:
         self.sentences = sentences
         self.group = 1  # G: hypotheses per sentence in the per-sentence layout (1: time-major)
         self.ancestors: Tensor | None = None  # [capacity, N] (per-sentence layout)
+        # the step's additive beam mask (`beam_bias`), shared by the caches of one decoding state: every
+        # layer's is the same, since their caches are appended, reordered and cut together
+        self.masks = masks if masks is not None else {}
 
     @property
     def rows(self) -> int:
@@ -126,6 +129,19 @@ class KVCache:
         steps = torch.arange(t, device=own.device)
         causal = steps[None, :] <= (t - new_steps + torch.arange(new_steps, device=own.device))[:, None]  # [L, t]
         return (own[:, :, None] & causal[None, None, :, :, None]).reshape(B, 1, G * new_steps, t * G)
+
+    def beam_bias(self, new_steps: int, heads: int, dtype: torch.dtype) -> Tensor:
+        """`beam_mask` as an additive mask of type `dtype` over `heads` heads, [B, heads, G·L, t·G]: 0
+        where a query may attend, the type's lowest value where not. Made by the first layer of a
+        step and reused by the others whose caches share `masks`; attention adds it inside its first
+        product (nn.attention's spelled-out form) instead of filling the scores layer by layer."""
+        key = (self.length, new_steps, heads, self.ancestors.size(1), dtype)
+        made = self.masks.get("beam")
+        if made is None or made[0] != key:
+            allowed = self.beam_mask(new_steps)
+            bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+            made = self.masks["beam"] = (key, bias.expand(-1, heads, -1, -1).contiguous())  # (full-size: attention folds it as a view)
+        return made[1]
 
     @staticmethod
     def plan(order: Tensor) -> tuple[Tensor, Tensor, bool] | None:
