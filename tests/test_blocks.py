@@ -77,6 +77,23 @@ def test_a_cache_kept_per_sentence_decodes_as_the_time_major_one_through_reorder
     assert chosen.group == 1 and chosen.k.size(1) == B * G  # time-major: [capacity, N, h, d_k]
 
 
+def test_the_product_over_a_bf16_cache_with_room_to_grow_is_the_plain_product():
+    """nn.attention's first product over keys in a bf16 buffer with room to grow (a strided view,
+    which it multiplies as (K Qᵀ)ᵀ) and over contiguous keys gives bias + scale · Q Kᵀ, to bf16's precision."""
+    from aiayn.nn.attention import _scaled_product_plus
+
+    torch.manual_seed(0)
+    buffer = torch.randn(2, 3, 16, 4, 8).bfloat16()  # [B, h, capacity, G, d_k]
+    keys = buffer[:, :, :5].flatten(2, 3)  # [B, h, 20, d_k], a view with room to grow
+    q = torch.randn(2, 3, 4, 8).bfloat16()
+    bias = torch.zeros(2, 1, 4, 20).bfloat16().masked_fill_(torch.rand(2, 1, 4, 20) > 0.7, -1e4)
+    expected = bias.float() + 0.5 * (q.float() @ keys.float().transpose(-2, -1))
+    for k in (keys, keys.contiguous()):
+        got = _scaled_product_plus(bias, q, k.transpose(-2, -1), 0.5)
+        assert got.shape == (2, 3, 4, 20)
+        torch.testing.assert_close(got.float(), expected, atol=0.05, rtol=0.01)
+
+
 def test_a_zero_gate_makes_a_conditioned_residual_the_identity():
     """adaLN-Zero (DiT): with the gate at zero, as initialised, each sub-layer adds nothing."""
     torch.manual_seed(0)

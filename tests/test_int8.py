@@ -197,6 +197,40 @@ def test_int8_decoding_keeps_the_encoders_keys_and_values_in_bf16_where_the_cpu_
     assert runtime.decoding_memory_dtype(torch.zeros(2, 2, 3, 64), int8_products=True) == torch.float32
 
 
+def test_int8_beam_search_keeps_its_self_attention_cache_in_bf16_where_the_cpu_has_bf16_units(monkeypatch):
+    """runtime.decoding_cache_dtype: with several hypotheses per sentence (beam search's cache kept
+    per sentence, which grows in place), an int8 model with heads of 64 keeps its own keys and
+    values in bf16 where the CPU multiplies bf16 (pretended both ways, as above), and its steps'
+    log-probabilities stay close to an fp32 cache's, through reorders within each sentence."""
+    torch.manual_seed(0)
+    arch, cfg = models.preset_config("tiny", vocab_size=300, n_heads=2)  # d_model 128: heads of 64
+    q = quantize_int8(models.build(arch, cfg).eval())
+    g = torch.Generator().manual_seed(0)
+    B, G = 3, 4
+    src = torch.randint(4, cfg.src_vocab_size, (B, 30), generator=g)
+    src[:, -1] = cfg.eos_id
+    tokens = torch.randint(4, cfg.tgt_vocab_size, (B * G, 12), generator=g)
+    tokens[:, 0] = cfg.decoder_start_id
+    orders = [(torch.arange(B * G) // G * G + torch.randint(0, G, (B * G,), generator=g)) for _ in range(12)]
+
+    def decode(bf16_units):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: bf16_units)
+        steps = []
+        with torch.inference_mode():
+            state = q.start(src)
+            for t in range(12):
+                steps.append(q.step(tokens[:, t : t + 1], state))
+                state.reorder(orders[t])
+        assert state.kv_caches[0].group == G
+        assert state.kv_caches[0].k.dtype == (torch.bfloat16 if bf16_units else torch.float32)
+        return torch.stack(steps).log_softmax(-1)
+
+    fp32_cache, bf16_cache = decode(False), decode(True)
+    assert relative_error(bf16_cache, fp32_cache) < 0.01
+    assert (bf16_cache.argmax(-1) == fp32_cache.argmax(-1)).float().mean().item() > 0.9
+    assert runtime.decoding_cache_dtype(torch.zeros(2, 2, 3, 64), int8_products=False) is None  # not int8: the cache's own rule
+
+
 def test_export_int8_round_trips_and_decodes_in_int8(trained_run, tmp_path):
     out = tmp_path / "int8"
     r = subprocess.run(

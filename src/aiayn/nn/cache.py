@@ -80,10 +80,13 @@ class KVCache:
             self.group = rows // self.sentences if runtime.beam_cache_per_sentence(where) else 1
         return self.group
 
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Add the keys/values of L new steps ([N, h, L, d_k]); return all of them as [N, h, t, d_k]
-        views, or in the per-sentence layout as [B, h, t·G, d_k] (key s·G + g: slot g at step s)."""
-        if runtime.decoding_attention_in_fp32(k):  # bf16 decoding on a CPU keeps its cache in fp32
+    def append(self, k: Tensor, v: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """Add the keys/values of L new steps ([N, h, L, d_k]), kept in `dtype` where given
+        (`runtime.decoding_cache_dtype`); return all of them as [N, h, t, d_k] views, or in the
+        per-sentence layout as [B, h, t·G, d_k] (key s·G + g: slot g at step s)."""
+        if dtype is not None:
+            k, v = k.to(dtype), v.to(dtype)
+        elif runtime.decoding_attention_in_fp32(k):  # bf16 decoding on a CPU keeps its cache in fp32
             k, v = k.float(), v.float()
         if self.group > 1:
             return self._append_per_sentence(k, v)
