@@ -501,8 +501,8 @@ def decoding_cache_dtype(k: torch.Tensor, int8_products: bool) -> torch.dtype | 
     64 or more), else fp32. A step reads the whole cache, from memory rather than cache, and bf16
     halves the bytes: int8 beam 4 of base dimensions on a 2-core AMD EPYC Zen 4 (32 random 40-piece
     sources, a third padded to 30; the two in turn, alternating which goes first, 2026-12-07) took
-    0.91× the time at 30 tokens (median of 12 rounds) and 0.84× at 60 (6 rounds). None (the
-    cache's own rule, `decoding_attention_in_fp32`) without int8 products."""
+    0.94× and 0.99× the time at 30 tokens (medians of 16 and 12 rounds) and 0.83× at 60 (8
+    rounds). None (the cache's own rule, `decoding_attention_in_fp32`) without int8 products."""
     return decoding_memory_dtype(k, True) if int8_products else None
 
 

@@ -35,7 +35,7 @@ def scaled_dot_product_attention(
     mask: bool, broadcastable to [B, h, Lq, Lk], True where a query may attend; or float, added to
         the scores (0 where a query may attend, a large negative number where not), which the
         spelled-out form adds inside its first product (`torch.baddbmm`): a decoding step makes it
-        once for all layers (KVCache.beam_bias, Seq2SeqState.memory_bias).
+        once for all layers (KVCache.beam_bias).
     is_causal: query i sees keys ≤ i + (Lk − Lq) (the decoder's masking of §3.2.3; with a bool mask or none).
 
     PyTorch's fused kernel (flash / memory-efficient on GPU, a fused CPU kernel otherwise; in fp32
