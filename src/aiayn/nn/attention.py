@@ -235,7 +235,7 @@ class SelfAttention(_MultiHead):
         (N, h, L, dk), G = q.shape, cache.group
         B = N // G
         keys, values = cache.append(k, v, runtime.decoding_cache_dtype(k, isinstance(self.qkv_proj, Int8Linear)))  # [B, h, t·G, d_k]
-        allowed = cache.beam_bias(L, h, _product_dtype(q, keys))  # [B, h, G·L, t·G], additive
+        allowed = cache.beam_bias(L, h, _product_dtype(q, keys))  # additive, [B, h, G, t·G] (or [B, 1, G·L, t·G])
         q = q.view(B, G, h, L, dk).transpose(1, 2).reshape(B, h, G * L, dk)
         out, w = scaled_dot_product_attention(q, keys, values, allowed, False, self._dropout_p(), need_weights)
         out = out.view(B, h, G, L, dk).permute(0, 2, 3, 1, 4).reshape(N, L, h * dk)  # [B, h, G·L, d_k] -> [N, L, h·d_k]

@@ -134,16 +134,18 @@ class KVCache:
         return (own[:, :, None] & causal[None, None, :, :, None]).reshape(B, 1, G * new_steps, t * G)
 
     def beam_bias(self, new_steps: int, heads: int, dtype: torch.dtype) -> Tensor:
-        """`beam_mask` as an additive mask of type `dtype` over `heads` heads, [B, heads, G·L, t·G]: 0
-        where a query may attend, the type's lowest value where not. Made by the first layer of a
-        step and reused by the others whose caches share `masks`; attention adds it inside its first
-        product (nn.attention's spelled-out form) instead of filling the scores layer by layer."""
+        """`beam_mask` as an additive mask of type `dtype`: 0 where a query may attend, the type's
+        lowest value where not. Made by the first layer of a step and reused by the others whose
+        caches share `masks`; attention adds it inside its first product (nn.attention's spelled-out
+        form) instead of filling the scores layer by layer. For one new step it is made for every
+        one of the `heads`, [B, heads, G, t·G] (attention then takes it as it is); for a prefill of
+        L > 1 steps it stays [B, 1, G·L, t·G], since over every head it would be as large as the scores."""
         key = (self.length, new_steps, heads, self.ancestors.size(1), dtype)
         made = self.masks.get("beam")
         if made is None or made[0] != key:
             allowed = self.beam_mask(new_steps)
             bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
-            made = self.masks["beam"] = (key, bias.expand(-1, heads, -1, -1).contiguous())  # (full-size: attention folds it as a view)
+            made = self.masks["beam"] = (key, bias.expand(-1, heads, -1, -1).contiguous() if new_steps == 1 else bias)
         return made[1]
 
     @staticmethod
