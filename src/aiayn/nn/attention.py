@@ -80,7 +80,7 @@ def _spelled_out_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
         if mask is None:
             scores = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * scale  # [B, h, Lq, Lk]
         else:  # (a bool mask as the additive one it stands for: usually a broadcast one, [B, 1, 1, Lk], so a small tensor)
-            bias = mask.to(dtype) if mask.is_floating_point() else _additive(mask, dtype)
+            bias = mask.to(dtype) if mask.is_floating_point() else additive_mask(mask, dtype)
             scores = _scaled_product_plus(bias, q.to(dtype), k.to(dtype).transpose(-2, -1), scale)
         weights = scores.float().softmax(dim=-1)
         dtype = _product_dtype(weights, v)
@@ -88,7 +88,7 @@ def _spelled_out_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
     return out.to(out_dtype), weights
 
 
-def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """A bool mask (True where a query may attend) as an additive one: 0 there, the type's lowest
     value elsewhere (not −∞: a row with no key to attend to then averages, see above)."""
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)

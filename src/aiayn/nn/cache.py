@@ -143,8 +143,9 @@ class KVCache:
         key = (self.length, new_steps, heads, self.ancestors.size(1), dtype)
         made = self.masks.get("beam")
         if made is None or made[0] != key:
-            allowed = self.beam_mask(new_steps)
-            bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+            from aiayn.nn.attention import additive_mask  # (attention imports this module)
+
+            bias = additive_mask(self.beam_mask(new_steps), dtype)
             made = self.masks["beam"] = (key, bias.expand(-1, heads, -1, -1).contiguous() if new_steps == 1 else bias)
         return made[1]
 
