@@ -4,7 +4,8 @@ on the same weights, side by side in one run.
 One random-weight model (default: the paper's base dimensions, a joint 8,000-piece vocabulary
 learned on the shipped Bible corpus) is built in aiayn and exported to a transformers
 `MarianMTModel` (aiayn's HF export, which checks that both compute the same function) and to
-CTranslate2 (float32 and int8). Random weights would stop at random lengths, so every system is
+CTranslate2 (float32 and int8), which runs in a process of its own (ct2_worker.py: sharing this
+one's OpenMP runtime, it would slow PyTorch down). Random weights would stop at random lengths, so every system is
 forced to the same output length: EOS is suppressed for the first L−1 tokens and forced at L
 (aiayn min_len/max_len, HF min_new_tokens/max_new_tokens, CTranslate2 min/max_decoding_length).
 Sources are real test verses (sorted by length, batches of --batch-size sentences for all
@@ -227,30 +228,22 @@ def main() -> None:
 
             systems.append(("HF generate bf16", hf_bf16))
     model.to(device)  # (already there when HF ran: its check compares on the device)
+    ct2_process = None
     if not args.skip_ct2 and not cuda:
-        import ctranslate2
+        from ct2_worker import CTranslate2Process
 
         from aiayn.interop.ctranslate2 import export_ctranslate2
 
         src_pieces = [[tokenizers[0].pieces(s) + ["</s>"] for s in b] for b in batches]
-        for quant in ("float32", "int8"):
-            out = export_ctranslate2(ckpt, work / f"ct2-{quant}", quantization=None if quant == "float32" else quant)
-            translator = ctranslate2.Translator(str(out), device="cpu", compute_type=quant, intra_threads=args.threads, inter_threads=1)
+        quants = ("float32", "int8")
+        models = {q: (export_ctranslate2(ckpt, work / f"ct2-{q}", quantization=None if q == "float32" else q), q) for q in quants}
+        # in a process of its own: in this one its OpenMP calls would share PyTorch's runtime and slow PyTorch down (ct2_worker)
+        ct2_process = CTranslate2Process(models, src_pieces, args.threads)
+        for quant in quants:
 
-            def ct2(beam, translator=translator):
-                total = 0
-                for pieces in src_pieces:
-                    res = translator.translate_batch(
-                        pieces,
-                        beam_size=beam,
-                        max_decoding_length=L,
-                        min_decoding_length=L - 1,
-                        return_end_token=True,
-                        length_penalty=0.6 if beam > 1 else 0.0,
-                        max_batch_size=args.batch_size,
-                    )
-                    total += sum(len(r.hypotheses[0]) for r in res)
-                return total
+            def ct2(beam, quant=quant):
+                options = dict(beam_size=beam, max_decoding_length=L, min_decoding_length=L - 1, return_end_token=True)
+                return ct2_process.run(quant, **options, length_penalty=0.6 if beam > 1 else 0.0, max_batch_size=args.batch_size)[0]
 
             systems.append((f"CTranslate2 {quant}", ct2))
 
@@ -275,6 +268,8 @@ def main() -> None:
                 flush=True,
             )
 
+    if ct2_process is not None:
+        ct2_process.close()
     where = torch.cuda.get_device_name() if cuda else f"{args.threads} threads"
     print(f"\n{args.size} dims, {n_sent} test verses in batches of {args.batch_size}, output forced to {L} tokens, {where}")
     print(f"{'system':<22} {'search':<8} {'tok/s':>8} {'sent/s':>7} {'vs HF':>6} {'vs CT2 fp32':>11} {'vs CT2 int8':>11}")
