@@ -29,7 +29,9 @@ class CTranslate2Process:
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        self._ask({"load": {name: [str(path), compute] for name, (path, compute) in models.items()}, "threads": threads, "batches": batches})
+        self._ask(
+            {"load": {name: [str(path), compute] for name, (path, compute) in models.items()}, "threads": threads, "batches": batches}
+        )
 
     def _ask(self, request: dict) -> dict:
         self.proc.stdin.write(json.dumps(request) + "\n")
