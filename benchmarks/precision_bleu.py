@@ -4,7 +4,7 @@ Translates a test set with one trained translation model (a run directory or wei
 each precision aiayn offers on this CPU (fp32, bf16 autocast where the CPU has bf16 units, int8),
 and with a vocabulary shortlist (--shortlist, fp32 and int8), and with CTranslate2 float32 and int8
 on the same weights, all with beam 4 (α = 0.6, GNMT length
-penalty for aiayn, CTranslate2's own with the same α), and reports sacreBLEU BLEU / chrF, the
+penalty for aiayn, CTranslate2's own with the same α; aiayn's stopping rule by --early-stop), and reports sacreBLEU BLEU / chrF, the
 number of outputs identical to aiayn fp32, and sentences/s (natural output lengths, 2 threads).
 
     .venv/bin/aiayn train --data DATA --config tiny --max-time 12 --out RUN && .venv/bin/aiayn average RUN --last 5 --out RUN/averaged.safetensors
@@ -37,6 +37,13 @@ def main() -> None:
     p.add_argument("--skip-ct2", action="store_true")
     p.add_argument("--shortlist", help="also decode with this vocabulary shortlist (the model's dataset directory)")
     p.add_argument("--shortlist-size", type=int, default=32)
+    p.add_argument(
+        "--early-stop",
+        choices=["exact", "beam"],
+        default="exact",
+        help="aiayn's stopping rule: exact (its default) or beam (a sentence stops once `beam` hypotheses have finished, "
+        "CTranslate2's rule where α ≠ 0: the same number of steps for both engines)",
+    )
     p.add_argument("--output", type=Path, default=HERE / "results" / "precision_bleu.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -53,14 +60,16 @@ def main() -> None:
     systems = {}
     precisions = ["fp32", "int8"] + (["bf16"] if runtime.cpu_has_bf16() else [])
     for precision in precisions:
-        translator = Translator(model, *ckpt.tokenizers, beam=args.beam, precision=precision, device="cpu")
+        translator = Translator(model, *ckpt.tokenizers, beam=args.beam, precision=precision, device="cpu", early_stop=args.early_stop)
         systems[f"aiayn {precision}"] = lambda tr=translator: [t.text for t in tr.translate(sources)]
     if args.shortlist:
         from aiayn.generate.shortlist import Shortlist
 
         shortlist = Shortlist.for_model(args.shortlist, model, *ckpt.tokenizers, k=args.shortlist_size)
         for precision in ("fp32", "int8"):
-            translator = Translator(model, *ckpt.tokenizers, beam=args.beam, precision=precision, device="cpu", shortlist=shortlist)
+            translator = Translator(
+                model, *ckpt.tokenizers, beam=args.beam, precision=precision, device="cpu", shortlist=shortlist, early_stop=args.early_stop
+            )
             systems[f"aiayn {precision} shortlist"] = lambda tr=translator: [t.text for t in tr.translate(sources)]
     if not args.skip_ct2:
         from aiayn.interop.ctranslate2 import CTranslate2Translator, export_ctranslate2
@@ -104,6 +113,7 @@ def main() -> None:
         "model": str(path),
         "sentences": len(sources),
         "beam": args.beam,
+        "early_stop": args.early_stop,
         "vocabulary": model.config.tgt_vocab_size,
         "shortlist": {"path": args.shortlist, "k": args.shortlist_size} if args.shortlist else None,
         "machine": runtime.machine(args.threads),

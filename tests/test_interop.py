@@ -542,3 +542,32 @@ def test_command_line(marian_dir, trained_run, shipped, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", str(trained_run), "--format", "ctranslate2", "--out", str(tmp_path / "ct2")])  # exists
     assert "exists" in capsys.readouterr().err
+
+
+def test_the_benchmarks_ctranslate2_process_translates_as_ctranslate2_does_in_this_one(trained_run, shipped, tmp_path):
+    """benchmarks/ct2_worker.py runs CTranslate2 in a child process (apart from PyTorch's OpenMP
+    runtime); what it returns is what the same translator gives here."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ct2_worker import CTranslate2Process
+
+    from aiayn.interop.ctranslate2 import load_tokenizers
+
+    out = export_ctranslate2(trained_run, tmp_path / "ct2")
+    (src_tok, _), _ = load_tokenizers(out)
+    texts = shipped["test"][0].read_text().splitlines()[:12]
+    batches = [[src_tok.encode_pieces(t) + ["</s>"] for t in texts[:5]], [src_tok.encode_pieces(t) + ["</s>"] for t in texts[5:]]]
+    worker = CTranslate2Process({"f32": (out, "float32")}, batches, threads=1)
+    try:
+        tokens, hypotheses = worker.run("f32", beam_size=2, max_decoding_length=20, return_end_token=True)
+    finally:
+        worker.close()
+    here = ctranslate2.Translator(str(out), device="cpu", intra_threads=1)
+    expected = [
+        r.hypotheses[0] for b in batches for r in here.translate_batch(b, beam_size=2, max_decoding_length=20, return_end_token=True)
+    ]
+    assert hypotheses == expected and len(hypotheses) == 12
+    assert tokens == sum(len(h) for h in expected)
+    assert worker.proc.returncode == 0
