@@ -242,8 +242,15 @@ def main() -> None:
         for quant in quants:
 
             def ct2(beam, quant=quant):
-                options = dict(beam_size=beam, max_decoding_length=L, min_decoding_length=L - 1, return_end_token=True)
-                return ct2_process.run(quant, **options, length_penalty=0.6 if beam > 1 else 0.0, max_batch_size=args.batch_size)[0]
+                return ct2_process.run(
+                    quant,
+                    beam_size=beam,
+                    max_decoding_length=L,
+                    min_decoding_length=L - 1,
+                    return_end_token=True,
+                    length_penalty=0.6 if beam > 1 else 0.0,
+                    max_batch_size=args.batch_size,
+                )[0]
 
             systems.append((f"CTranslate2 {quant}", ct2))
 

@@ -544,13 +544,12 @@ def test_command_line(marian_dir, trained_run, shipped, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
 
 
-def test_the_benchmarks_ctranslate2_process_translates_as_ctranslate2_does_in_this_one(trained_run, shipped, tmp_path):
+def test_the_benchmarks_ctranslate2_process_translates_as_ctranslate2_does_in_this_one(trained_run, shipped, tmp_path, monkeypatch):
     """benchmarks/ct2_worker.py runs CTranslate2 in a child process (apart from PyTorch's OpenMP
     runtime); what it returns is what the same translator gives here."""
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from ct2_worker import CTranslate2Process
 
     from aiayn.interop.ctranslate2 import load_tokenizers
@@ -558,7 +557,7 @@ def test_the_benchmarks_ctranslate2_process_translates_as_ctranslate2_does_in_th
     out = export_ctranslate2(trained_run, tmp_path / "ct2")
     (src_tok, _), _ = load_tokenizers(out)
     texts = shipped["test"][0].read_text().splitlines()[:12]
-    batches = [[src_tok.encode_pieces(t) + ["</s>"] for t in texts[:5]], [src_tok.encode_pieces(t) + ["</s>"] for t in texts[5:]]]
+    batches = [[src_tok.encode_pieces(t) + ["</s>"] for t in part] for part in (texts[:5], texts[5:])]
     worker = CTranslate2Process({"f32": (out, "float32")}, batches, threads=1)
     try:
         tokens, hypotheses = worker.run("f32", beam_size=2, max_decoding_length=20, return_end_token=True)

@@ -183,8 +183,7 @@ class GPT(nn.Module):
         (None: no prompt is padded). The prompts themselves come as the first step's tokens."""
         B = 0 if prompt_mask is None else prompt_mask.size(0)
         padded = prompt_mask is not None and not bool(prompt_mask.all())
-        masks: dict = {}  # (beam search over unpadded prompts keeps its caches per sentence: one beam mask a step for all layers)
-        caches = [KVCache(sentences=None if padded else B, masks=masks) for _ in self.layers]
+        caches = KVCache.for_layers(len(self.layers), None if padded else B)  # (beam search over unpadded prompts: per sentence)
         return GPTState(caches, prompt_mask if padded else None, sentences=B)
 
     def step(self, tokens: Tensor, state: GPTState, need_weights: bool = False):

@@ -269,9 +269,7 @@ class Transformer(nn.Module):
         """Encode the sources (or take their `enc`) and set up the decoder's state."""
         enc = enc if enc is not None else self.encode(src_tokens)
         cross_kv = [enc.keys_values(block) for block in self.decoder_layers]
-        masks: dict = {}  # the step's beam mask, made once for all layers (KVCache.beam_bias)
-        caches = [KVCache(sentences=enc.mask.size(0), masks=masks) for _ in self.decoder_layers]
-        return Seq2SeqState(caches, cross_kv, enc.mask)
+        return Seq2SeqState(KVCache.for_layers(len(self.decoder_layers), enc.mask.size(0)), cross_kv, enc.mask)
 
     def step(self, tokens: Tensor, state: Seq2SeqState, need_weights: bool = False):
         """tokens: [N, L], the next L target tokens of each hypothesis (L = 1 in a search; more for a

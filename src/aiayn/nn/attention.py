@@ -109,7 +109,8 @@ def _scaled_product_plus(bias: Tensor, a: Tensor, b: Tensor, scale: float) -> Te
     a, b = a.reshape(-1, rows, a.size(-1)), b.reshape(-1, b.size(-2), cols)
     if a.dtype == torch.bfloat16 and not b.mT.is_contiguous():
         # keys in bf16 in a cache with room to grow (int8 beam search: runtime.decoding_cache_dtype):
-        # PyTorch's bf16 batched product copies Kᵀ of such a view first, not K; so (K Qᵀ)ᵀ. [32·8, 4, 64]
+        # PyTorch's bf16 batched product copies such a view before multiplying; as Q Kᵀ it copies Kᵀ,
+        # a transposing copy, as (K Qᵀ)ᵀ K in its stored order, which is cheaper. [32·8, 4, 64]
         # queries over 120 keys of 6 such caches in turn, Zen 4: 501 µs, against 1,135 as Q Kᵀ (fp32: 1,166)
         return torch.add(bias, torch.bmm(b.mT, a.mT).mT, alpha=scale).view(*batch, rows, cols)
     return torch.baddbmm(bias, a, b, alpha=scale).view(*batch, rows, cols)

@@ -67,6 +67,13 @@ class KVCache:
         # layer's is the same, since their caches are appended, reordered and cut together
         self.masks = masks if masks is not None else {}
 
+    @classmethod
+    def for_layers(cls, layers: int, sentences: int | None = None) -> list["KVCache"]:
+        """One cache per decoder layer of a decoding state, sharing one `masks` dict: a step's beam
+        mask (`beam_bias`) is then made by the first layer and reused by the others."""
+        masks: dict = {}
+        return [cls(sentences=sentences, masks=masks) for _ in range(layers)]
+
     @property
     def rows(self) -> int:
         if self.k is None:
